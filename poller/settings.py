@@ -1,0 +1,343 @@
+"""The one settings model: environment (POLLER_*), an optional TOML file, and .env."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from contextvars import ContextVar
+from datetime import UTC
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "POLLER_"
+ENV_DELIMITER = "__"
+CONFIG_ENV = "POLLER_CONFIG"
+APP_PLACEHOLDER = "${app}"
+
+_toml_file: ContextVar[Path | None] = ContextVar("_toml_file", default=None)
+
+
+def split_list(value: Any) -> Any:
+    """Accept `a,b,c` or a JSON list for list settings given as one string."""
+    if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError("expected a JSON list or comma-separated values") from None
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class InfobipSettings(BaseModel):
+    """The Infobip account: where, how to authenticate, how hard to pull."""
+
+    base_url: str = Field(
+        "https://api.infobip.com",
+        description="Infobip API base URL (your account's https://xxxxx.api.infobip.com).",
+    )
+    auth: Literal["app", "basic", "ibsso", "oauth2"] = Field(
+        "app", description="Authentication scheme: app (API key), basic, ibsso, oauth2."
+    )
+    api_key: SecretStr | None = Field(None, description="API key, sent as `App <key>` (auth=app).")
+    username: str | None = Field(None, description="User name for auth=basic.")
+    password: SecretStr | None = Field(None, description="Password for auth=basic.")
+    ibsso_token: SecretStr | None = Field(None, description="Session token for auth=ibsso.")
+    client_id: str | None = Field(None, description="OAuth2 client id for auth=oauth2.")
+    client_secret: SecretStr | None = Field(None, description="OAuth2 client secret (auth=oauth2).")
+    token_url: str | None = Field(
+        None, description="OAuth2 token URL; default <base_url>/auth/1/oauth2/token."
+    )
+    applications: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Application codes to bootstrap (comma-separated or a JSON list).",
+    )
+    callback_data: str | None = Field(
+        None, description="callbackData set on the PULL actions bootstrap creates."
+    )
+    replace_http_forward: bool = Field(
+        False,
+        description="Bootstrap deletes an existing HTTP_FORWARD action (else only warns).",
+    )
+    pull_limit: int = Field(1000, ge=1, le=1000, description="Messages per pull (1..1000).")
+    rate_limit: float = Field(
+        10.0, gt=0, le=1000, description="Requests per second to Infobip, all calls together."
+    )
+    connect_timeout: float = Field(5.0, gt=0, description="Connect timeout, seconds.")
+    read_timeout: float = Field(30.0, gt=0, description="Read timeout, seconds.")
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest accepted response body, bytes."
+    )
+    max_retries: int = Field(5, ge=0, le=50, description="Retries of one call on transient errors.")
+    backoff_base: float = Field(0.5, gt=0, description="First retry delay, seconds (doubles).")
+    backoff_max: float = Field(30.0, gt=0, description="Longest retry delay, seconds.")
+    retry_after_max: float = Field(
+        60.0, gt=0, description="Cap on a server's Retry-After, seconds."
+    )
+
+    @field_validator("applications", mode="before")
+    @classmethod
+    def _split_applications(cls, value: Any) -> Any:
+        return split_list(value)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(
+                "expected an http:// or https:// URL, such as https://xxxxx.api.infobip.com"
+            )
+        return value.rstrip("/")
+
+    def credential_problems(self) -> list[str]:
+        """What the chosen auth scheme lacks, one line per missing setting."""
+        needed = {
+            "app": ("api_key",),
+            "basic": ("username", "password"),
+            "ibsso": ("ibsso_token",),
+            "oauth2": ("client_id", "client_secret"),
+        }[self.auth]
+        return [
+            f"infobip.{name} ({env_name(('infobip', name))}): needed for auth={self.auth}"
+            for name in needed
+            if getattr(self, name) is None
+        ]
+
+
+class RedisSettings(BaseModel):
+    """Where the streams go, and how durable a write must be before the spool lets go."""
+
+    url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL: redis://, rediss:// or unix:// (for sentinel: the db and options).",
+    )
+    password: SecretStr | None = Field(None, description="Redis password (overrides the URL's).")
+    mode: Literal["standalone", "sentinel", "cluster"] = Field(
+        "standalone", description="standalone, sentinel or cluster."
+    )
+    sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Sentinel addresses host:port (mode=sentinel)."
+    )
+    sentinel_master: str = Field("mymaster", description="Sentinel master name.")
+    stream_key_template: str = Field(
+        "infobip:push:{${app}}:mo",
+        description="Stream key; ${app} is the message's applicationCode.",
+    )
+    batch_size: int = Field(500, ge=1, le=10000, description="Entries per Lua call.")
+    socket_timeout: float = Field(5.0, gt=0, description="Redis socket timeout, seconds.")
+    durability: Literal["none", "wait", "waitaof"] = Field(
+        "none",
+        description="Wait after each flush: none, wait (replicas), waitaof (AOF fsync).",
+    )
+    durability_replicas: int = Field(1, ge=0, description="Replicas WAIT/WAITAOF must reach.")
+    durability_local: bool = Field(True, description="WAITAOF also waits for the local fsync.")
+    durability_timeout_ms: int = Field(1000, ge=1, description="WAIT/WAITAOF timeout, ms.")
+    trim: Literal["none", "acked", "maxlen"] = Field(
+        "none",
+        description="none; acked (only what every group acknowledged); maxlen (plain MAXLEN ~).",
+    )
+    maxlen: int = Field(0, ge=0, description="Entries kept per stream with trim=maxlen.")
+
+    @field_validator("sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: Any) -> Any:
+        return split_list(value)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not re.match(r"^(redis|rediss|unix|valkey|valkeys)://", value):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("stream_key_template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        if APP_PLACEHOLDER not in value:
+            raise ValueError(f"must contain {APP_PLACEHOLDER} (one stream per application)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> RedisSettings:
+        if self.mode == "sentinel" and not self.sentinels:
+            raise ValueError(f"mode=sentinel needs {ENV_PREFIX}REDIS{ENV_DELIMITER}SENTINELS")
+        if self.trim == "maxlen" and self.maxlen <= 0:
+            raise ValueError(f"trim=maxlen needs {ENV_PREFIX}REDIS{ENV_DELIMITER}MAXLEN > 0")
+        return self
+
+
+class SpoolSettings(BaseModel):
+    """The local durable spool every message is written to first."""
+
+    path: Path = Field(Path("poller-spool.db"), description="SQLite spool file.")
+    max_rows: int = Field(1_000_000, ge=1, description="Rows at which pulling pauses.")
+    max_bytes: int = Field(1024**3, ge=1024, description="Bytes at which pulling pauses.")
+
+
+class ScheduleSettings(BaseModel):
+    """When to poll, and how long a stop may take."""
+
+    interval: float = Field(5.0, gt=0, description="Seconds between poll cycles.")
+    jitter: float = Field(1.0, ge=0, description="Random extra delay per cycle, seconds.")
+    cron: str | None = Field(
+        None, description="Cron expression (5 fields); replaces interval when set."
+    )
+    max_pulls_per_cycle: int = Field(
+        1000, ge=1, description="Drain at most this many pulls in one cycle."
+    )
+    grace_period: float = Field(
+        25.0, gt=0, description="Seconds a stop may take (match terminationGracePeriodSeconds)."
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(f"not a cron expression ({exc})") from None
+        return value
+
+
+class HealthSettings(BaseModel):
+    """Probes and metrics."""
+
+    enabled: bool = Field(True, description="Serve /livez, /readyz and /metrics.")
+    host: str = Field("127.0.0.1", description="Health server bind address.")
+    port: int = Field(9464, ge=0, le=65535, description="Health server port.")
+    max_poll_age: float | None = Field(
+        None,
+        gt=0,
+        description="Readiness fails when the last good poll is older (default: derived).",
+    )
+
+
+class LogSettings(BaseModel):
+    """Logs."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto (console on a terminal, else JSON lines), json, console."
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    """Everything the poller can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    infobip: InfobipSettings = Field(default_factory=InfobipSettings, description="Infobip.")
+    redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis.")
+    spool: SpoolSettings = Field(default_factory=SpoolSettings, description="Spool.")
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings, description="Schedule.")
+    health: HealthSettings = Field(default_factory=HealthSettings, description="Health.")
+    log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Order: arguments, environment, .env, the TOML file, defaults."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        toml = _toml_file.get()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    def stream_key(self, app: str) -> str:
+        """The stream key for one application."""
+        return self.redis.stream_key_template.replace(APP_PLACEHOLDER, app)
+
+    def max_poll_age(self) -> float:
+        """Age of the last good poll past which readiness fails."""
+        if self.health.max_poll_age is not None:
+            return self.health.max_poll_age
+        if self.schedule.cron:
+            # A cron schedule may be an hour apart; readiness then waits for two periods.
+            from datetime import datetime
+
+            from apscheduler.triggers.cron import CronTrigger
+
+            trigger = CronTrigger.from_crontab(self.schedule.cron, timezone=UTC)
+            now = datetime.now(UTC)
+            first = trigger.get_next_fire_time(None, now)
+            second = trigger.get_next_fire_time(first, first) if first else None
+            if first and second:
+                period = float((second - first).total_seconds())
+                return 2 * period + self.infobip.read_timeout * 2 + 30
+        return 3 * (self.schedule.interval + self.schedule.jitter) + self.infobip.read_timeout + 30
+
+
+class SettingsError(Exception):
+    """Bad settings: one line per problem, each naming the setting and its env var."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def env_name(loc: tuple[str | int, ...]) -> str:
+    """The environment variable of a setting path such as ('infobip', 'api_key')."""
+    return ENV_PREFIX + ENV_DELIMITER.join(str(part).upper() for part in loc)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read the settings; raise SettingsError naming every bad one."""
+    path_text = config_file if config_file is not None else os.environ.get(CONFIG_ENV)
+    path = Path(path_text) if path_text else None
+    if path is not None and not path.is_file():
+        raise SettingsError([f"{CONFIG_ENV}/--config: no such file: {path}"])
+    token = _toml_file.set(path)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, prefix=())) from None
+    except ValueError as exc:  # a malformed TOML file
+        raise SettingsError([f"{path}: {exc}"]) from None
+    finally:
+        _toml_file.reset(token)
+    return settings
+
+
+def _describe(exc: ValidationError, prefix: tuple[str, ...]) -> list[str]:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = prefix + tuple(str(p) for p in error["loc"] if not str(p).startswith("function-"))
+        message = error["msg"].removeprefix("Value error, ")
+        if loc:
+            dotted = ".".join(loc)
+            lines.append(f"{dotted} ({env_name(loc)}): {message}")
+        else:
+            lines.append(message)
+    return lines
