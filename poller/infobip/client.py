@@ -1,0 +1,438 @@
+"""The Infobip client: every configuration, action and pull operation, over httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from poller import __version__
+from poller.infobip.auth import HeaderAuth, OAuth2ClientCredentials
+from poller.infobip.errors import (
+    ApiError,
+    ConflictError,
+    InfobipError,
+    MalformedResponseError,
+    NotFoundError,
+    ResponseTooLargeError,
+    ThrottledError,
+    TransportError,
+    TruncatedResponseError,
+    api_error,
+)
+from poller.infobip.models import (
+    Action,
+    ActionList,
+    ActionRequest,
+    Configuration,
+    ConfigurationList,
+    PullResponse,
+)
+from poller.infobip.ratelimit import TokenBucket
+from poller.settings import InfobipSettings, SettingsError
+
+log = structlog.get_logger(__name__)
+
+USER_AGENT = f"infobip-push-poller/{__version__}"
+PULL_PATH = "/push/1/inbox/reports"
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+# Hooks for metrics: called with a reason ("timeout", "5xx", "429", ...) on each retry.
+RetryHook = Callable[[str], None]
+
+
+class _Ambiguous(Exception):
+    """A write may or may not have been applied (timeout or 5xx after sending)."""
+
+    def __init__(self, cause: Exception, retry_after: float | None = None) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.retry_after = retry_after
+
+
+def build_auth(settings: InfobipSettings) -> httpx.Auth:
+    """The httpx auth for the configured scheme; SettingsError when a credential is missing."""
+    problems = settings.credential_problems()
+    if problems:
+        raise SettingsError(problems)
+    if settings.auth == "app":
+        assert settings.api_key is not None
+        return HeaderAuth.app(settings.api_key.get_secret_value())
+    if settings.auth == "basic":
+        assert settings.username is not None
+        assert settings.password is not None
+        return HeaderAuth.basic(settings.username, settings.password.get_secret_value())
+    if settings.auth == "ibsso":
+        assert settings.ibsso_token is not None
+        return HeaderAuth.ibsso(settings.ibsso_token.get_secret_value())
+    assert settings.client_id is not None
+    assert settings.client_secret is not None
+    return OAuth2ClientCredentials(
+        settings.token_url or f"{settings.base_url}/auth/1/oauth2/token",
+        settings.client_id,
+        settings.client_secret.get_secret_value(),
+        timeout=settings.read_timeout,
+    )
+
+
+def parse_retry_after(value: str | None, cap: float) -> float | None:
+    """Retry-After as seconds, from delta-seconds or an HTTP date; capped; None if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(max(seconds, 0.0), cap)
+
+
+class InfobipClient:
+    """Async client for one Infobip account; share one instance per process."""
+
+    def __init__(
+        self,
+        settings: InfobipSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        self.settings = settings
+        self._auth = build_auth(settings)
+        self._bucket = TokenBucket(settings.rate_limit)
+        self._on_retry = on_retry
+        self._http = httpx.AsyncClient(
+            base_url=settings.base_url,
+            auth=self._auth,
+            transport=transport,
+            timeout=httpx.Timeout(
+                connect=settings.connect_timeout,
+                read=settings.read_timeout,
+                write=settings.read_timeout,
+                pool=settings.read_timeout,
+            ),
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            follow_redirects=False,
+        )
+
+    async def __aenter__(self) -> InfobipClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    # -- configurations ---------------------------------------------------------------
+
+    async def list_configurations(self, app: str) -> list[Configuration]:
+        """All configurations of an application."""
+        body = await self._call("GET", _configs(app))
+        return self._model(ConfigurationList, body, f"GET {_configs(app)}").configurations
+
+    async def get_configuration(self, app: str, key: str) -> Configuration:
+        """One configuration."""
+        path = f"{_configs(app)}/{_seg(key)}"
+        return self._model(Configuration, await self._call("GET", path), f"GET {path}")
+
+    async def create_configuration(self, app: str) -> Configuration:
+        """Create the application's configuration; ConflictError when one exists already."""
+        path = _configs(app)
+
+        async def existing() -> Configuration | None:
+            found = await self.list_configurations(app)
+            return found[0] if found else None
+
+        body = await self._create(path, None, existing)
+        if isinstance(body, Configuration):
+            return body
+        return self._model(Configuration, body, f"POST {path}")
+
+    async def delete_configuration(self, app: str, key: str) -> None:
+        """Delete a configuration (and with it, its actions)."""
+        await self._call("DELETE", f"{_configs(app)}/{_seg(key)}")
+
+    # -- actions ----------------------------------------------------------------------
+
+    async def list_actions(self, app: str, config_key: str) -> list[Action]:
+        """All actions of a configuration."""
+        path = _actions(app, config_key)
+        return self._model(ActionList, await self._call("GET", path), f"GET {path}").actions
+
+    async def create_action(self, app: str, config_key: str, request: ActionRequest) -> Action:
+        """Create an action; a timed-out attempt is checked by listing before any retry."""
+        path = _actions(app, config_key)
+
+        async def existing() -> Action | None:
+            for action in await self.list_actions(app, config_key):
+                if request.matches(action):
+                    return action
+            return None
+
+        body = await self._create(path, request.body(), existing)
+        if isinstance(body, Action):
+            return body
+        return self._model(Action, body, f"POST {path}")
+
+    async def delete_action(self, app: str, config_key: str, action_key: str) -> None:
+        """Delete an action."""
+        await self._call("DELETE", f"{_actions(app, config_key)}/{_seg(action_key)}")
+
+    # -- pull -------------------------------------------------------------------------
+
+    async def pull(self, limit: int | None = None) -> PullResponse:
+        """One destructive pull. Raises MalformedResponseError (with the bytes) on a bad body."""
+        limit = self.settings.pull_limit if limit is None else limit
+        if not 1 <= limit <= 1000:
+            raise ValueError("limit must be between 1 and 1000")
+        operation = f"GET {PULL_PATH}"
+        body = await self._call("GET", PULL_PATH, params={"limit": limit}, keep_partial=True)
+        return parse_pull(body, operation)
+
+    # -- transport --------------------------------------------------------------------
+
+    async def _create(
+        self,
+        path: str,
+        payload: dict[str, Any] | None,
+        existing: Callable[[], Awaitable[T | None]],
+    ) -> bytes | T:
+        attempts = self.settings.max_retries + 1
+        for attempt in range(attempts):
+            try:
+                return await self._call("POST", path, json_body=payload, ambiguous_raises=True)
+            except _Ambiguous as exc:
+                log.warning(
+                    "create may have been applied; listing before any retry",
+                    path=path,
+                    error=str(exc.cause),
+                )
+                found = await existing()
+                if found is not None:
+                    log.info("create had been applied; not creating again", path=path)
+                    return found
+                if attempt + 1 >= attempts:
+                    if isinstance(exc.cause, InfobipError):
+                        raise exc.cause from None
+                    raise TransportError(f"POST {path}: {exc.cause}") from None
+                await self._sleep_backoff(attempt, exc.retry_after, "ambiguous-create")
+        raise AssertionError("unreachable")
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json_body: dict[str, Any] | None = None,
+        ambiguous_raises: bool = False,
+        keep_partial: bool = False,
+    ) -> bytes:
+        operation = f"{method} {path}"
+        attempts = self.settings.max_retries + 1
+        retried_delete = False
+        for attempt in range(attempts):
+            last = attempt + 1 >= attempts
+            await self._bucket.acquire()
+            try:
+                status, headers, body = await self._exchange(
+                    method, path, params, json_body, operation, keep_partial
+                )
+            except httpx.TimeoutException as exc:
+                reason = "connect-timeout" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
+                error: Exception = TransportError(f"{operation}: {reason}")
+                if ambiguous_raises and reason == "timeout":
+                    raise _Ambiguous(error) from None
+            except (httpx.TransportError, TruncatedResponseError) as exc:
+                if isinstance(exc, TruncatedResponseError) and exc.body:
+                    raise
+                connect = isinstance(exc, httpx.ConnectError)
+                reason = "connect" if connect else "connection-lost"
+                error = TransportError(f"{operation}: {_transport_reason(exc)}")
+                if ambiguous_raises and not connect:
+                    raise _Ambiguous(error) from None
+            else:
+                if 200 <= status < 300:
+                    return body
+                retry_after = parse_retry_after(
+                    headers.get("retry-after"), self.settings.retry_after_max
+                )
+                api = api_error(status, body, operation=operation, retry_after=retry_after)
+                if status == 404 and retried_delete:
+                    # The first DELETE was applied before its answer was lost.
+                    return b""
+                if status == 429:
+                    reason = "429"
+                    self._bucket.pause(retry_after if retry_after is not None else 1.0)
+                elif status >= 500:
+                    reason = "5xx"
+                    if ambiguous_raises:
+                        raise _Ambiguous(api, retry_after) from None
+                    retried_delete = method == "DELETE"
+                else:
+                    raise api
+                error = api
+                if not last:
+                    log.warning(
+                        "infobip call failed, retrying",
+                        operation=operation,
+                        error=str(api),
+                        attempt=attempt + 1,
+                        retry_after=retry_after,
+                    )
+                    await self._sleep_backoff(attempt, retry_after, reason)
+                    continue
+                raise api
+            if last:
+                raise error
+            log.warning(
+                "infobip call failed, retrying",
+                operation=operation,
+                error=str(error),
+                attempt=attempt + 1,
+                # A pull whose answer was lost after sending: what it held was handed out.
+                note="a pull answer lost in transit cannot be fetched again"
+                if keep_partial and reason != "connect"
+                else None,
+            )
+            retried_delete = method == "DELETE"
+            await self._sleep_backoff(attempt, None, reason)
+        raise AssertionError("unreachable")
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        json_body: dict[str, Any] | None,
+        operation: str,
+        keep_partial: bool,
+    ) -> tuple[int, httpx.Headers, bytes]:
+        limit = self.settings.max_body_bytes
+        started = time.monotonic()
+        async with self._http.stream(method, path, params=params, json=json_body) as response:
+            chunks: list[bytes] = []
+            size = 0
+            try:
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        head = b"".join(chunks) + chunk
+                        raise ResponseTooLargeError(
+                            f"body larger than {limit} bytes", head[:limit], operation=operation
+                        )
+                    chunks.append(chunk)
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout) as exc:
+                partial = b"".join(chunks)
+                if keep_partial and partial and 200 <= response.status_code < 300:
+                    raise TruncatedResponseError(
+                        f"connection ended after {len(partial)} bytes ({_transport_reason(exc)})",
+                        partial,
+                        operation=operation,
+                    ) from None
+                raise
+            log.debug(
+                "infobip call",
+                operation=operation,
+                status=response.status_code,
+                seconds=round(time.monotonic() - started, 4),
+                bytes=size,
+            )
+            return response.status_code, response.headers, b"".join(chunks)
+
+    async def _sleep_backoff(self, attempt: int, retry_after: float | None, reason: str) -> None:
+        if self._on_retry is not None:
+            self._on_retry(reason)
+        if retry_after is not None:
+            delay = retry_after
+        else:
+            ceiling = min(self.settings.backoff_max, self.settings.backoff_base * 2**attempt)
+            delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        await asyncio.sleep(delay)
+
+    @staticmethod
+    def _model(model: type[M], body: bytes, operation: str) -> M:
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise MalformedResponseError(
+                f"{where}: {first['msg']}", body, operation=operation
+            ) from None
+
+
+def parse_pull(body: bytes, operation: str = f"GET {PULL_PATH}") -> PullResponse:
+    """Read a pull body; keep every result item whole. Malformed -> MalformedResponseError."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedResponseError(f"not JSON ({exc})", body, operation=operation) from None
+    if not isinstance(data, dict):
+        raise MalformedResponseError("not a JSON object", body, operation=operation)
+    results = data.get("results")
+    if not isinstance(results, list):
+        raise MalformedResponseError("`results` is not a list", body, operation=operation)
+    counts = {}
+    for name in ("messageCount", "pendingMessageCount"):
+        value = data.get(name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            # The messages are what matter; a bad counter must not lose them.
+            log.warning("pull response has a bad counter", field=name, value=repr(value)[:40])
+            value = len(results) if name == "messageCount" else 0
+        counts[name] = value
+    return PullResponse(
+        body=body,
+        results=results,
+        message_count=counts["messageCount"],
+        pending_message_count=counts["pendingMessageCount"],
+    )
+
+
+def _configs(app: str) -> str:
+    return f"/push/1/applications/{_seg(app)}/configurations"
+
+
+def _actions(app: str, config_key: str) -> str:
+    return f"{_configs(app)}/{_seg(config_key)}/actions"
+
+
+def _seg(value: str) -> str:
+    if not value:
+        raise ValueError("an empty path segment")
+    return quote(value, safe="")
+
+
+def _transport_reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+__all__ = [
+    "ApiError",
+    "ConflictError",
+    "InfobipClient",
+    "NotFoundError",
+    "ThrottledError",
+    "parse_pull",
+    "parse_retry_after",
+]

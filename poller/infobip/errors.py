@@ -1,0 +1,137 @@
+"""Typed errors of the Infobip client. No message ever carries a credential."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class InfobipError(Exception):
+    """Base of every error the Infobip client raises."""
+
+
+class ApiError(InfobipError):
+    """Infobip answered with an error status; carries status, messageId and text."""
+
+    def __init__(
+        self,
+        status: int,
+        message_id: str | None,
+        text: str | None,
+        *,
+        operation: str = "",
+        retry_after: float | None = None,
+        validation_errors: dict[str, Any] | None = None,
+    ) -> None:
+        self.status = status
+        self.message_id = message_id
+        self.text = text
+        self.operation = operation
+        self.retry_after = retry_after
+        self.validation_errors = validation_errors or {}
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        """One line: `HTTP 401 UNAUTHORIZED: Invalid login details (GET /push/1/inbox/reports)`."""
+        parts = [f"HTTP {self.status}"]
+        if self.message_id:
+            parts.append(f" {self.message_id}")
+        if self.text:
+            parts.append(f": {self.text}")
+        for field, problems in self.validation_errors.items():
+            parts.append(f"; {field}: {problems}")
+        if self.operation:
+            parts.append(f" ({self.operation})")
+        return "".join(parts)
+
+
+class AuthError(ApiError):
+    """401 or 403: the credentials are wrong or lack the scope."""
+
+
+class NotFoundError(ApiError):
+    """404: the application, configuration or action does not exist."""
+
+
+class ConflictError(ApiError):
+    """409: e.g. a configuration already exists for the application."""
+
+
+class ThrottledError(ApiError):
+    """429: over Infobip's request rate."""
+
+
+class ServerError(ApiError):
+    """5xx."""
+
+
+class TransportError(InfobipError):
+    """The request did not get an answer (connect, timeout, dropped connection)."""
+
+
+class MalformedResponseError(InfobipError):
+    """The answer could not be understood; `body` keeps what was received, for quarantine."""
+
+    def __init__(self, reason: str, body: bytes, *, operation: str = "") -> None:
+        self.reason = reason
+        self.body = body
+        self.operation = operation
+        suffix = f" ({operation})" if operation else ""
+        super().__init__(f"malformed response: {reason}{suffix}")
+
+
+class TruncatedResponseError(MalformedResponseError):
+    """The connection ended before the whole body arrived; `body` is the part received."""
+
+
+class ResponseTooLargeError(MalformedResponseError):
+    """The body is larger than the accepted maximum; `body` is the first part."""
+
+
+_CLASSES: dict[int, type[ApiError]] = {
+    401: AuthError,
+    403: AuthError,
+    404: NotFoundError,
+    409: ConflictError,
+    429: ThrottledError,
+}
+
+
+def api_error(
+    status: int, body: bytes, *, operation: str, retry_after: float | None = None
+) -> ApiError:
+    """Build the typed error for an error response, reading both of Infobip's error bodies."""
+    message_id: str | None = None
+    text: str | None = None
+    validation: dict[str, Any] | None = None
+    try:
+        data = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if isinstance(data, dict):
+        request_error = data.get("requestError")
+        if isinstance(request_error, dict):
+            service = request_error.get("serviceException") or request_error.get("policyException")
+            if isinstance(service, dict):
+                message_id = _text(service.get("messageId"))
+                text = _text(service.get("text"))
+                if isinstance(service.get("validationErrors"), dict):
+                    validation = service["validationErrors"]
+        elif "errorCode" in data or "description" in data:
+            message_id = _text(data.get("errorCode"))
+            text = _text(data.get("description"))
+    if text is None and body and data is None:
+        text = body[:200].decode("utf-8", "replace").strip() or None
+    cls = _CLASSES.get(status, ServerError if status >= 500 else ApiError)
+    return cls(
+        status,
+        message_id,
+        text,
+        operation=operation,
+        retry_after=retry_after,
+        validation_errors=validation,
+    )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
