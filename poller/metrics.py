@@ -1,0 +1,151 @@
+"""Prometheus metrics: one dedicated registry, every metric named `poller_*` and documented."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+
+class MetricDoc(NamedTuple):
+    """One exported metric as the README lists it."""
+
+    name: str
+    kind: str
+    labels: tuple[str, ...]
+    help: str
+
+
+# The classic text format: what generate_latest writes for our names, and what every
+# Prometheus version reads (newer clients announce 1.0.0, which Prometheus 2 may refuse).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# *_created series double the output and no dashboard of ours uses them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# Not the global registry: tests and embedding applications get only the poller's metrics.
+REGISTRY = CollectorRegistry(auto_describe=True)
+# process_*, python_gc_* and python_info: memory, file descriptors, CPU, start time.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+METRICS: list[MetricDoc] = []
+"""Every poller_* metric, in the order the README lists them."""
+
+PULL_OUTCOMES = ("ok", "empty", "error", "throttled", "malformed")
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_CYCLE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+def _counter(name: str, text: str, labels: Sequence[str] = ()) -> Counter:
+    METRICS.append(MetricDoc(f"{name}_total", "counter", tuple(labels), text))
+    return Counter(name, text, labels, registry=REGISTRY)
+
+
+def _gauge(name: str, text: str, labels: Sequence[str] = ()) -> Gauge:
+    METRICS.append(MetricDoc(name, "gauge", tuple(labels), text))
+    return Gauge(name, text, labels, registry=REGISTRY)
+
+
+def _histogram(name: str, text: str, buckets: Sequence[float]) -> Histogram:
+    METRICS.append(MetricDoc(name, "histogram", (), text))
+    return Histogram(name, text, buckets=buckets, registry=REGISTRY)
+
+
+MESSAGES_PULLED = _counter(
+    "poller_messages_pulled", "Messages pulled from Infobip and spooled.", ["app"]
+)
+MESSAGES_WRITTEN = _counter(
+    "poller_messages_written", "Messages written to their Redis stream.", ["app"]
+)
+MESSAGES_QUARANTINED = _counter(
+    "poller_messages_quarantined",
+    "Messages or bodies that could not be parsed, kept in quarantine and the dead-letter stream.",
+    ["app"],
+)
+DUPLICATES_SKIPPED = _counter(
+    "poller_duplicates_skipped",
+    "Spool rows not written again because the stream's high-water mark already covered them.",
+)
+PULLS = _counter(
+    "poller_pulls",
+    "Pull requests by outcome: ok, empty, error, throttled, malformed.",
+    ["outcome"],
+)
+POLL_CYCLE_SECONDS = _histogram(
+    "poller_poll_cycle_seconds", "Duration of one poll cycle (pulls and flushes).", _CYCLE_BUCKETS
+)
+FLUSH_SECONDS = _histogram(
+    "poller_flush_seconds", "Duration of one spool-to-Redis flush.", _LATENCY_BUCKETS
+)
+PULL_REQUEST_SECONDS = _histogram(
+    "poller_pull_request_seconds",
+    "Duration of one pull request to Infobip, retries excluded.",
+    _LATENCY_BUCKETS,
+)
+SPOOL_ROWS = _gauge("poller_spool_rows", "Messages in the spool not yet confirmed by Redis.")
+SPOOL_BYTES = _gauge("poller_spool_bytes", "Size of the spool's pending messages, bytes.")
+SPOOL_OLDEST_AGE_SECONDS = _gauge(
+    "poller_spool_oldest_age_seconds", "Age of the oldest message still in the spool (0: empty)."
+)
+QUARANTINE_ROWS = _gauge("poller_quarantine_rows", "Rows in the spool's quarantine table.")
+INFOBIP_PENDING_MESSAGES = _gauge(
+    "poller_infobip_pending_messages",
+    "pendingMessageCount reported by the last pull: messages still waiting at Infobip.",
+)
+INFOBIP_RETRIES = _counter(
+    "poller_infobip_retries",
+    "Retried Infobip calls by reason (timeout, 5xx, 429, ...).",
+    ["reason"],
+)
+INFOBIP_THROTTLED = _counter("poller_infobip_throttled", "HTTP 429 answers from Infobip.")
+REDIS_RECONNECTS = _counter("poller_redis_reconnects", "Reconnections to Redis.")
+REDIS_ERRORS = _counter("poller_redis_errors", "Failed Redis commands (each retry counts).")
+LAST_SUCCESSFUL_POLL = _gauge(
+    "poller_last_successful_poll_timestamp_seconds",
+    "Unix time of the end of the last successful poll cycle.",
+)
+BACKPRESSURE_ACTIVE = _gauge(
+    "poller_backpressure_active", "1 while pulling is paused because the spool is at its cap."
+)
+INFO = Info("poller", "Version and spool instance id of this process.", registry=REGISTRY)
+METRICS.append(
+    MetricDoc("poller_info", "gauge", ("version", "instance"), "Always 1; carries the labels.")
+)
+
+# Known label values exist from the start, so rate() sees a zero before the first event.
+for _outcome in PULL_OUTCOMES:
+    PULLS.labels(outcome=_outcome)
+
+
+def set_info(version: str, instance: str) -> None:
+    """Publish `poller_info{version,instance} 1`."""
+    INFO.info({"version": version, "instance": instance})
+
+
+def render() -> tuple[bytes, str]:
+    """The registry in the Prometheus text format, and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE
+
+
+def markdown_table() -> str:
+    """The metrics list for the README, generated from METRICS."""
+    lines = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
+    for doc in METRICS:
+        labels = ", ".join(f"`{label}`" for label in doc.labels)
+        lines.append(f"| `{doc.name}` | {doc.kind} | {labels} | {doc.help} |")
+    return "\n".join(lines) + "\n"
