@@ -26,6 +26,8 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    # True once the client closed or reset the connection while the handler was running.
+    peer_gone: Callable[[], bool] = field(default=lambda: False, compare=False, repr=False)
 
 
 @dataclass
@@ -178,7 +180,14 @@ async def _parse(head: bytes, reader: asyncio.StreamReader) -> tuple[Request, bo
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     connection = headers.get("connection", "").lower()
     keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
-    request = Request(method.upper(), unquote(parts.path) or "/", query, headers, body)
+    request = Request(
+        method.upper(),
+        unquote(parts.path) or "/",
+        query,
+        headers,
+        body,
+        peer_gone=lambda: reader.at_eof() or reader.exception() is not None,
+    )
     return request, keep_alive
 
 
