@@ -1,0 +1,205 @@
+"""The Simulator: an Infobip-compatible server with a ledger, faults and a message generator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from poller.httpserver import HttpServer, Request, Response
+from poller.simulator.auth import Authenticator, Credentials, TokenBucket
+from poller.simulator.control import PREFIX, handle_control
+from poller.simulator.faults import REFUSING, FaultSet, delay_of, make_fault, refusal, spoil
+from poller.simulator.ledger import Ledger
+from poller.simulator.messages import MessageFactory
+from poller.simulator.replies import forbidden, too_many_requests, unauthorized
+from poller.simulator.routes import TOKEN_PATH, InfobipApi
+from poller.simulator.state import Account
+
+log = structlog.get_logger(__name__)
+
+GENERATOR_TICK = 0.05
+
+
+class Simulator:
+    """An Infobip account on loopback: the pull inbox and the configuration/action API."""
+
+    # The credential defaults are the well-known ones of a loopback test server.
+    def __init__(
+        self,
+        *,
+        api_key: str = "sim-api-key",
+        forbidden_api_key: str | None = "sim-forbidden-key",
+        username: str = "sim-user",
+        password: str = "sim-password",  # noqa: S107
+        ibsso_token: str = "sim-ibsso-token",  # noqa: S107
+        client_id: str = "sim-client",
+        client_secret: str = "sim-client-secret",  # noqa: S107
+        token_ttl: float = 3600.0,
+        applications: Sequence[str] = ("app-alpha", "app-beta", "app-gamma"),
+        auto_configure: bool = False,
+        rate: float = 0.0,
+        throttle_rps: float = 10.0,
+        seed: int | None = None,
+    ) -> None:
+        seeds = random.Random(seed)
+        self.account = Account(applications, MessageFactory(random.Random(seeds.getrandbits(64))))
+        self.ledger = Ledger()
+        self.faults = FaultSet(random.Random(seeds.getrandbits(64)))
+        self._pick_rng = random.Random(seeds.getrandbits(64))
+        credentials = Credentials(
+            api_key, forbidden_api_key, username, password, ibsso_token, client_id, client_secret
+        )
+        self.auth = Authenticator(credentials, token_ttl)
+        self.throttle = TokenBucket(throttle_rps)
+        self.api = InfobipApi(self.account, self.ledger, self.auth)
+        self.rate = rate
+        self.auto_configure = auto_configure
+        self._server: HttpServer | None = None
+        self._generator: asyncio.Task[None] | None = None
+        self.base_url = ""
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Configure (when asked), start serving and generating; returns the base URL."""
+        if self.auto_configure:
+            for code in list(self.account.applications):
+                self.account.configure_pull(code)
+        self._server = HttpServer(self._handle, host, port)
+        await self._server.start()
+        self.base_url = self._server.url
+        self._generator = asyncio.create_task(self._generate(), name="simulator-generator")
+        log.info("simulator started", base_url=self.base_url)
+        return self.base_url
+
+    async def stop(self) -> None:
+        """Stop the generator and the server (open connections are closed)."""
+        if self._generator is not None:
+            self._generator.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._generator
+            self._generator = None
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+
+    # In-process twins of the control endpoints.
+
+    def inject(self, app: str, count: int, *, extra: dict[str, Any] | None = None) -> list[str]:
+        """Create count messages for app; returns the ids that entered the pull inbox."""
+        if app not in self.account.applications:
+            raise ValueError(f"application {app!r} does not exist")
+        ids = []
+        for _ in range(count):
+            message = self.account.new_message(app, extra)
+            self.account.counters.injected += 1
+            if self.account.deliver(app, message):
+                ids.append(str(message["messageId"]))
+        return ids
+
+    def inject_raw(self, messages: list[dict[str, Any]]) -> list[str]:
+        """Put messages into the inbox exactly as given (no routing); returns their ledger ids.
+
+        A message without a string messageId gets the stand-in id ``raw-<n>``.
+        """
+        ids = []
+        for message in messages:
+            message_id = message.get("messageId")
+            if not isinstance(message_id, str):
+                message_id = f"raw-{self.account.counters.injected + 1}"
+            self.account.counters.injected += 1
+            self.account.inbox.append((message_id, message))
+            ids.append(message_id)
+        return ids
+
+    def add_fault(
+        self,
+        kind: str,
+        *,
+        count: int | None = 1,
+        rate: float | None = None,
+        path: str | None = None,
+        **params: Any,
+    ) -> None:
+        """Install a fault: count one-shot firings, or with probability rate until cleared."""
+        self.faults.add(make_fault(kind, count=count, rate=rate, path=path, **params))
+
+    def clear_faults(self) -> None:
+        """Remove every installed fault."""
+        self.faults.clear()
+
+    def set_rate(self, rate: float) -> None:
+        """Change the background generator's messages per second (0 stops it)."""
+        self.rate = max(0.0, rate)
+
+    def revoke_tokens(self) -> int:
+        """Invalidate every OAuth2 token; returns how many were live."""
+        return self.auth.revoke_all()
+
+    def add_application(self, code: str) -> bool:
+        """Add an application to the account; False when it exists already."""
+        return self.account.add_application(code)
+
+    @property
+    def inbox_depth(self) -> int:
+        """Messages waiting in the pull inbox."""
+        return len(self.account.inbox)
+
+    def state(self) -> dict[str, Any]:
+        """A JSON snapshot: applications, configurations, actions, inbox and counters."""
+        snapshot = self.account.snapshot()
+        snapshot.update(
+            handedOut=self.ledger.handed_out,
+            faults=self.faults.snapshot(),
+            faultsFired=self.faults.fired,
+            generatorRate=self.rate,
+            tokensIssued=self.auth.issued,
+            tokensRevoked=self.auth.revoked,
+        )
+        return snapshot
+
+    async def _handle(self, request: Request) -> Response:
+        if request.path.startswith(PREFIX):
+            return await handle_control(self, request)
+        self.account.counters.requests += 1
+        if request.path != TOKEN_PATH:
+            status = self.auth.check(request.headers.get("authorization"))
+            if status:
+                return forbidden() if status == 403 else unauthorized()
+            # The throttle is per account, so it applies once the account is known.
+            if not self.throttle.allow():
+                self.account.counters.throttled += 1
+                return too_many_requests()
+        fault = self.faults.pick(request.path)
+        if fault is not None and fault.kind == "latency":
+            await asyncio.sleep(delay_of(fault))
+            fault = None
+        if fault is not None and fault.kind in REFUSING:
+            return refusal(fault)
+        if request.path == TOKEN_PATH:
+            response = self.api.token(request)
+        else:
+            response = self.api.handle(request, fault)
+        return spoil(response, fault) if fault is not None else response
+
+    async def _generate(self) -> None:
+        credit = 0.0
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(GENERATOR_TICK)
+            now = time.monotonic()
+            credit += self.rate * (now - last)
+            last = now
+            routed = self.account.routed_applications()
+            if not routed or self.rate <= 0:
+                credit = 0.0
+                continue
+            while credit >= 1.0:
+                credit -= 1.0
+                app = self._pick_rng.choice(routed)
+                self.account.counters.generated += 1
+                self.account.deliver(app, self.account.new_message(app))

@@ -1,0 +1,219 @@
+"""The simulated account: applications, configurations, actions and the pull inbox."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from poller.simulator.messages import MessageFactory
+
+PULL = "PULL"
+HTTP_FORWARD = "HTTP_FORWARD"
+ACTION_TYPES = frozenset({PULL, HTTP_FORWARD})
+
+
+class ApiError(Exception):
+    """An Infobip error answer: status plus requestError.serviceException fields."""
+
+    def __init__(self, status: int, message_id: str, text: str) -> None:
+        super().__init__(f"{status} {message_id}: {text}")
+        self.status = status
+        self.message_id = message_id
+        self.text = text
+
+
+def application_missing() -> ApiError:
+    """404 as documented for an unknown application code."""
+    return ApiError(404, "1", "Application does not exist")
+
+
+def configuration_missing() -> ApiError:
+    """404 as documented for an unknown configuration key."""
+    return ApiError(404, "6", "Configuration does not exist")
+
+
+def action_missing() -> ApiError:
+    """404 for an unknown action key (messageId 5 in Infobip's numbering)."""
+    return ApiError(404, "5", "Action does not exist")
+
+
+def invalid_action() -> ApiError:
+    """400 as documented for a malformed ActionRequest."""
+    return ApiError(400, "8", "Invalid action request")
+
+
+@dataclass
+class Action:
+    """A PULL or HTTP_FORWARD action of a configuration."""
+
+    key: str
+    type: str
+    callback_data: str | None = None
+    forward_url: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """ActionResponse."""
+        body: dict[str, Any] = {"key": self.key, "type": self.type}
+        if self.callback_data is not None:
+            body["callbackData"] = self.callback_data
+        if self.forward_url is not None:
+            body["forwardUrl"] = self.forward_url
+        return body
+
+
+@dataclass
+class Configuration:
+    """The container of an application's actions."""
+
+    key: str
+    actions: dict[str, Action] = field(default_factory=dict)
+
+
+@dataclass
+class Application:
+    """An application of the account; Infobip allows it one configuration."""
+
+    code: str
+    configurations: dict[str, Configuration] = field(default_factory=dict)
+
+    def pull_action(self) -> Action | None:
+        """The first PULL action, which routes the application's messages to the inbox."""
+        for configuration in self.configurations.values():
+            for action in configuration.actions.values():
+                if action.type == PULL:
+                    return action
+        return None
+
+
+@dataclass
+class Counters:
+    """What happened to messages and requests, for the state snapshot."""
+
+    generated: int = 0
+    injected: int = 0
+    not_routed: int = 0
+    throttled: int = 0
+    requests: int = 0
+
+
+class Account:
+    """One Infobip account: its applications and its account-wide pull inbox."""
+
+    def __init__(self, applications: Iterable[str], factory: MessageFactory) -> None:
+        self.factory = factory
+        self.applications: dict[str, Application] = {
+            code: Application(code) for code in applications
+        }
+        # Each entry is (ledger id, message): the ledger id is the messageId, or a stand-in
+        # for raw test messages that lack one.
+        self.inbox: deque[tuple[str, dict[str, Any]]] = deque()
+        self.counters = Counters()
+
+    def add_application(self, code: str) -> bool:
+        """Add an application; False when it exists already."""
+        if code in self.applications:
+            return False
+        self.applications[code] = Application(code)
+        return True
+
+    def application(self, code: str) -> Application:
+        """The application, or the documented 404."""
+        try:
+            return self.applications[code]
+        except KeyError:
+            raise application_missing() from None
+
+    def configuration(self, code: str, key: str) -> Configuration:
+        """The configuration, or the documented 404 (application first)."""
+        try:
+            return self.application(code).configurations[key]
+        except KeyError:
+            raise configuration_missing() from None
+
+    def create_configuration(self, code: str) -> Configuration:
+        """Create the application's configuration; 409 when it has one already."""
+        application = self.application(code)
+        if application.configurations:
+            raise ApiError(409, "CONFLICT", "Configuration already exists")
+        configuration = Configuration(self.factory.hex_key())
+        application.configurations[configuration.key] = configuration
+        return configuration
+
+    def delete_configuration(self, code: str, key: str) -> None:
+        """Delete a configuration and its actions."""
+        self.configuration(code, key)
+        del self.applications[code].configurations[key]
+
+    def add_action(
+        self, code: str, key: str, type_: str, callback_data: str | None, forward_url: str | None
+    ) -> Action:
+        """Add an action. A second PULL action is allowed: Infobip documents no limit."""
+        configuration = self.configuration(code, key)
+        action = Action(self.factory.uuid(), type_, callback_data, forward_url)
+        configuration.actions[action.key] = action
+        return action
+
+    def delete_action(self, code: str, key: str, action_key: str) -> None:
+        """Delete an action, or the documented 404."""
+        configuration = self.configuration(code, key)
+        if configuration.actions.pop(action_key, None) is None:
+            raise action_missing()
+
+    def configure_pull(self, code: str, callback_data: str | None = None) -> Action:
+        """Ensure a configuration with a PULL action (what auto_configure does)."""
+        application = self.application(code)
+        existing = application.pull_action()
+        if existing is not None:
+            return existing
+        if application.configurations:
+            key = next(iter(application.configurations))
+        else:
+            key = self.create_configuration(code).key
+        return self.add_action(code, key, PULL, callback_data, None)
+
+    def deliver(self, code: str, message: dict[str, Any]) -> bool:
+        """Route a new message: into the inbox when the application has a PULL action."""
+        application = self.applications.get(code)
+        if application is None or application.pull_action() is None:
+            self.counters.not_routed += 1
+            return False
+        self.inbox.append((str(message["messageId"]), message))
+        return True
+
+    def new_message(self, code: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A message for the application, carrying its PULL action's callbackData."""
+        action = self.application(code).pull_action()
+        callback_data = action.callback_data if action is not None else None
+        return self.factory.make(code, callback_data=callback_data, extra=extra)
+
+    def take(self, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        """The destructive read: remove and return up to limit messages, oldest first."""
+        count = min(limit, len(self.inbox))
+        return [self.inbox.popleft() for _ in range(count)]
+
+    def routed_applications(self) -> list[str]:
+        """Codes of the applications whose messages reach the pull inbox."""
+        return [code for code, app in self.applications.items() if app.pull_action() is not None]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Applications, configurations, actions, inbox depth and counters as JSON."""
+        return {
+            "applications": {
+                code: {
+                    "routed": app.pull_action() is not None,
+                    "configurations": [
+                        {"key": c.key, "actions": [a.to_json() for a in c.actions.values()]}
+                        for c in app.configurations.values()
+                    ],
+                }
+                for code, app in self.applications.items()
+            },
+            "inboxDepth": len(self.inbox),
+            "generated": self.counters.generated,
+            "injected": self.counters.injected,
+            "notRouted": self.counters.not_routed,
+            "throttled": self.counters.throttled,
+            "requests": self.counters.requests,
+        }
