@@ -1,0 +1,395 @@
+"""Durable local spool: pulled messages live here until Redis confirmed them.
+
+A SQLite file in WAL mode with ``synchronous=FULL``: a message is on disk before anything
+else is done with it (design invariant 1). Rows are numbered by an ``AUTOINCREMENT``
+sequence, which the Redis high-water mark relies on: a plain rowid would reuse numbers
+after the table was emptied, and such rows would be skipped as "already written".
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_SCHEMA = """
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE messages (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    app         TEXT NOT NULL,
+    message_id  TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    pulled_at   TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    spooled_at  REAL NOT NULL
+);
+CREATE TABLE quarantine (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    raw           BLOB NOT NULL,
+    reason        TEXT NOT NULL,
+    app           TEXT,
+    pulled_at     TEXT NOT NULL,
+    dead_lettered INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX quarantine_pending ON quarantine (seq) WHERE dead_lettered = 0;
+"""
+_TABLES = frozenset({"meta", "messages", "quarantine", "sqlite_sequence"})
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A pulled message about to be spooled; ``payload`` is the message JSON as sent."""
+
+    app: str
+    message_id: str
+    received_at: str
+    pulled_at: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class NewQuarantine:
+    """Something pulled that could not be parsed into a message."""
+
+    raw: bytes
+    reason: str
+    app: str | None
+    pulled_at: str
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    """A spooled message waiting for Redis."""
+
+    seq: int
+    app: str
+    message_id: str
+    received_at: str
+    pulled_at: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    """A quarantined body, kept for inspection."""
+
+    seq: int
+    raw: bytes
+    reason: str
+    app: str | None
+    pulled_at: str
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    """Spool gauges for metrics and readiness."""
+
+    rows: int
+    bytes: int
+    oldest_age_s: float | None
+    quarantined: int
+    quarantine_pending: int
+
+
+class SpoolError(Exception):
+    """The spool file cannot be used; the message names the file and the problem."""
+
+
+def _size(message: NewMessage) -> int:
+    return sum(
+        len(part.encode())
+        for part in (
+            message.app,
+            message.message_id,
+            message.received_at,
+            message.pulled_at,
+            message.payload,
+        )
+    )
+
+
+class Spool:
+    """A crash-safe FIFO of pulled messages plus a quarantine table."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, max_rows: int, max_bytes: int):
+        self._conn = conn
+        self._path = path
+        self._lock = threading.Lock()
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.instance_id = ""
+        self._rows = 0
+        self._bytes = 0
+        self._quarantined = 0
+        self._quarantine_pending = 0
+
+    @classmethod
+    def open(cls, path: Path | str, *, max_rows: int, max_bytes: int) -> Spool:
+        """Open (or create) the spool file; never deletes or rewrites an unusable one."""
+        path = Path(path)
+        _check_file(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"spool {path}: cannot create its directory: {exc}") from exc
+        mode = "rw" if path.exists() else "rwc"
+        try:
+            conn = sqlite3.connect(
+                f"file:{path}?mode={mode}",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool {path}: cannot open: {exc}") from exc
+        spool = cls(conn, path, max_rows, max_bytes)
+        try:
+            spool._init()
+        except SpoolError:
+            conn.close()
+            raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise SpoolError(f"spool {path}: cannot use the file: {exc}") from exc
+        return spool
+
+    def _init(self) -> None:
+        conn = self._conn
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        tables = {name for name in tables if not name.startswith("sqlite_autoindex")}
+        if version == 0 and tables:
+            raise SpoolError(
+                f"spool {self._path}: not a spool file (it holds tables {sorted(tables)})"
+            )
+        if version > SCHEMA_VERSION:
+            raise SpoolError(
+                f"spool {self._path}: schema version {version} is newer than this build "
+                f"reads ({SCHEMA_VERSION}); upgrade the poller"
+            )
+        if version == SCHEMA_VERSION and not {"meta", "messages", "quarantine"} <= tables:
+            raise SpoolError(f"spool {self._path}: schema version {version} but tables missing")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise SpoolError(f"spool {self._path}: cannot switch to WAL mode (got {mode})")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        if version == 0:
+            with self._transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('instance_id', ?)", (uuid.uuid4().hex,)
+                )
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        # Fail now, not at the first append, when the file or its directory is read-only.
+        with self._transaction():
+            pass
+        row = conn.execute("SELECT value FROM meta WHERE key = 'instance_id'").fetchone()
+        if row is None:
+            raise SpoolError(f"spool {self._path}: instance id missing")
+        self.instance_id = str(row[0])
+        self._rows, self._bytes = conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM messages"
+        ).fetchone()
+        self._quarantined, self._quarantine_pending = conn.execute(
+            "SELECT count(*), coalesce(sum(dead_lettered = 0), 0) FROM quarantine"
+        ).fetchone()
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._conn)
+
+    def _fail(self, action: str, exc: sqlite3.Error) -> SpoolError:
+        return SpoolError(f"spool {self._path}: {action} failed: {exc}")
+
+    def append(
+        self, messages: Sequence[NewMessage], quarantine: Sequence[NewQuarantine] = ()
+    ) -> None:
+        """Store messages and quarantined bodies in one fsynced transaction."""
+        if not messages and not quarantine:
+            return
+        now = time.time()
+        rows = [
+            (m.app, m.message_id, m.received_at, m.pulled_at, m.payload, _size(m), now)
+            for m in messages
+        ]
+        with self._lock:
+            try:
+                with self._transaction():
+                    self._conn.executemany(
+                        "INSERT INTO messages (app, message_id, received_at, pulled_at,"
+                        " payload, size, spooled_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                    self._conn.executemany(
+                        "INSERT INTO quarantine (raw, reason, app, pulled_at) VALUES (?, ?, ?, ?)",
+                        [(q.raw, q.reason, q.app, q.pulled_at) for q in quarantine],
+                    )
+            except sqlite3.Error as exc:
+                raise self._fail("append", exc) from exc
+            self._rows += len(rows)
+            self._bytes += sum(row[5] for row in rows)
+            self._quarantined += len(quarantine)
+            self._quarantine_pending += len(quarantine)
+
+    def pending(self, limit: int) -> list[SpoolEntry]:
+        """Messages not yet confirmed by Redis, lowest sequence first."""
+        with self._lock:
+            try:
+                cursor = self._conn.execute(
+                    "SELECT seq, app, message_id, received_at, pulled_at, payload"
+                    " FROM messages ORDER BY seq LIMIT ?",
+                    (limit,),
+                )
+                return [SpoolEntry(*row) for row in cursor]
+            except sqlite3.Error as exc:
+                raise self._fail("read", exc) from exc
+
+    def commit(self, up_to_seq: int) -> int:
+        """Delete every message with ``seq <= up_to_seq``; returns how many went."""
+        return self._delete("seq <= ?", [(up_to_seq,)])
+
+    def commit_seqs(self, seqs: Iterable[int]) -> int:
+        """Delete exactly these messages; returns how many went."""
+        return self._delete("seq = ?", [(seq,) for seq in seqs])
+
+    def _delete(self, where: str, params: list[tuple[int]]) -> int:
+        if not params:
+            return 0
+        with self._lock:
+            count = size = 0
+            try:
+                with self._transaction():
+                    for param in params:
+                        n, s = self._conn.execute(
+                            f"SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE {where}",  # noqa: S608
+                            param,
+                        ).fetchone()
+                        if n:
+                            self._conn.execute(f"DELETE FROM messages WHERE {where}", param)  # noqa: S608
+                        count += n
+                        size += s
+            except sqlite3.Error as exc:
+                raise self._fail("commit", exc) from exc
+            self._rows -= count
+            self._bytes -= size
+            return count
+
+    def quarantine_pending(self, limit: int) -> list[QuarantineEntry]:
+        """Quarantined bodies not yet written to the dead-letter stream, lowest first."""
+        return self._quarantine_rows("WHERE dead_lettered = 0", limit)
+
+    def quarantined(self, limit: int) -> list[QuarantineEntry]:
+        """All quarantined bodies (dead-lettered or not), lowest first, for inspection."""
+        return self._quarantine_rows("", limit)
+
+    def _quarantine_rows(self, where: str, limit: int) -> list[QuarantineEntry]:
+        with self._lock:
+            try:
+                cursor = self._conn.execute(
+                    f"SELECT seq, raw, reason, app, pulled_at FROM quarantine {where}"  # noqa: S608
+                    " ORDER BY seq LIMIT ?",
+                    (limit,),
+                )
+                return [QuarantineEntry(s, bytes(r), why, a, p) for s, r, why, a, p in cursor]
+            except sqlite3.Error as exc:
+                raise self._fail("read quarantine", exc) from exc
+
+    def mark_dead_lettered(self, up_to_seq: int) -> None:
+        """Flag quarantined bodies up to ``up_to_seq`` as written; the bytes stay."""
+        with self._lock:
+            try:
+                with self._transaction():
+                    n = self._conn.execute(
+                        "UPDATE quarantine SET dead_lettered = 1"
+                        " WHERE dead_lettered = 0 AND seq <= ?",
+                        (up_to_seq,),
+                    ).rowcount
+            except sqlite3.Error as exc:
+                raise self._fail("mark dead-lettered", exc) from exc
+            self._quarantine_pending -= n
+
+    def stats(self) -> SpoolStats:
+        """Counters kept in memory, plus the age of the oldest row (one index lookup)."""
+        with self._lock:
+            try:
+                row = self._conn.execute(
+                    "SELECT spooled_at FROM messages ORDER BY seq LIMIT 1"
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise self._fail("stats", exc) from exc
+            return SpoolStats(
+                rows=self._rows,
+                bytes=self._bytes,
+                oldest_age_s=None if row is None else max(0.0, time.time() - row[0]),
+                quarantined=self._quarantined,
+                quarantine_pending=self._quarantine_pending,
+            )
+
+    @property
+    def full(self) -> bool:
+        """True when the spool reached its row or byte cap: stop pulling."""
+        return self._rows >= self.max_rows or self._bytes >= self.max_bytes
+
+    @property
+    def path(self) -> Path:
+        """The spool file."""
+        return self._path
+
+    def close(self) -> None:
+        """Close the file; safe to call twice."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        elif self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+
+def _check_file(path: Path) -> None:
+    """Refuse anything that is not an SQLite file before SQLite gets to touch it."""
+    if path.is_dir():
+        raise SpoolError(f"spool {path}: is a directory, expected a file")
+    if not path.exists():
+        return
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise SpoolError(f"spool {path}: not readable and writable by this user")
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise SpoolError(f"spool {path}: cannot read: {exc.strerror or exc}") from exc
+    # An empty file is what a crash during the very first open can leave; SQLite adopts it.
+    if header and header != _SQLITE_MAGIC:
+        raise SpoolError(f"spool {path}: not an SQLite file (unexpected header); left untouched")
