@@ -1,0 +1,176 @@
+"""The `poller` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from poller import __version__
+from poller.cli import admin
+from poller.cli.output import emit_json, error, table
+from poller.settings import CONFIG_ENV, Settings, SettingsError, load_settings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(
+        prog="poller",
+        description="Move Infobip mobile-app inbound push messages into Redis streams, none lost.",
+        epilog="Settings come from POLLER_* environment variables, a .env file and --config; "
+        "see `poller config show`.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", metavar="FILE", help=f"TOML settings file (also ${CONFIG_ENV})")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", help="the daemon: bootstrap, then pull on the schedule until stopped")
+    once = sub.add_parser(
+        "once", help="drain the inbox into Redis and exit (non-zero if anything stayed behind)"
+    )
+    once.add_argument("--no-bootstrap", action="store_true", help="skip the bootstrap step")
+
+    boot = sub.add_parser(
+        "bootstrap", help="ensure each application has a configuration with a PULL action"
+    )
+    boot.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    boot.add_argument("--json", action="store_true", help="print JSON")
+
+    demo = sub.add_parser(
+        "demo", help="run everything locally: simulator, embedded Valkey/Redis and the daemon"
+    )
+    demo.add_argument("--duration", type=float, default=None, help="seconds (default: Ctrl-C)")
+    demo.add_argument("--rate", type=float, default=50.0, help="simulated messages per second")
+    demo.add_argument(
+        "--applications", default="shop-ios,shop-android,news-app", help="application codes"
+    )
+    demo.add_argument("--plain", action="store_true", help="no live view, log lines only")
+
+    sub.add_parser("check", help="exit 0 when the running daemon is ready, else 1 (for probes)")
+    status = sub.add_parser("status", help="spool, last poll, streams and consumer groups")
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    config = sub.add_parser("config", help="settings")
+    cverbs = config.add_subparsers(dest="verb", required=True, metavar="VERB")
+    show = cverbs.add_parser("show", help="print the effective settings (secrets masked)")
+    show.add_argument("--json", action="store_true", help="print JSON")
+
+    simulate = sub.add_parser("simulate", help="serve the Infobip simulator on loopback")
+    from poller.simulator import cli as simulator_cli
+
+    simulator_cli.add_arguments(simulate)
+    admin.add_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `poller` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except SettingsError as exc:
+        for line in exc.lines:
+            sys.stderr.write(f"poller: bad setting: {line}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from poller.infobip.errors import InfobipError
+
+    if args.command == "simulate":
+        from poller.simulator import cli as simulator_cli
+
+        return asyncio.run(simulator_cli.run(args))
+    if args.command == "demo":
+        from poller.demo import run_demo
+
+        return asyncio.run(run_demo(args))
+
+    settings = load_settings(args.config)
+    from poller import logs
+
+    logs.configure(settings.log.level, settings.log.format)
+    _register_secrets(settings)
+    try:
+        return _run_command(args, settings)
+    except InfobipError as exc:
+        error(logs.redact_text(str(exc)))
+        return EXIT_FAILURE
+    except OSError as exc:
+        error(logs.redact_text(f"{type(exc).__name__}: {exc}"))
+        return EXIT_FAILURE
+
+
+def _run_command(args: argparse.Namespace, settings: Settings) -> int:
+    command = args.command
+    if command == "config":
+        _show_config(settings, as_json=args.json)
+        return EXIT_OK
+    if command == "infobip":
+        return asyncio.run(admin.run(args, settings))
+    if command == "bootstrap":
+        from poller.bootstrap import run_bootstrap_command
+
+        return asyncio.run(run_bootstrap_command(settings, dry_run=args.dry_run, as_json=args.json))
+    if command == "run":
+        from poller.daemon import run_daemon
+
+        return asyncio.run(run_daemon(settings))
+    if command == "once":
+        from poller.daemon import run_once
+
+        return asyncio.run(run_once(settings, bootstrap=not args.no_bootstrap))
+    if command == "check":
+        from poller.status import run_check
+
+        return asyncio.run(run_check(settings))
+    if command == "status":
+        from poller.status import run_status
+
+        return asyncio.run(run_status(settings, as_json=args.json))
+    raise AssertionError(f"unknown command {command}")
+
+
+def _register_secrets(settings: Settings) -> None:
+    from poller import logs
+
+    for secret in (
+        settings.infobip.api_key,
+        settings.infobip.password,
+        settings.infobip.ibsso_token,
+        settings.infobip.client_secret,
+        settings.redis.password,
+    ):
+        if secret is not None:
+            logs.register_secret(secret.get_secret_value())
+
+
+def flatten(settings: Settings) -> list[tuple[str, Any]]:
+    """(dotted name, value) for every setting; secrets come out masked."""
+    rows: list[tuple[str, Any]] = []
+    for group, values in settings.model_dump(mode="json").items():
+        for name, value in values.items():
+            rows.append((f"{group}.{name}", value))
+    return rows
+
+
+def _show_config(settings: Settings, *, as_json: bool) -> None:
+    from poller.settings import env_name
+
+    if as_json:
+        emit_json(settings.model_dump(mode="json"))
+        return
+    rows = []
+    for dotted, value in flatten(settings):
+        shown = "" if value is None else value
+        rows.append([dotted, shown, env_name(tuple(dotted.split(".")))])
+    table(["setting", "value", "environment variable"], rows)

@@ -1,0 +1,219 @@
+"""`poller infobip ...`: the configuration, action and pull API from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from poller.cli.output import emit_json, table, warn
+from poller.infobip import Action, ActionRequest, InfobipClient, NotFoundError
+from poller.infobip.errors import InfobipError
+from poller.settings import Settings
+
+
+def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `infobip configurations|actions|pull`."""
+    infobip = sub.add_parser("infobip", help="Infobip configurations, actions and pull by hand")
+    groups = infobip.add_subparsers(dest="group", required=True, metavar="GROUP")
+
+    configs = groups.add_parser("configurations", help="an application's configurations")
+    cverbs = configs.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, helptext in (
+        ("list", "list the configurations"),
+        ("get", "show one configuration"),
+        ("create", "create the configuration (409 if one exists)"),
+        ("delete", "delete a configuration and its actions"),
+    ):
+        p = cverbs.add_parser(verb, help=helptext)
+        _json_flag(p)
+        p.add_argument("app", metavar="APPLICATION_CODE")
+        if verb in ("get", "delete"):
+            p.add_argument("key", metavar="CONFIGURATION_KEY")
+
+    actions = groups.add_parser("actions", help="the actions on a configuration")
+    averbs = actions.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, helptext in (
+        ("list", "list the actions"),
+        ("create", "create an action (PULL or HTTP_FORWARD)"),
+        ("delete", "delete an action"),
+    ):
+        p = averbs.add_parser(verb, help=helptext)
+        _json_flag(p)
+        p.add_argument("app", metavar="APPLICATION_CODE")
+        p.add_argument(
+            "--configuration",
+            metavar="KEY",
+            help="configuration key (default: the application's only configuration)",
+        )
+        if verb == "create":
+            p.add_argument("--type", choices=("PULL", "HTTP_FORWARD"), default="PULL")
+            p.add_argument("--forward-url", help="where HTTP_FORWARD posts messages")
+            p.add_argument("--callback-data", help="callbackData stored on the action")
+        if verb == "delete":
+            p.add_argument("action_key", metavar="ACTION_KEY")
+
+    pull = groups.add_parser(
+        "pull", help="pull messages once (they are consumed: Infobip hands each out only once)"
+    )
+    _json_flag(pull)
+    pull.add_argument("--limit", type=_limit, default=50, help="1..1000 (default 50)")
+    pull.add_argument("--out", metavar="FILE.jsonl", help="append the messages to this file")
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _limit(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError("must be between 1 and 1000")
+    return value
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Carry out one `poller infobip ...` command."""
+    async with InfobipClient(settings.infobip) as client:
+        if args.group == "configurations":
+            return await _configurations(client, args)
+        if args.group == "actions":
+            return await _actions(client, args)
+        return await _pull(client, args)
+
+
+async def _configurations(client: InfobipClient, args: argparse.Namespace) -> int:
+    if args.verb == "list":
+        found = await client.list_configurations(args.app)
+        if args.json:
+            emit_json([c.model_dump(by_alias=True) for c in found])
+        else:
+            table(["configuration key"], [[c.key] for c in found])
+    elif args.verb == "get":
+        config = await client.get_configuration(args.app, args.key)
+        if args.json:
+            emit_json(config.model_dump(by_alias=True))
+        else:
+            actions = await client.list_actions(args.app, config.key)
+            print(f"configuration {config.key} of {args.app}")
+            _action_table(actions)
+    elif args.verb == "create":
+        config = await client.create_configuration(args.app)
+        if args.json:
+            emit_json(config.model_dump(by_alias=True))
+        else:
+            print(f"created configuration {config.key} for {args.app}")
+    else:
+        await client.delete_configuration(args.app, args.key)
+        if args.json:
+            emit_json({"deleted": args.key})
+        else:
+            print(f"deleted configuration {args.key} of {args.app}")
+    return 0
+
+
+async def _config_key(client: InfobipClient, args: argparse.Namespace) -> str:
+    if args.configuration:
+        return str(args.configuration)
+    found = await client.list_configurations(args.app)
+    if not found:
+        raise NotFoundError(
+            404,
+            None,
+            f"{args.app} has no configuration; create one with "
+            f"`poller infobip configurations create {args.app}`",
+        )
+    if len(found) > 1:
+        keys = ", ".join(c.key for c in found)
+        raise InfobipError(f"{args.app} has several configurations ({keys}); pass --configuration")
+    return found[0].key
+
+
+async def _actions(client: InfobipClient, args: argparse.Namespace) -> int:
+    key = await _config_key(client, args)
+    if args.verb == "list":
+        actions = await client.list_actions(args.app, key)
+        if args.json:
+            emit_json([a.model_dump(by_alias=True, exclude_none=True) for a in actions])
+        else:
+            _action_table(actions)
+    elif args.verb == "create":
+        if args.type == "HTTP_FORWARD" and not args.forward_url:
+            raise InfobipError("--type HTTP_FORWARD needs --forward-url")
+        if args.type == "PULL" and args.forward_url:
+            raise InfobipError("--forward-url is for HTTP_FORWARD actions only")
+        request = ActionRequest(
+            type=args.type, callbackData=args.callback_data, forwardUrl=args.forward_url
+        )
+        action = await client.create_action(args.app, key, request)
+        if args.json:
+            emit_json(action.model_dump(by_alias=True, exclude_none=True))
+        else:
+            print(f"created {action.type} action {action.key} on configuration {key}")
+    else:
+        await client.delete_action(args.app, key, args.action_key)
+        if args.json:
+            emit_json({"deleted": args.action_key})
+        else:
+            print(f"deleted action {args.action_key} of configuration {key}")
+    return 0
+
+
+def _action_table(actions: list[Action]) -> None:
+    table(
+        ["action key", "type", "callback data", "forward url"],
+        [[a.key, a.type, a.callback_data, a.forward_url] for a in actions],
+    )
+
+
+async def _pull(client: InfobipClient, args: argparse.Namespace) -> int:
+    warn("pulled messages are consumed: Infobip will not hand them out again")
+    response = await client.pull(args.limit)
+    pulled_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if args.out:
+        # Written and fsynced before anything is printed: these messages exist nowhere else.
+        await asyncio.to_thread(_append_jsonl, args.out, response.results)
+    if args.json:
+        emit_json(
+            {
+                "results": response.results,
+                "messageCount": response.message_count,
+                "pendingMessageCount": response.pending_message_count,
+                "pulledAt": pulled_at,
+            }
+        )
+    else:
+        table(
+            ["message id", "application", "received at", "text"],
+            [_row(item) for item in response.results],
+        )
+        saved = f", appended to {args.out}" if args.out else ""
+        print(
+            f"{len(response.results)} message(s){saved}; "
+            f"{response.pending_message_count} still pending"
+        )
+    return 0
+
+
+def _append_jsonl(path: str, items: list[Any]) -> None:
+    with open(path, "a", encoding="utf-8") as out:
+        for item in items:
+            out.write(json.dumps(item, ensure_ascii=False) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _row(item: Any) -> list[Any]:
+    if not isinstance(item, dict):
+        return ["?", "?", "?", repr(item)[:60]]
+    text = str(item.get("text", ""))
+    text = text.replace("\n", " ")
+    return [
+        item.get("messageId"),
+        item.get("applicationCode"),
+        item.get("receivedAt"),
+        text if len(text) <= 60 else text[:57] + "...",
+    ]

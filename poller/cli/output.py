@@ -1,0 +1,40 @@
+"""Plain-text tables and JSON output for the CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO | None = None) -> None:
+    """Print rows under headers, columns aligned; `(none)` when there are no rows."""
+    out = out or sys.stdout
+    text_rows = [["" if cell is None else str(cell) for cell in row] for row in rows]
+    if not text_rows:
+        out.write("(none)\n")
+        return
+    widths = [len(h) for h in headers]
+    for row in text_rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    line = "  ".join(h.upper().ljust(widths[i]) for i, h in enumerate(headers))
+    out.write(line.rstrip() + "\n")
+    for row in text_rows:
+        out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() + "\n")
+
+
+def emit_json(value: Any, out: TextIO | None = None) -> None:
+    """Print one JSON document."""
+    (out or sys.stdout).write(json.dumps(value, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def error(message: str) -> None:
+    """One line on stderr."""
+    sys.stderr.write(f"poller: error: {message}\n")
+
+
+def warn(message: str) -> None:
+    """One line on stderr."""
+    sys.stderr.write(f"poller: warning: {message}\n")

@@ -1,0 +1,295 @@
+"""The poll cycle: pull -> spool -> flush to Redis -> commit, draining while Infobip has more."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from poller import metrics
+from poller.infobip import InfobipClient, InfobipError, MalformedResponseError, PullResponse
+from poller.sink import Sink, SinkError
+from poller.spool import NewMessage, NewQuarantine, Spool
+
+log = structlog.get_logger(__name__)
+
+# Rows read from the spool per flush step: bounded memory whatever the backlog.
+FLUSH_ROWS = 5000
+# Malformed answers in a row after which a cycle stops pulling until the next tick.
+MAX_MALFORMED_IN_A_ROW = 3
+
+
+@dataclass
+class CycleResult:
+    """What one cycle did."""
+
+    pulls: int = 0
+    pulled: int = 0
+    quarantined: int = 0
+    written: int = 0
+    skipped: int = 0
+    pending_reported: int | None = None
+    backpressure: bool = False
+    pull_error: str | None = None
+    flush_error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when the cycle pulled without error and flushed everything it could."""
+        return self.pull_error is None and self.flush_error is None
+
+
+@dataclass
+class FlushResult:
+    """What one flush wrote."""
+
+    written: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    dead_lettered: int = 0
+
+    @property
+    def total_written(self) -> int:
+        """Entries added to streams."""
+        return sum(self.written.values())
+
+
+def now_rfc3339() -> str:
+    """The current UTC time as RFC 3339 with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def split_results(
+    response: PullResponse, pulled_at: str
+) -> tuple[list[NewMessage], list[NewQuarantine]]:
+    """Turn a pull's items into spool rows; items that are not messages go to quarantine."""
+    messages: list[NewMessage] = []
+    quarantined: list[NewQuarantine] = []
+    for item in response.results:
+        problem = _problem(item)
+        payload = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+        if problem is None:
+            received = item.get("receivedAt")
+            messages.append(
+                NewMessage(
+                    app=item["applicationCode"],
+                    message_id=item["messageId"],
+                    received_at=received if isinstance(received, str) else "",
+                    pulled_at=pulled_at,
+                    payload=payload,
+                )
+            )
+        else:
+            app = item.get("applicationCode") if isinstance(item, dict) else None
+            quarantined.append(
+                NewQuarantine(
+                    raw=payload.encode(),
+                    reason=problem,
+                    app=app if isinstance(app, str) and app else None,
+                    pulled_at=pulled_at,
+                )
+            )
+    return messages, quarantined
+
+
+def _problem(item: Any) -> str | None:
+    if not isinstance(item, dict):
+        return f"result item is a {type(item).__name__}, not an object"
+    for name in ("messageId", "applicationCode"):
+        value = item.get(name)
+        if not isinstance(value, str) or not value:
+            return f"result item has no {name}"
+    return None
+
+
+class PollCycle:
+    """Runs cycles; the only place where Infobip, the spool and Redis meet."""
+
+    def __init__(
+        self,
+        client: InfobipClient,
+        spool: Spool,
+        sink: Sink,
+        *,
+        pull_limit: int,
+        max_pulls: int,
+    ) -> None:
+        self.client = client
+        self.spool = spool
+        self.sink = sink
+        self.pull_limit = pull_limit
+        self.max_pulls = max_pulls
+        self._flush_lock = asyncio.Lock()
+        self.last_success: float | None = None
+        self.backpressure = False
+
+    async def run(self) -> CycleResult:
+        """One cycle: pull and spool, flush, repeat while messages are pending."""
+        result = CycleResult()
+        started = time.monotonic()
+        redis_failed = False
+        malformed_in_a_row = 0
+        while result.pulls < self.max_pulls:
+            if self.spool.full:
+                # Flushing may make room; otherwise stop pulling until Redis drains the spool.
+                if not redis_failed:
+                    redis_failed = not await self._try_flush(result)
+                if self.spool.full:
+                    self._set_backpressure(True)
+                    result.backpressure = True
+                    break
+            self._set_backpressure(False)
+            try:
+                response = await self._pull_and_spool(result)
+            except MalformedResponseError as exc:
+                malformed_in_a_row += 1
+                if malformed_in_a_row >= MAX_MALFORMED_IN_A_ROW:
+                    result.pull_error = str(exc)
+                    break
+                continue
+            except InfobipError as exc:
+                result.pull_error = str(exc)
+                metrics.PULLS.labels(outcome="error").inc()
+                log.warning("pull failed; will try again at the next tick", error=str(exc))
+                break
+            malformed_in_a_row = 0
+            if not redis_failed:
+                redis_failed = not await self._try_flush(result)
+            result.pending_reported = response.pending_message_count
+            if response.pending_message_count <= 0 or not response.results:
+                break
+        if not redis_failed and result.pulls == 0:
+            # Nothing pulled (error or backpressure): still move what the spool holds.
+            await self._try_flush(result)
+        result.seconds = time.monotonic() - started
+        metrics.POLL_CYCLE_SECONDS.observe(result.seconds)
+        self._update_gauges()
+        if result.ok:
+            self.last_success = time.monotonic()
+            metrics.LAST_SUCCESSFUL_POLL.set(time.time())
+        log.info(
+            "cycle done",
+            pulls=result.pulls,
+            pulled=result.pulled,
+            written=result.written,
+            quarantined=result.quarantined,
+            pending=result.pending_reported,
+            backpressure=result.backpressure or None,
+            pull_error=result.pull_error,
+            flush_error=result.flush_error,
+            seconds=round(result.seconds, 3),
+        )
+        return result
+
+    async def _pull_and_spool(self, result: CycleResult) -> PullResponse:
+        started = time.monotonic()
+        try:
+            response = await self.client.pull(self.pull_limit)
+        except MalformedResponseError as exc:
+            # The body may hold messages that Infobip will never hand out again: keep it.
+            result.pulls += 1
+            result.quarantined += 1
+            quarantine = NewQuarantine(
+                raw=exc.body, reason=exc.reason, app=None, pulled_at=now_rfc3339()
+            )
+            await asyncio.to_thread(self.spool.append, (), (quarantine,))
+            metrics.PULLS.labels(outcome="malformed").inc()
+            metrics.MESSAGES_QUARANTINED.labels(app="unknown").inc()
+            log.error("malformed pull response quarantined", reason=exc.reason, bytes=len(exc.body))
+            raise
+        finally:
+            metrics.PULL_REQUEST_SECONDS.observe(time.monotonic() - started)
+        messages, quarantined = split_results(response, now_rfc3339())
+        # Nothing happens between the pull and this append: it is what makes a crash safe.
+        await asyncio.to_thread(self.spool.append, messages, quarantined)
+        result.pulls += 1
+        result.pulled += len(messages)
+        result.quarantined += len(quarantined)
+        metrics.PULLS.labels(outcome="ok" if response.results else "empty").inc()
+        metrics.INFOBIP_PENDING_MESSAGES.set(response.pending_message_count)
+        for message in messages:
+            metrics.MESSAGES_PULLED.labels(app=message.app).inc()
+        for item in quarantined:
+            metrics.MESSAGES_QUARANTINED.labels(app=item.app or "unknown").inc()
+            log.error("result item quarantined", reason=item.reason, app=item.app)
+        return response
+
+    async def _try_flush(self, result: CycleResult) -> bool:
+        try:
+            flushed = await self.flush()
+        except SinkError as exc:
+            result.flush_error = str(exc)
+            log.warning("flush to redis failed; messages stay in the spool", error=str(exc))
+            return False
+        result.written += flushed.total_written
+        result.skipped += flushed.skipped
+        return True
+
+    async def flush(self) -> FlushResult:
+        """Write everything the spool holds to Redis, committing each confirmed slice."""
+        async with self._flush_lock:
+            return await asyncio.shield(self._flush())
+
+    async def _flush(self) -> FlushResult:
+        total = FlushResult()
+        while True:
+            entries = await asyncio.to_thread(self.spool.pending, FLUSH_ROWS)
+            if not entries:
+                break
+            started = time.monotonic()
+            written = await self.sink.write(entries)
+            await asyncio.to_thread(self.spool.commit, entries[-1].seq)
+            metrics.FLUSH_SECONDS.observe(time.monotonic() - started)
+            total.skipped += written.total_skipped
+            self._count_written(entries, written.written, total)
+            if written.total_skipped:
+                metrics.DUPLICATES_SKIPPED.inc(written.total_skipped)
+            if len(entries) < FLUSH_ROWS:
+                break
+        while True:
+            dead = await asyncio.to_thread(self.spool.quarantine_pending, FLUSH_ROWS)
+            if not dead:
+                break
+            await self.sink.write_dead(dead)
+            await asyncio.to_thread(self.spool.mark_dead_lettered, dead[-1].seq)
+            total.dead_lettered += len(dead)
+            if len(dead) < FLUSH_ROWS:
+                break
+        self._update_gauges()
+        return total
+
+    def _count_written(
+        self, entries: Sequence[Any], written: dict[str, int], total: FlushResult
+    ) -> None:
+        by_stream = {self.sink.stream_key(e.app): e.app for e in entries}
+        for stream, count in written.items():
+            total.written[stream] = total.written.get(stream, 0) + count
+            if count:
+                metrics.MESSAGES_WRITTEN.labels(app=by_stream.get(stream, "unknown")).inc(count)
+
+    def _set_backpressure(self, on: bool) -> None:
+        if on != self.backpressure:
+            self.backpressure = on
+            stats = self.spool.stats()
+            if on:
+                log.warning(
+                    "spool is full: pulling paused until redis drains it",
+                    rows=stats.rows,
+                    bytes=stats.bytes,
+                )
+            else:
+                log.info("spool has room again: pulling resumed", rows=stats.rows)
+        metrics.BACKPRESSURE_ACTIVE.set(1 if on else 0)
+
+    def _update_gauges(self) -> None:
+        stats = self.spool.stats()
+        metrics.SPOOL_ROWS.set(stats.rows)
+        metrics.SPOOL_BYTES.set(stats.bytes)
+        metrics.SPOOL_OLDEST_AGE_SECONDS.set(stats.oldest_age_s or 0.0)
+        metrics.QUARANTINE_ROWS.set(stats.quarantined)

@@ -1,0 +1,425 @@
+"""The daemon's lifecycle: start, schedule poll cycles, stop gracefully; and burst mode (`once`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from poller import __version__, metrics, systemd
+from poller.bootstrap import AppReport, bootstrap
+from poller.cycle import CycleResult, PollCycle
+from poller.health import HealthServer, Readiness
+from poller.infobip import AuthError, InfobipClient, InfobipError
+from poller.settings import Settings
+from poller.sink import Sink, SinkError, redact_url
+from poller.spool import Spool, SpoolError
+
+log = structlog.get_logger(__name__)
+
+# Seconds between attempts to bootstrap applications that failed.
+BOOTSTRAP_RETRY = 60.0
+
+
+def make_sink(settings: Settings, instance_id: str) -> Sink:
+    """The Redis sink the settings describe."""
+    r = settings.redis
+    return Sink(
+        url=r.url,
+        password=r.password.get_secret_value() if r.password else None,
+        mode=r.mode,
+        sentinel_master=r.sentinel_master,
+        sentinels=r.sentinels,
+        key_template=r.stream_key_template,
+        instance_id=instance_id,
+        durability=r.durability,
+        durability_replicas=r.durability_replicas,
+        durability_local=r.durability_local,
+        durability_timeout_ms=r.durability_timeout_ms,
+        socket_timeout=r.socket_timeout,
+        batch_size=r.batch_size,
+        trim=r.trim,
+        maxlen=r.maxlen,
+    )
+
+
+@dataclass
+class Totals:
+    """Counts for the stop line."""
+
+    cycles: int = 0
+    pulled: int = 0
+    written: int = 0
+    quarantined: int = 0
+
+    def add(self, result: CycleResult) -> None:
+        """Add one cycle's counts."""
+        self.cycles += 1
+        self.pulled += result.pulled
+        self.written += result.written
+        self.quarantined += result.quarantined
+
+
+@dataclass
+class Runtime:
+    """The components one process runs with; opened together, closed together."""
+
+    settings: Settings
+    spool: Spool
+    sink: Sink
+    client: InfobipClient
+    cycle: PollCycle
+    totals: Totals = field(default_factory=Totals)
+    redis_server: str | None = None
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Runtime:
+        """Open the spool (fails on an unusable one), the sink and the client."""
+        spool = await asyncio.to_thread(
+            Spool.open,
+            settings.spool.path,
+            max_rows=settings.spool.max_rows,
+            max_bytes=settings.spool.max_bytes,
+        )
+        try:
+            sink = make_sink(settings, spool.instance_id)
+            client = InfobipClient(settings.infobip, on_retry=_count_retry)
+        except BaseException:
+            spool.close()
+            raise
+        cycle = PollCycle(
+            client,
+            spool,
+            sink,
+            pull_limit=settings.infobip.pull_limit,
+            max_pulls=settings.schedule.max_pulls_per_cycle,
+        )
+        runtime = cls(settings, spool, sink, client, cycle)
+        metrics.set_info(__version__, spool.instance_id)
+        try:
+            runtime.redis_server = await sink.connect()
+        except SinkError as exc:
+            log.warning("redis not reachable at start; messages wait in the spool", error=str(exc))
+        return runtime
+
+    async def close(self) -> None:
+        """Close everything; safe to call once at the end."""
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+        with contextlib.suppress(Exception):
+            await self.sink.close()
+        await asyncio.to_thread(self.spool.close)
+
+    def start_line(self) -> None:
+        """One line at start: version, settings summary (no secrets), Redis server."""
+        s = self.settings
+        stats = self.spool.stats()
+        log.info(
+            "poller starting",
+            version=__version__,
+            instance=self.spool.instance_id,
+            infobip=s.infobip.base_url,
+            auth=s.infobip.auth,
+            applications=s.infobip.applications,
+            redis=redact_url(s.redis.url),
+            redis_server=self.redis_server,
+            redis_mode=s.redis.mode,
+            durability=s.redis.durability,
+            stream_key_template=s.redis.stream_key_template,
+            spool=str(s.spool.path),
+            spool_rows=stats.rows,
+            schedule=s.schedule.cron or f"every {s.schedule.interval:g}s ±{s.schedule.jitter:g}s",
+        )
+
+    async def flush_leftovers(self) -> None:
+        """Flush what a previous run left in the spool."""
+        stats = self.spool.stats()
+        if stats.rows == 0 and stats.quarantine_pending == 0:
+            return
+        log.info("flushing what the spool holds from before", rows=stats.rows)
+        try:
+            result = await self.cycle.flush()
+        except SinkError as exc:
+            log.warning("could not flush the spool yet", error=str(exc))
+            return
+        log.info(
+            "spool flushed",
+            written=result.total_written,
+            skipped_as_already_written=result.skipped,
+            dead_lettered=result.dead_lettered,
+        )
+
+    async def bootstrap(self, apps: list[str]) -> list[AppReport]:
+        """Ensure configurations and PULL actions; AuthError propagates."""
+        if not apps:
+            return []
+        return await bootstrap(
+            self.client,
+            apps,
+            callback_data=self.settings.infobip.callback_data,
+            replace_http_forward=self.settings.infobip.replace_http_forward,
+        )
+
+
+def _count_retry(reason: str) -> None:
+    metrics.INFOBIP_RETRIES.labels(reason=reason).inc()
+    if reason == "429":
+        metrics.INFOBIP_THROTTLED.inc()
+
+
+def _install_signals(handler: Callable[[signal.Signals], None]) -> Callable[[], None]:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handler, sig)
+
+    def remove() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+    return remove
+
+
+class Daemon:
+    """`poller run`: bootstrap, then one poll cycle per tick until SIGTERM/SIGINT."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stop = asyncio.Event()
+        self._inflight: asyncio.Task[CycleResult] | None = None
+        self._failed_apps: list[str] = list(settings.infobip.applications)
+        self._last_bootstrap = 0.0
+        self.readiness: Readiness | None = None
+        self.health: HealthServer | None = None
+
+    def request_stop(self, sig: signal.Signals | None = None) -> None:
+        """Begin the graceful stop (signal handler)."""
+        if not self._stop.is_set():
+            log.info("stop requested", signal=sig.name if sig else None)
+            if self.readiness is not None:
+                self.readiness.stopping = True
+            self._stop.set()
+
+    async def run(self) -> int:
+        """Run until stopped; 0 on a clean stop."""
+        s = self.settings
+        try:
+            rt = await Runtime.open(s)
+        except SpoolError as exc:
+            log.error("cannot open the spool", error=str(exc))
+            return 1
+        remove_signals = _install_signals(self.request_stop)
+        scheduler: AsyncIOScheduler | None = None
+        watchdog: asyncio.Task[None] | None = None
+        try:
+            rt.start_line()
+            self.readiness = Readiness(max_poll_age=s.max_poll_age(), redis_check=rt.sink.ping)
+            if s.health.enabled:
+                self.health = HealthServer(self.readiness, s.health.host, s.health.port)
+                await self.health.start()
+                log.info("health server listening", host=s.health.host, port=self.health.port)
+            await rt.flush_leftovers()
+            try:
+                await self._bootstrap(rt)
+            except AuthError as exc:
+                log.error("infobip refused the credentials; stopping", error=str(exc))
+                return 1
+            scheduler = self._scheduler(rt)
+            scheduler.start()
+            systemd.ready("polling")
+            watchdog = self._start_watchdog()
+            await self._stop.wait()
+            return await self._shutdown(rt, scheduler)
+        finally:
+            remove_signals()
+            if watchdog is not None:
+                watchdog.cancel()
+            if scheduler is not None and scheduler.running:
+                scheduler.shutdown(wait=False)
+            if self.health is not None:
+                await self.health.stop()
+            rows = rt.spool.stats().rows
+            await rt.close()
+            log.info(
+                "poller stopped",
+                cycles=rt.totals.cycles,
+                pulled=rt.totals.pulled,
+                written=rt.totals.written,
+                quarantined=rt.totals.quarantined,
+                spool_rows=rows,
+            )
+
+    async def _bootstrap(self, rt: Runtime) -> None:
+        assert self.readiness is not None
+        self._last_bootstrap = time.monotonic()
+        if not self.settings.infobip.applications:
+            log.warning("no applications configured; pulling whatever reaches the inbox")
+        try:
+            reports = await rt.bootstrap(self._failed_apps)
+        except AuthError:
+            raise
+        except InfobipError as exc:
+            log.warning("bootstrap failed; will retry", error=str(exc))
+            return
+        self._failed_apps = [r.app for r in reports if not r.ok]
+        self.readiness.bootstrapped = not self._failed_apps
+
+    def _scheduler(self, rt: Runtime) -> AsyncIOScheduler:
+        s = self.settings.schedule
+        trigger: Any
+        if s.cron:
+            trigger = CronTrigger.from_crontab(s.cron, timezone=UTC)
+        else:
+            trigger = IntervalTrigger(seconds=s.interval, jitter=s.jitter or None)
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(
+            self._tick,
+            trigger,
+            args=(rt,),
+            id="poll",
+            name="poll cycle",
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        return scheduler
+
+    async def _tick(self, rt: Runtime) -> None:
+        if self._stop.is_set():
+            return
+        # APScheduler cancels its job tasks on shutdown; the cycle runs in a task of our own
+        # so that a stop waits for it instead of cutting it between pull and spool.
+        self._inflight = asyncio.create_task(self._cycle(rt), name="poll-cycle")
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._inflight)
+
+    async def _cycle(self, rt: Runtime) -> CycleResult:
+        assert self.readiness is not None
+        if self._failed_apps and time.monotonic() - self._last_bootstrap > BOOTSTRAP_RETRY:
+            try:
+                await self._bootstrap(rt)
+            except AuthError as exc:
+                log.error("infobip refused the credentials", error=str(exc))
+        result = await rt.cycle.run()
+        rt.totals.add(result)
+        self.readiness.spool_full = result.backpressure
+        if result.ok:
+            self.readiness.poll_succeeded()
+        stats = rt.spool.stats()
+        systemd.status(
+            f"pulled {rt.totals.pulled}, written {rt.totals.written}, spool {stats.rows} rows"
+            + (", PAUSED: spool full" if result.backpressure else "")
+            + (", redis failing" if result.flush_error else "")
+        )
+        return result
+
+    def _start_watchdog(self) -> asyncio.Task[None] | None:
+        interval = systemd.watchdog_interval()
+        if interval is None:
+            return None
+
+        async def ping() -> None:
+            while True:
+                live = self.health.liveness()[0] if self.health else True
+                if live:
+                    systemd.watchdog()
+                await asyncio.sleep(interval / 2)
+
+        return asyncio.create_task(ping(), name="systemd-watchdog")
+
+    async def _shutdown(self, rt: Runtime, scheduler: AsyncIOScheduler) -> int:
+        grace = self.settings.schedule.grace_period
+        deadline = time.monotonic() + grace
+        systemd.stopping("finishing the cycle in flight")
+        scheduler.pause()
+        inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            log.info("waiting for the cycle in flight", grace_seconds=grace)
+            # Keep a few seconds of the grace period for the final flush.
+            budget = max(0.5, grace - 5.0)
+            done, _ = await asyncio.wait({inflight}, timeout=budget)
+            if not done:
+                log.warning("cycle in flight did not finish within the grace period; cancelling")
+                inflight.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await inflight
+        scheduler.shutdown(wait=False)
+        remaining = max(0.5, deadline - time.monotonic())
+        try:
+            async with asyncio.timeout(remaining):
+                await rt.cycle.flush()
+        except (SinkError, TimeoutError) as exc:
+            rows = rt.spool.stats().rows
+            log.warning(
+                "final flush incomplete; the spool keeps the rest for the next start",
+                error=str(exc) or type(exc).__name__,
+                spool_rows=rows,
+            )
+        return 0
+
+
+async def run_daemon(settings: Settings) -> int:
+    """`poller run`."""
+    return await Daemon(settings).run()
+
+
+async def run_once(settings: Settings, *, bootstrap: bool = True) -> int:
+    """`poller once`: drain the inbox into Redis; 0 only when the spool ends empty."""
+    try:
+        rt = await Runtime.open(settings)
+    except SpoolError as exc:
+        log.error("cannot open the spool", error=str(exc))
+        return 1
+    stop = asyncio.Event()
+    remove_signals = _install_signals(lambda _sig: stop.set())
+    failed = False
+    try:
+        rt.start_line()
+        await rt.flush_leftovers()
+        if bootstrap:
+            reports = await rt.bootstrap(settings.infobip.applications)
+            failed = any(not r.ok for r in reports)
+        while not stop.is_set():
+            result = await rt.cycle.run()
+            rt.totals.add(result)
+            if result.pull_error:
+                failed = True
+                break
+            if result.flush_error or result.backpressure:
+                break
+            if not result.pending_reported:
+                break
+        with contextlib.suppress(SinkError):
+            await rt.cycle.flush()
+        stats = rt.spool.stats()
+        if stats.rows or stats.quarantine_pending:
+            log.error(
+                "messages remain in the spool; they will be flushed by the next run",
+                spool_rows=stats.rows,
+                quarantine_pending=stats.quarantine_pending,
+            )
+            failed = True
+        log.info(
+            "once done",
+            pulled=rt.totals.pulled,
+            written=rt.totals.written,
+            quarantined=rt.totals.quarantined,
+            spool_rows=stats.rows,
+        )
+        return 1 if failed else 0
+    except AuthError as exc:
+        log.error("infobip refused the credentials", error=str(exc))
+        return 1
+    finally:
+        remove_signals()
+        await rt.close()
