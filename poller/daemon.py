@@ -200,6 +200,12 @@ class Daemon:
         self._last_bootstrap = 0.0
         self.readiness: Readiness | None = None
         self.health: HealthServer | None = None
+        self.runtime: Runtime | None = None
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self._stop.is_set()
 
     def request_stop(self, sig: signal.Signals | None = None) -> None:
         """Begin the graceful stop (signal handler)."""
@@ -217,6 +223,7 @@ class Daemon:
         except SpoolError as exc:
             log.error("cannot open the spool", error=str(exc))
             return 1
+        self.runtime = rt
         remove_signals = _install_signals(self.request_stop)
         scheduler: AsyncIOScheduler | None = None
         watchdog: asyncio.Task[None] | None = None

@@ -51,6 +51,10 @@ def redact_processor(
     for key in list(event_dict):
         if key == "exc_info":
             continue
+        if event_dict[key] is None:
+            # Optional context (an error that did not happen) makes lines longer, not clearer.
+            del event_dict[key]
+            continue
         event_dict[key] = _redact_value(key, event_dict[key])
     if isinstance(event_dict.get("exception"), str):
         event_dict["exception"] = redact_text(event_dict["exception"])

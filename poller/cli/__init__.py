@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print JSON")
 
     simulate = sub.add_parser("simulate", help="serve the Infobip simulator on loopback")
-    from poller.simulator import cli as simulator_cli
+    import poller.simulator.cli as simulator_cli
 
     simulator_cli.add_arguments(simulate)
     admin.add_arguments(sub)
@@ -87,7 +87,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from poller.infobip.errors import InfobipError
 
     if args.command == "simulate":
-        from poller.simulator import cli as simulator_cli
+        import poller.simulator.cli as simulator_cli
 
         return asyncio.run(simulator_cli.run(args))
     if args.command == "demo":

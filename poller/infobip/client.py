@@ -116,7 +116,9 @@ class InfobipClient:
     ) -> None:
         self.settings = settings
         self._auth = build_auth(settings)
-        self._bucket = TokenBucket(settings.rate_limit)
+        # Evenly spaced, no burst: Infobip counts requests per second, so a burst that a bucket
+        # allows can still land 11 calls in one of Infobip's windows.
+        self._bucket = TokenBucket(settings.rate_limit, burst=1.0)
         self._on_retry = on_retry
         self._http = httpx.AsyncClient(
             base_url=settings.base_url,

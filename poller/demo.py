@@ -1,0 +1,188 @@
+"""`poller demo`: the simulator, an embedded Valkey/Redis and the daemon, with a live view."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from poller import logs
+from poller.daemon import Daemon
+from poller.embedded import EmbeddedRedis
+from poller.settings import Settings
+from poller.simulator import Simulator
+
+# Seconds the demo waits, after the generator stops, for the daemon to drain the inbox.
+DRAIN_WAIT = 15.0
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    """Run the whole pipeline locally; end with a ledger-versus-streams comparison."""
+    apps = [a.strip() for a in str(args.applications).split(",") if a.strip()]
+    workdir = Path(tempfile.mkdtemp(prefix="poller-demo-"))
+    live = not args.plain and sys.stdout.isatty()
+    log_file = (workdir / "poller.log").open("w", encoding="utf-8") if live else None
+    logs.configure("INFO", "json" if live else "auto", stream=log_file)
+    redis_server = EmbeddedRedis(data_dir=workdir / "redis")
+    simulator = Simulator(applications=apps, rate=float(args.rate))
+    try:
+        await asyncio.to_thread(redis_server.start)
+        base_url = await simulator.start()
+        settings = Settings(
+            infobip={
+                "base_url": base_url,
+                "api_key": "sim-api-key",
+                "applications": apps,
+                "callback_data": "poller-demo",
+            },
+            redis={"url": redis_server.url},
+            spool={"path": workdir / "spool.db"},
+            schedule={"interval": 1.0, "jitter": 0.0, "grace_period": 10.0},
+            health={"port": 0},
+        )
+        print(
+            f"demo: simulator {base_url} ({len(apps)} applications, {args.rate:g} msg/s), "
+            f"{redis_server.version} at {redis_server.url}, files in {workdir}"
+        )
+        daemon = Daemon(settings)
+        task = asyncio.create_task(daemon.run(), name="daemon")
+        redis = Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            await _watch(daemon, task, simulator, redis, settings, apps, args, live)
+            simulator.set_rate(0)
+            await _drain(daemon, task, simulator)
+            daemon.request_stop()
+            code = await task
+            ok = await _summary(simulator, redis, settings)
+        finally:
+            await redis.aclose()
+        return 0 if ok and code == 0 else 1
+    finally:
+        await simulator.stop()
+        await asyncio.to_thread(redis_server.close)
+        if log_file is not None:
+            log_file.close()
+            print(f"demo: daemon log kept in {workdir / 'poller.log'}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _watch(
+    daemon: Daemon,
+    task: asyncio.Task[int],
+    simulator: Simulator,
+    redis: Redis,
+    settings: Settings,
+    apps: list[str],
+    args: argparse.Namespace,
+    live: bool,
+) -> None:
+    started = time.monotonic()
+    while not task.done() and not daemon.stopping:
+        if args.duration is not None and time.monotonic() - started >= args.duration:
+            return
+        lines = await _view(daemon, simulator, redis, settings, apps, time.monotonic() - started)
+        if live:
+            sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n(Ctrl-C to stop)\n")
+        else:
+            print(lines[0] + " | " + lines[1])
+        sys.stdout.flush()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await asyncio.shield(task)
+
+
+async def _view(
+    daemon: Daemon,
+    simulator: Simulator,
+    redis: Redis,
+    settings: Settings,
+    apps: list[str],
+    elapsed: float,
+) -> list[str]:
+    rt = daemon.runtime
+    spool = rt.spool.stats() if rt is not None else None
+    totals = rt.totals if rt is not None else None
+    lines = [
+        f"[{elapsed:5.0f}s] handed out by Infobip: {simulator.ledger.handed_out}, "
+        f"waiting in its inbox: {simulator.inbox_depth}",
+        f"pulled: {totals.pulled if totals else 0}, "
+        f"in spool: {spool.rows if spool else 0}, "
+        f"written: {totals.written if totals else 0}, "
+        f"quarantined: {totals.quarantined if totals else 0}",
+        "",
+    ]
+    latest: list[tuple[str, str, str]] = []
+    for app in apps:
+        key = settings.stream_key(app)
+        try:
+            length = await redis.xlen(key)
+            entries: Any = await redis.xrevrange(key, count=3)
+        except Exception as exc:  # the view must not stop the demo
+            lines.append(f"  {key}: {type(exc).__name__}")
+            continue
+        lines.append(f"  {key}: {length} entries")
+        for entry_id, fields in entries:
+            latest.append((entry_id, app, _text_of(fields.get("payload", "{}"))))
+    lines.append("")
+    lines.append("latest messages:")
+    for entry_id, app, text in sorted(latest, reverse=True)[:6]:
+        lines.append(f"  {entry_id}  {app:<14} {text}")
+    return lines
+
+
+def _text_of(payload: str) -> str:
+    try:
+        text = str(json.loads(payload).get("text", ""))
+    except (ValueError, AttributeError):
+        return "?"
+    text = text.replace("\n", " ")
+    return text if len(text) <= 50 else text[:47] + "..."
+
+
+async def _drain(daemon: Daemon, task: asyncio.Task[int], simulator: Simulator) -> None:
+    deadline = time.monotonic() + DRAIN_WAIT
+    while time.monotonic() < deadline and not task.done():
+        rt = daemon.runtime
+        if simulator.inbox_depth == 0 and rt is not None and rt.spool.stats().rows == 0:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def _summary(simulator: Simulator, redis: Redis, settings: Settings) -> bool:
+    handed: Counter[str] = Counter(simulator.ledger.ids())
+    lost_in_transit = simulator.ledger.undelivered_ids()
+    in_streams: Counter[str] = Counter()
+    pattern = settings.redis.stream_key_template.replace("${app}", "*")
+    async for key in redis.scan_iter(match=pattern, _type="stream"):
+        last: str = "-"
+        while True:
+            batch: Any = await redis.xrange(key, min=last, count=1000)
+            if last != "-":
+                batch = batch[1:]
+            if not batch:
+                break
+            for _entry_id, fields in batch:
+                in_streams[str(fields["id"])] += 1
+            last = str(batch[-1][0])
+    missing = [m for m in handed if m not in in_streams and m not in lost_in_transit]
+    twice = [m for m, n in in_streams.items() if n > 1]
+    print(
+        f"summary: Infobip handed out {sum(handed.values())} messages; "
+        f"the streams hold {sum(in_streams.values())} entries "
+        f"({len(in_streams)} distinct); missing: {len(missing)}; written twice: {len(twice)}"
+        + (f"; lost in transit (cut responses): {len(lost_in_transit)}" if lost_in_transit else "")
+    )
+    ok = not missing and not twice
+    print("summary: OK, every message is in its stream exactly once" if ok else "summary: FAILED")
+    return ok
