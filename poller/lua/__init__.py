@@ -1,0 +1,1 @@
+"""Lua scripts run by the Redis sink (loaded with importlib.resources)."""

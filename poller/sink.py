@@ -1,0 +1,581 @@
+"""Redis sink: writes spooled messages to streams exactly once, then waits for durability.
+
+Every Redis command of the poller lives here (and in the consumer helper). A flush groups
+entries by stream and runs one Lua call per ``batch_size`` slice (``lua/write_batch.lua``):
+it skips every spool sequence number at or below this instance's high-water mark, XADDs
+the rest and raises the mark, atomically. Replays and redis-py's own retries of a
+timed-out call therefore add nothing twice. One WAIT/WAITAOF per flush follows, on the
+very connection that carried the writes: both commands only cover that connection's writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.resources
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import parse_url
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.retry import Retry
+
+from poller.spool import QuarantineEntry, SpoolEntry
+
+log = structlog.get_logger(__name__)
+
+MO_SCHEMA = "infobip.push.mo.v1"
+DEAD_SCHEMA = "infobip.push.mo.dead.v1"
+APP_PLACEHOLDER = "${app}"
+UNKNOWN_APP = "unknown"
+MO_FIELDS = ("id", "app", "received_at", "pulled_at", "payload", "schema")
+DEAD_FIELDS = ("reason", "raw", "app", "pulled_at", "schema")
+
+Mode = Literal["standalone", "sentinel", "cluster"]
+Durability = Literal["none", "wait", "waitaof"]
+Trim = Literal["none", "acked", "maxlen"]
+Value = str | bytes
+Row = tuple[int, Sequence[Value]]  # (spool seq, values in field order)
+
+
+class SinkError(Exception):
+    """Redis is unreachable or a command failed; never carries a password."""
+
+
+class DurabilityError(SinkError):
+    """WAIT/WAITAOF did not confirm the configured durability within the timeout."""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Per stream key: entries added, and entries skipped as already written."""
+
+    written: dict[str, int]
+    skipped: dict[str, int]
+
+    @property
+    def total_written(self) -> int:
+        """Entries added over all streams."""
+        return sum(self.written.values())
+
+    @property
+    def total_skipped(self) -> int:
+        """Entries skipped over all streams."""
+        return sum(self.skipped.values())
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """One consumer group of a stream, as `poller status` shows it."""
+
+    name: str
+    consumers: int
+    pending: int
+    lag: int | None
+    last_delivered_id: str
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A stream's length and its consumer groups."""
+
+    key: str
+    length: int
+    groups: list[GroupInfo] = field(default_factory=list)
+
+
+class _Script:
+    """EVALSHA with a reload on NOSCRIPT (after SCRIPT FLUSH, a restart or a failover)."""
+
+    def __init__(self, name: str):
+        self.source = importlib.resources.files("poller.lua").joinpath(name).read_bytes()
+        self.sha = hashlib.sha1(self.source).hexdigest()  # noqa: S324 - Redis names scripts so
+
+    async def __call__(self, client: Redis, keys: Sequence[str], args: Sequence[Value]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+_WRITE = _Script("write_batch.lua")
+_TRIM_ACKED = _Script("trim_acked.lua")
+
+
+def has_hash_tag(key: str) -> bool:
+    """True when ``key`` has a non-empty Cluster hash tag ``{...}``."""
+    start = key.find("{")
+    if start == -1:
+        return False
+    end = key.find("}", start + 1)
+    return end > start + 1
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+        netloc = f"{user}:***@{host}" if user or ":" in userinfo else f"***@{host}"
+    query = "&".join(
+        "password=***" if item.lower().startswith("password=") else item
+        for item in parts.query.split("&")
+        if item
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+class Sink:
+    """Writes spool entries and quarantined bodies to Redis streams."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        password: str | None = None,
+        mode: Mode = "standalone",
+        sentinel_master: str = "mymaster",
+        sentinels: Sequence[str] = (),
+        key_template: str = "infobip:push:{${app}}:mo",
+        instance_id: str,
+        durability: Durability = "none",
+        durability_replicas: int = 1,
+        durability_local: bool = True,
+        durability_timeout_ms: int = 1000,
+        socket_timeout: float = 5.0,
+        batch_size: int = 500,
+        trim: Trim = "none",
+        maxlen: int = 0,
+    ) -> None:
+        if APP_PLACEHOLDER not in key_template:
+            raise ValueError(f"key_template {key_template!r} must contain {APP_PLACEHOLDER}")
+        if not instance_id:
+            raise ValueError("instance_id must not be empty")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if trim == "maxlen" and maxlen < 1:
+            raise ValueError("trim=maxlen needs maxlen >= 1")
+        if durability != "none" and durability_timeout_ms >= socket_timeout * 1000:
+            raise ValueError("durability_timeout_ms must be shorter than socket_timeout")
+        if mode == "sentinel" and not sentinels:
+            raise ValueError("mode=sentinel needs at least one sentinel host:port")
+        self.url = url
+        self.mode: Mode = mode
+        self.key_template = key_template
+        self.instance_id = instance_id
+        self.durability: Durability = durability
+        self.durability_replicas = durability_replicas
+        self.durability_local = durability_local
+        self.durability_timeout_ms = durability_timeout_ms
+        self.batch_size = batch_size
+        self.trim: Trim = trim
+        self.maxlen = maxlen
+        self._sentinel_master = sentinel_master
+        self._sentinel_addrs = [_host_port(s) for s in sentinels]
+        self._password = password
+        self._secrets = [s for s in (password, _url_password(url)) if s]
+        self._socket_timeout = socket_timeout
+        self._redis: Redis | None = None
+        self._cluster: RedisCluster | None = None
+        self._sentinel: Sentinel | None = None
+        self._node_clients: dict[str, Redis] = {}
+        self._failures = 0
+        self.server: str | None = None
+        sample = self.stream_key("app")
+        if key_slot(sample.encode()) != key_slot(self.hwm_key(sample).encode()):
+            raise ValueError(
+                f"key_template {key_template!r}: its keys cannot share a Cluster slot with their"
+                " high-water mark; use a hash tag such as infobip:push:{${app}}:mo"
+            )
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def stream_key(self, app: str) -> str:
+        """The stream of one application."""
+        # Braces in an application code would move or break the Cluster hash tag, and the
+        # high-water mark could then land in another slot (CROSSSLOT on every retry).
+        safe = (app or UNKNOWN_APP).replace("{", "(").replace("}", ")")
+        return self.key_template.replace(APP_PLACEHOLDER, safe)
+
+    def dead_key(self, app: str | None) -> str:
+        """The dead-letter stream of one application (``unknown`` when it is not known)."""
+        return self.stream_key(app or UNKNOWN_APP) + ":dead"
+
+    def hwm_key(self, stream_key: str) -> str:
+        """This instance's high-water mark key for ``stream_key``, in the same Cluster slot."""
+        if has_hash_tag(stream_key):
+            return f"{stream_key}:hwm:{self.instance_id}"
+        return f"{{{stream_key}}}:hwm:{self.instance_id}"
+
+    # -- connection ---------------------------------------------------------------------
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "socket_timeout": self._socket_timeout,
+            "socket_connect_timeout": self._socket_timeout,
+            "health_check_interval": 30,
+            # Few and short: the poll cycle owns the real retry loop (with backoff and logs).
+            "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
+            "client_name": "infobip-push-poller",
+            "decode_responses": False,
+        }
+        if self._password is not None:
+            kwargs["password"] = self._password
+        return kwargs
+
+    async def connect(self) -> str:
+        """Connect, check the durability settings against the server; returns its version."""
+        try:
+            await self._open_clients()
+            info = await self._admin().info("server")
+            self.server = _server_version(info)
+            await self._check_durability()
+        except RedisError as exc:
+            raise self._error("connect", exc) from exc
+        log.info("redis connected", url=redact_url(self.url), server=self.server, mode=self.mode)
+        return self.server
+
+    async def _open_clients(self) -> None:
+        await self.close()  # a second connect() must not leak the first clients
+        kwargs = self._client_kwargs()
+        if self.mode == "cluster":
+            kwargs.pop("retry")
+            self._cluster = RedisCluster.from_url(self.url, **kwargs)
+            await self._cluster.initialize()
+        elif self.mode == "sentinel":
+            # The URL carries only what the master needs (user, password, db); the address
+            # comes from the sentinels.
+            for name, value in parse_url(self.url).items():
+                if name in ("username", "password", "db"):
+                    kwargs.setdefault(name, value)
+            self._sentinel = Sentinel(self._sentinel_addrs, **kwargs)  # type: ignore[no-untyped-call]
+            self._redis = self._sentinel.master_for(self._sentinel_master, redis_class=Redis)
+        else:
+            self._redis = Redis.from_url(self.url, **kwargs)
+
+    def _admin(self) -> Redis:
+        """A client for commands that are not about one key (INFO, CONFIG, PING)."""
+        if self._cluster is not None:
+            return self._node_client(self._cluster.get_primaries()[0])
+        if self._redis is None:
+            raise SinkError("sink is not connected (call connect() first)")
+        return self._redis
+
+    def _node_client(self, node: ClusterNode) -> Redis:
+        """One single-connection client per primary, so WAIT follows the writes it covers."""
+        client = self._node_clients.get(node.name)
+        if client is None:
+            kwargs = self._client_kwargs()
+            parts = urlsplit(self.url)
+            if parts.username:
+                kwargs["username"] = parts.username
+            if self._password is None and parts.password:
+                kwargs["password"] = parts.password
+            kwargs["ssl"] = parts.scheme == "rediss"
+            client = Redis(
+                host=node.host, port=int(node.port), single_connection_client=True, **kwargs
+            )
+            self._node_clients[node.name] = client
+        return client
+
+    async def _check_durability(self) -> None:
+        admin = self._admin()
+        if self.durability == "waitaof":
+            local = 1 if self.durability_local else 0
+            if self.durability_local and await self._config_get(admin, "appendonly") == "no":
+                raise SinkError(
+                    "durability=waitaof with durability_local needs the server to run with"
+                    " appendonly yes (and appendfsync always)"
+                )
+            try:
+                await admin.waitaof(local, 0, 1)
+            except ResponseError as exc:
+                if "unknown command" in str(exc).lower():
+                    raise SinkError(
+                        f"durability=waitaof needs Redis >= 7.2 or Valkey; the server is"
+                        f" {self.server}. Use durability=wait or none."
+                    ) from exc
+                raise SinkError(f"durability=waitaof: the server refused WAITAOF: {exc}") from exc
+            fsync = await self._config_get(admin, "appendfsync")
+            if self.durability_local and fsync not in (None, "always"):
+                log.warning(
+                    "waitaof with appendfsync != always answers before the fsync",
+                    appendfsync=fsync,
+                )
+        if self.durability == "wait" and self.mode != "cluster":
+            replicas = (await admin.info("replication")).get("connected_slaves", 0)
+            if int(replicas) < self.durability_replicas:
+                log.warning(
+                    "fewer replicas connected than durability_replicas; writes will fail",
+                    connected=replicas,
+                    wanted=self.durability_replicas,
+                )
+
+    @staticmethod
+    async def _config_get(client: Redis, name: str) -> str | None:
+        """A config value, or None where CONFIG is disabled (managed services)."""
+        try:
+            reply: dict[Any, Any] = await client.config_get(name)
+        except ResponseError:
+            return None
+        value = reply.get(name.encode(), reply.get(name))
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def close(self) -> None:
+        """Close every client this sink opened."""
+        for client in self._node_clients.values():
+            await client.aclose()
+        self._node_clients.clear()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        if self._cluster is not None:
+            await self._cluster.aclose()
+            self._cluster = None
+        if self._sentinel is not None:
+            for sentinel in self._sentinel.sentinels:
+                await sentinel.aclose()
+            self._sentinel = None
+
+    async def ping(self) -> bool:
+        """True when Redis answers; failures count towards the "recovered" log line."""
+        try:
+            if self._cluster is not None:
+                await self._cluster.ping()
+            else:
+                await self._admin().ping()
+        except (RedisError, SinkError, OSError) as exc:
+            self._error("ping", exc)
+            return False
+        self._recovered()
+        return True
+
+    # -- errors -------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _error(self, op: str, exc: BaseException) -> SinkError:
+        """Count a failure and turn ``exc`` into a SinkError with no secret in it."""
+        self._failures += 1
+        message = self._scrub(
+            f"redis {op} failed ({redact_url(self.url)}): {type(exc).__name__}: {exc}"
+        )
+        # Once per outage at warning level; the caller logs its own retries.
+        level = log.warning if self._failures == 1 else log.debug
+        level("redis error", op=op, error=message, failures=self._failures)
+        return SinkError(message)
+
+    def _recovered(self) -> None:
+        if self._failures:
+            log.info(
+                f"redis recovered after {self._failures} tries",
+                tries=self._failures,
+                url=redact_url(self.url),
+            )
+            self._failures = 0
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def write(self, entries: Sequence[SpoolEntry]) -> WriteResult:
+        """Write messages to their streams once each, then wait for durability."""
+        streams: dict[str, list[Row]] = defaultdict(list)
+        for e in sorted(entries, key=lambda e: e.seq):
+            values = (e.message_id, e.app, e.received_at, e.pulled_at, e.payload, MO_SCHEMA)
+            streams[self.stream_key(e.app)].append((e.seq, values))
+        return await self._flush(MO_FIELDS, streams)
+
+    async def write_dead(self, entries: Sequence[QuarantineEntry]) -> WriteResult:
+        """Write quarantined bodies to the dead-letter streams, once each."""
+        streams: dict[str, list[Row]] = defaultdict(list)
+        for e in sorted(entries, key=lambda e: e.seq):
+            values = (e.reason, e.raw, e.app or "", e.pulled_at, DEAD_SCHEMA)
+            streams[self.dead_key(e.app)].append((e.seq, values))
+        return await self._flush(DEAD_FIELDS, streams)
+
+    async def _flush(self, fields: Sequence[str], streams: dict[str, list[Row]]) -> WriteResult:
+        written: dict[str, int] = {}
+        skipped: dict[str, int] = {}
+        if not streams:
+            return WriteResult(written, skipped)
+        try:
+            async with self._pinned(list(streams)) as routes:
+                for client, keys in routes:
+                    for key in keys:
+                        added, dup = await self._write_stream(client, key, fields, streams[key])
+                        written[key], skipped[key] = added, dup
+                        await self._trim(client, key)
+                    await self._wait_durable(client)
+        except SinkError as exc:
+            self._error("write", exc)
+            raise
+        except (RedisError, OSError) as exc:
+            raise self._error("write", exc) from exc
+        self._recovered()
+        return WriteResult(written, skipped)
+
+    async def _write_stream(
+        self, client: Redis, key: str, fields: Sequence[str], rows: list[Row]
+    ) -> tuple[int, int]:
+        added = dup = 0
+        keys = (key, self.hwm_key(key))
+        header: list[Value] = [str(len(fields)), *fields]
+        for start in range(0, len(rows), self.batch_size):
+            args = list(header)
+            for seq, values in rows[start : start + self.batch_size]:
+                args.append(str(seq))
+                args.extend(values)
+            reply = await _WRITE(client, keys, args)
+            added += int(reply[0])
+            dup += int(reply[1])
+        return added, dup
+
+    async def _trim(self, client: Redis, key: str) -> None:
+        if self.trim == "maxlen":
+            await client.xtrim(key, maxlen=self.maxlen, approximate=True)
+        elif self.trim == "acked":
+            await _TRIM_ACKED(client, (key,), ())
+
+    async def _wait_durable(self, client: Redis) -> None:
+        """WAIT or WAITAOF on the connection that wrote.
+
+        WAITAOF with ``appendfsync everysec`` answers before the data is fsynced: only
+        ``appendfsync always`` makes its local acknowledgement mean "on disk".
+        """
+        timeout = self.durability_timeout_ms
+        if self.durability == "wait":
+            got = int(await client.wait(self.durability_replicas, timeout))
+            if got < self.durability_replicas:
+                raise DurabilityError(
+                    f"WAIT: {got} of {self.durability_replicas} replicas acknowledged"
+                    f" within {timeout} ms"
+                )
+        elif self.durability == "waitaof":
+            local = 1 if self.durability_local else 0
+            reply = await client.waitaof(local, self.durability_replicas, timeout)
+            got_local, got_replicas = int(reply[0]), int(reply[1])
+            if got_local < local or got_replicas < self.durability_replicas:
+                raise DurabilityError(
+                    f"WAITAOF: local fsync {got_local}/{local}, replicas"
+                    f" {got_replicas}/{self.durability_replicas} within {timeout} ms"
+                )
+
+    @contextlib.asynccontextmanager
+    async def _pinned(self, keys: list[str]) -> AsyncIterator[list[tuple[Redis, list[str]]]]:
+        """Clients bound to one connection each, with the stream keys they must write."""
+        if self._cluster is not None:
+            by_node: dict[str, list[str]] = defaultdict(list)
+            clients: dict[str, Redis] = {}
+            for key in keys:
+                node = self._cluster.get_node_from_key(key)
+                if node is None:
+                    raise SinkError(f"no cluster node serves the slot of {key}")
+                clients[node.name] = self._node_client(node)
+                by_node[node.name].append(key)
+            try:
+                yield [(clients[name], node_keys) for name, node_keys in by_node.items()]
+            except ResponseError as exc:
+                if str(exc).startswith(("MOVED", "ASK")):
+                    # Slots moved: refresh the map so the caller's retry goes to the right node.
+                    await self._cluster.nodes_manager.initialize()
+                raise
+            return
+        if self._redis is None:
+            raise SinkError("sink is not connected (call connect() first)")
+        client = self._redis.client()
+        try:
+            yield [(client, keys)]
+        finally:
+            await client.aclose()
+
+    # -- status -------------------------------------------------------------------------
+
+    async def stream_info(self, keys: Sequence[str] | None = None) -> list[StreamInfo]:
+        """Length and consumer groups of ``keys``, or of every stream matching the template."""
+        try:
+            names = list(keys) if keys is not None else await self._scan_streams()
+            return [await self._one_stream_info(key) for key in names]
+        except RedisError as exc:
+            raise self._error("stream info", exc) from exc
+
+    async def _scan_streams(self) -> list[str]:
+        pattern = self.key_template.replace(APP_PLACEHOLDER, "*")
+        found: set[str] = set()
+        client: Redis | RedisCluster = self._cluster or self._admin()
+        for match in (pattern, pattern + ":dead"):
+            async for key in client.scan_iter(match=match, count=1000, _type="stream"):
+                found.add(key.decode() if isinstance(key, bytes) else key)
+        return sorted(found)
+
+    async def _one_stream_info(self, key: str) -> StreamInfo:
+        client: Redis | RedisCluster = self._cluster or self._admin()
+        length = int(await client.xlen(key))
+        groups = (
+            [] if length == 0 and not await client.exists(key) else await client.xinfo_groups(key)
+        )
+        return StreamInfo(key=key, length=length, groups=[_group(g) for g in groups])
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _group(raw: dict[Any, Any]) -> GroupInfo:
+    def get(name: str) -> Any:
+        return raw.get(name, raw.get(name.encode()))
+
+    lag = get("lag")
+    return GroupInfo(
+        name=_text(get("name")),
+        consumers=int(get("consumers") or 0),
+        pending=int(get("pending") or 0),
+        lag=None if lag is None else int(lag),
+        last_delivered_id=_text(get("last-delivered-id")),
+    )
+
+
+def _server_version(info: dict[Any, Any]) -> str:
+    """``valkey 9.1.2`` or ``redis 7.0.15`` from INFO server."""
+    name = _text(info.get("server_name") or "redis").lower()
+    version = info.get(f"{name}_version") or info.get("redis_version") or "unknown"
+    return f"{name} {_text(version)}"
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"sentinel address {value!r} must be host:port")
+    return host.strip("[]"), int(port)
+
+
+__all__ = [
+    "DEAD_SCHEMA",
+    "MO_SCHEMA",
+    "DurabilityError",
+    "GroupInfo",
+    "Sink",
+    "SinkError",
+    "StreamInfo",
+    "WriteResult",
+]

@@ -1,0 +1,445 @@
+"""The Redis sink against a real server: exactly once, durability, trimming, failures."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+
+from poller.embedded import EmbeddedRedis
+from poller.sink import (
+    DEAD_SCHEMA,
+    MO_SCHEMA,
+    DurabilityError,
+    Sink,
+    SinkError,
+    redact_url,
+)
+from poller.spool import QuarantineEntry, SpoolEntry
+from tests.fixtures_redis import has_waitaof
+
+SinkFactory = Callable[..., Sink]
+
+
+def entry(seq: int, app: str = "app1") -> SpoolEntry:
+    payload = {
+        "messageId": f"m{seq}",
+        "applicationCode": app,
+        "text": f"héllo {seq}",
+        "customPayload": {"k": [1, 2]},
+        "unknownFutureField": None,
+    }
+    return SpoolEntry(
+        seq=seq,
+        app=app,
+        message_id=f"m{seq}",
+        received_at="2024-05-01T10:00:00.000+0000",
+        pulled_at="2024-05-01T10:00:01.5Z",
+        payload=json.dumps(payload, ensure_ascii=False),
+    )
+
+
+@pytest.fixture
+async def make_sink(redis_url: str, key_template: str) -> AsyncIterator[SinkFactory]:
+    """Build connected-later sinks on the shared server; all are closed after the test."""
+    made: list[Sink] = []
+
+    def factory(**overrides: object) -> Sink:
+        options: dict[str, object] = {
+            "url": redis_url,
+            "key_template": key_template,
+            "instance_id": "inst-a",
+        }
+        options.update(overrides)
+        sink = Sink(**options)  # type: ignore[arg-type]
+        made.append(sink)
+        return sink
+
+    yield factory
+    for sink in made:
+        await sink.close()
+
+
+async def stream(client: Redis, key: str) -> list[dict[str, bytes]]:
+    return [{k.decode(): v for k, v in fields.items()} for _, fields in await client.xrange(key)]
+
+
+async def test_write_across_apps_once_with_every_field(
+    make_sink: SinkFactory, redis_client: Redis
+) -> None:
+    sink = make_sink(batch_size=7)
+    version = await sink.connect()
+    assert version.split()[0] in ("redis", "valkey")
+    apps = ["app1", "app2", "app3"]
+    entries = [entry(seq, apps[seq % 3]) for seq in range(1, 101)]
+    result = await sink.write(entries)
+    assert result.total_written == 100
+    assert result.total_skipped == 0
+    for app in apps:
+        key = sink.stream_key(app)
+        rows = await stream(redis_client, key)
+        expected = [e for e in entries if e.app == app]
+        assert result.written[key] == len(expected)
+        assert [r["id"].decode() for r in rows] == [e.message_id for e in expected]
+        first, source = rows[0], expected[0]
+        assert first == {
+            "id": source.message_id.encode(),
+            "app": app.encode(),
+            "received_at": source.received_at.encode(),
+            "pulled_at": source.pulled_at.encode(),
+            "payload": source.payload.encode(),
+            "schema": MO_SCHEMA.encode(),
+        }
+        assert json.loads(first["payload"])["unknownFutureField"] is None
+
+
+async def test_replay_writes_nothing(make_sink: SinkFactory, redis_client: Redis) -> None:
+    sink = make_sink()
+    await sink.connect()
+    entries = [entry(seq) for seq in range(1, 51)]
+    await sink.write(entries)
+    again = await sink.write(entries)
+    key = sink.stream_key("app1")
+    assert again.written == {key: 0}
+    assert again.skipped == {key: 50}
+    assert await redis_client.xlen(key) == 50
+
+
+async def test_overlapping_replay_writes_only_new(
+    make_sink: SinkFactory, redis_client: Redis
+) -> None:
+    sink = make_sink(batch_size=10)
+    await sink.connect()
+    await sink.write([entry(seq) for seq in range(1, 41)])
+    result = await sink.write([entry(seq) for seq in range(21, 61)])
+    key = sink.stream_key("app1")
+    assert (result.written[key], result.skipped[key]) == (20, 20)
+    ids = [r["id"].decode() for r in await stream(redis_client, key)]
+    assert ids == [f"m{seq}" for seq in range(1, 61)]
+
+
+async def test_other_instance_keeps_its_own_mark(
+    make_sink: SinkFactory, redis_client: Redis
+) -> None:
+    a, b = make_sink(instance_id="inst-a"), make_sink(instance_id="inst-b")
+    await a.connect()
+    await b.connect()
+    await a.write([entry(seq) for seq in range(1, 11)])
+    # Another process with its own spool numbers its rows from 1 too.
+    result = await b.write([entry(seq) for seq in range(1, 6)])
+    key = a.stream_key("app1")
+    assert result.written[key] == 5
+    assert await redis_client.xlen(key) == 15
+    assert await redis_client.get(a.hwm_key(key)) == b"10"
+    assert await redis_client.get(b.hwm_key(key)) == b"5"
+
+
+async def test_noscript_after_script_flush_recovers(
+    make_sink: SinkFactory, redis_client: Redis
+) -> None:
+    sink = make_sink()
+    await sink.connect()
+    await sink.write([entry(1)])
+    await redis_client.script_flush()
+    result = await sink.write([entry(2), entry(3)])
+    assert result.total_written == 2
+    assert await redis_client.xlen(sink.stream_key("app1")) == 3
+
+
+async def test_dead_letter_entries(make_sink: SinkFactory, redis_client: Redis) -> None:
+    sink = make_sink()
+    await sink.connect()
+    raw = b"\xff\xfe{not json"
+    bodies = [
+        QuarantineEntry(seq=1, raw=raw, reason="invalid JSON", app=None, pulled_at="t1"),
+        QuarantineEntry(seq=2, raw=b"{}", reason="no messageId", app="app1", pulled_at="t2"),
+    ]
+    result = await sink.write_dead(bodies)
+    unknown = sink.dead_key(None)
+    assert unknown.endswith(":dead")
+    assert "unknown" in unknown
+    assert result.written == {unknown: 1, sink.dead_key("app1"): 1}
+    (row,) = await stream(redis_client, unknown)
+    assert row == {
+        "reason": b"invalid JSON",
+        "raw": raw,
+        "app": b"",
+        "pulled_at": b"t1",
+        "schema": DEAD_SCHEMA.encode(),
+    }
+    again = await sink.write_dead(bodies)
+    assert again.total_written == 0
+
+
+async def test_empty_write_touches_nothing(make_sink: SinkFactory) -> None:
+    sink = make_sink(durability="wait", durability_timeout_ms=50)
+    await sink.connect()
+    result = await sink.write([])
+    assert (result.written, result.skipped) == ({}, {})
+
+
+def test_hwm_key_formula_and_slots() -> None:
+    tagged = Sink(url="redis://x", key_template="infobip:push:{${app}}:mo", instance_id="i1")
+    key = tagged.stream_key("myapp")
+    assert key == "infobip:push:{myapp}:mo"
+    assert tagged.hwm_key(key) == "infobip:push:{myapp}:mo:hwm:i1"
+    assert tagged.dead_key("myapp") == "infobip:push:{myapp}:mo:dead"
+    untagged = Sink(url="redis://x", key_template="mo:${app}", instance_id="i1")
+    key = untagged.stream_key("myapp")
+    assert untagged.hwm_key(key) == "{mo:myapp}:hwm:i1"
+    for sink in (tagged, untagged):
+        for app in ("a", "myapp", "ÄÖ-42"):
+            for k in (sink.stream_key(app), sink.dead_key(app)):
+                assert key_slot(k.encode()) == key_slot(sink.hwm_key(k).encode())
+
+
+def test_template_that_cannot_share_a_slot_is_refused() -> None:
+    with pytest.raises(ValueError, match="slot"):
+        Sink(url="redis://x", key_template="a}b:${app}", instance_id="i1")
+    with pytest.raises(ValueError, match=r"\$\{app\}"):
+        Sink(url="redis://x", key_template="no-placeholder", instance_id="i1")
+
+
+def test_redact_url() -> None:
+    assert redact_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert redact_url("rediss://user:s3cret@h/1") == "rediss://user:***@h/1"
+    assert redact_url("redis://h:6379") == "redis://h:6379"
+    assert "s3cret" not in redact_url("unix:///tmp/r.sock?db=0&password=s3cret")
+
+
+async def test_errors_never_carry_the_password(make_sink: SinkFactory) -> None:
+    with EmbeddedRedis() as server:
+        port = server.port
+    sink = make_sink(url=f"redis://:hunter2pw@127.0.0.1:{port}/0", password="hunter2pw")
+    with structlog.testing.capture_logs() as logs, pytest.raises(SinkError) as info:
+        await sink.connect()
+    assert "hunter2pw" not in str(info.value)
+    assert "***" in str(info.value)
+    assert "hunter2pw" not in repr(logs)
+
+
+async def test_redis_killed_then_restarted(own_redis: EmbeddedRedis) -> None:
+    sink = Sink(url=own_redis.url, instance_id="inst-a", socket_timeout=1.0)
+    try:
+        await sink.connect()
+        await sink.write([entry(seq) for seq in range(1, 11)])
+        own_redis.kill()
+        with pytest.raises(SinkError):
+            await sink.write([entry(seq) for seq in range(1, 21)])
+        assert not await sink.ping()
+        own_redis.restart()
+        with structlog.testing.capture_logs() as logs:
+            result = await sink.write([entry(seq) for seq in range(1, 21)])
+        # The mark survived the crash (AOF, fsync always): the first ten are not written again.
+        key = sink.stream_key("app1")
+        assert (result.written[key], result.skipped[key]) == (10, 10)
+        recovered = [line for line in logs if "recovered" in line["event"]]
+        assert len(recovered) == 1
+        assert recovered[0]["tries"] == 2
+    finally:
+        await sink.close()
+    client = Redis.from_url(own_redis.url)
+    try:
+        assert await client.xlen(key) == 20
+    finally:
+        await client.aclose()
+
+
+async def test_wait_without_replicas_fails_fast(
+    make_sink: SinkFactory, redis_client: Redis
+) -> None:
+    sink = make_sink(durability="wait", durability_replicas=1, durability_timeout_ms=100)
+    await sink.connect()
+    started = time.monotonic()
+    with pytest.raises(DurabilityError, match="0 of 1 replicas"):
+        await sink.write([entry(1)])
+    assert time.monotonic() - started < 2
+    # The entry is in Redis; only its durability is unconfirmed. The retry adds nothing.
+    key = sink.stream_key("app1")
+    assert await redis_client.xlen(key) == 1
+    with pytest.raises(DurabilityError):
+        await sink.write([entry(1)])
+    assert await redis_client.xlen(key) == 1
+
+
+async def test_waitaof_local_with_fsync_always(
+    make_sink: SinkFactory, redis_server: EmbeddedRedis
+) -> None:
+    sink = make_sink(durability="waitaof", durability_replicas=0, durability_local=True)
+    if not has_waitaof(redis_server):
+        with pytest.raises(SinkError, match=r"needs Redis >= 7\.2"):
+            await sink.connect()
+        return
+    await sink.connect()
+    result = await sink.write([entry(seq) for seq in range(1, 6)])
+    assert result.total_written == 5
+
+
+async def test_waitaof_without_appendonly_fails_at_connect() -> None:
+    with EmbeddedRedis(appendonly=False) as server:
+        sink = Sink(url=server.url, instance_id="i", durability="waitaof", durability_replicas=0)
+        try:
+            with pytest.raises(SinkError, match="appendonly"):
+                await sink.connect()
+        finally:
+            await sink.close()
+
+
+async def test_acked_trim_keeps_everything_unacknowledged(
+    make_sink: SinkFactory, redis_client: Redis
+) -> None:
+    sink = make_sink(trim="acked", batch_size=100)
+    await sink.connect()
+    key = sink.stream_key("app1")
+    await sink.write([entry(seq) for seq in range(1, 501)])
+    assert await redis_client.xlen(key) == 500  # no group yet: nothing trimmed
+
+    await redis_client.xgroup_create(key, "fast", id="0")
+    await redis_client.xgroup_create(key, "slow", id="0")
+    read = await redis_client.xreadgroup("fast", "c1", {key: ">"}, count=450)
+    fast_ids = [entry_id for entry_id, _ in read[0][1]]
+    await redis_client.xack(key, "fast", *fast_ids[:400])
+    read = await redis_client.xreadgroup("slow", "c1", {key: ">"}, count=300)
+    slow_ids = [entry_id for entry_id, _ in read[0][1]]
+    await redis_client.xack(key, "slow", *slow_ids[:100], *slow_ids[200:])
+
+    await sink.write([entry(seq) for seq in range(501, 601)])
+    remaining = {entry_id for entry_id, _ in await redis_client.xrange(key)}
+    # Slow's oldest pending entry is the 101st: everything from there on must stay.
+    all_ids = slow_ids + [
+        entry_id for entry_id, _ in await redis_client.xrange(key, "(" + slow_ids[-1].decode())
+    ]
+    must_stay = set(all_ids[100:])
+    assert must_stay <= remaining
+    assert len(remaining) < 600  # the acknowledged head did go
+
+
+async def test_acked_trim_with_an_unread_group_trims_nothing(
+    make_sink: SinkFactory, redis_client: Redis
+) -> None:
+    sink = make_sink(trim="acked")
+    await sink.connect()
+    key = sink.stream_key("app1")
+    await sink.write([entry(seq) for seq in range(1, 301)])
+    await redis_client.xgroup_create(key, "reader", id="0")
+    await redis_client.xgroup_create(key, "idle", id="0")
+    read = await redis_client.xreadgroup("reader", "c", {key: ">"}, count=300)
+    await redis_client.xack(key, "reader", *[i for i, _ in read[0][1]])
+    await sink.write([entry(seq) for seq in range(301, 401)])
+    assert await redis_client.xlen(key) == 400
+
+
+async def test_maxlen_trim(make_sink: SinkFactory, redis_client: Redis) -> None:
+    sink = make_sink(trim="maxlen", maxlen=100)
+    await sink.connect()
+    await sink.write([entry(seq) for seq in range(1, 1001)])
+    length = await redis_client.xlen(sink.stream_key("app1"))
+    assert 100 <= length < 1000
+
+
+async def test_stream_info(make_sink: SinkFactory, redis_client: Redis) -> None:
+    sink = make_sink()
+    await sink.connect()
+    await sink.write([entry(seq, "app1") for seq in range(1, 11)])
+    await sink.write([entry(seq, "app2") for seq in range(11, 14)])
+    await sink.write_dead([QuarantineEntry(1, b"x", "bad", None, "t")])
+    key1 = sink.stream_key("app1")
+    await redis_client.xgroup_create(key1, "g", id="0")
+    await redis_client.xreadgroup("g", "c", {key1: ">"}, count=4)
+    infos = {info.key: info for info in await sink.stream_info()}
+    assert set(infos) == {key1, sink.stream_key("app2"), sink.dead_key(None)}
+    assert infos[key1].length == 10
+    (group,) = infos[key1].groups
+    assert (group.name, group.pending, group.consumers) == ("g", 4, 1)
+    assert group.lag in (6, None)
+    assert infos[sink.stream_key("app2")].groups == []
+    missing = sink.stream_key(f"nope-{uuid.uuid4().hex}")
+    (info,) = await sink.stream_info([missing])
+    assert (info.length, info.groups) == (0, [])
+
+
+async def test_ping(make_sink: SinkFactory) -> None:
+    sink = make_sink()
+    await sink.connect()
+    assert await sink.ping()
+
+
+async def test_cluster_mode_writes_once_per_node_and_waits(
+    redis_cluster: list[EmbeddedRedis], key_template: str
+) -> None:
+    url = redis_cluster[0].url
+    sink = Sink(
+        url=url,
+        mode="cluster",
+        key_template=key_template,
+        instance_id="inst-c",
+        durability="waitaof" if has_waitaof(redis_cluster[0]) else "wait",
+        durability_replicas=0,
+        batch_size=50,
+    )
+    client = RedisCluster.from_url(url)
+    try:
+        assert (await sink.connect()).startswith(("valkey", "redis"))
+        await client.initialize()
+        apps = [f"app{i}" for i in range(12)]
+        entries = [entry(seq, apps[seq % len(apps)]) for seq in range(1, 601)]
+        nodes = {client.get_node_from_key(sink.stream_key(app)).name for app in apps}
+        assert len(nodes) > 1  # the flush really spans several primaries
+        result = await sink.write(entries)
+        assert result.total_written == 600
+        again = await sink.write(entries)
+        assert (again.total_written, again.total_skipped) == (0, 600)
+        for app in apps:
+            key = sink.stream_key(app)
+            assert await client.xlen(key) == 50
+            assert await client.get(sink.hwm_key(key)) is not None
+        infos = await sink.stream_info()
+        assert {info.key for info in infos} == {sink.stream_key(app) for app in apps}
+        assert await sink.ping()
+    finally:
+        await sink.close()
+        await client.aclose()
+
+
+async def test_sentinel_mode(
+    redis_sentinel: str, own_redis: EmbeddedRedis, key_template: str
+) -> None:
+    sink = Sink(
+        url="redis://",
+        mode="sentinel",
+        sentinels=[redis_sentinel],
+        sentinel_master="mymaster",
+        key_template=key_template,
+        instance_id="inst-s",
+        durability="waitaof" if has_waitaof(own_redis) else "wait",
+        durability_replicas=0,
+    )
+    try:
+        await sink.connect()
+        result = await sink.write([entry(seq) for seq in range(1, 21)])
+        assert result.total_written == 20
+    finally:
+        await sink.close()
+    client = Redis.from_url(own_redis.url)
+    try:
+        assert await client.xlen(sink.stream_key("app1")) == 20
+    finally:
+        await client.aclose()
+
+
+def test_braces_in_an_app_code_cannot_break_the_hash_tag() -> None:
+    tagged = Sink(url="redis://x", key_template="infobip:push:{${app}}:mo", instance_id="i1")
+    assert tagged.stream_key("a}b") == "infobip:push:{a)b}:mo"
+    assert tagged.stream_key("") == "infobip:push:{unknown}:mo"
+    untagged = Sink(url="redis://x", key_template="mo:${app}", instance_id="i1")
+    for sink in (tagged, untagged):
+        for app in ("a}b", "{x}", "}{", ""):
+            key = sink.stream_key(app)
+            assert key_slot(key.encode()) == key_slot(sink.hwm_key(key).encode())
