@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import json
+import os
 import re
+import signal
 import time
 import uuid
 from email.utils import parsedate_to_datetime
@@ -17,6 +20,7 @@ import pytest
 
 from poller.httpserver import HttpServer, Request, Response
 from poller.simulator import Simulator
+from poller.simulator import cli as simulate_cli
 from tests.fixtures_sim import OpenApi, SimulatorFactory
 
 pytestmark = pytest.mark.timeout(30)
@@ -766,6 +770,28 @@ async def test_seed_makes_messages_repeatable(simulator_factory: SimulatorFactor
 async def test_inject_unknown_application(simulator: Simulator) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         simulator.inject("nope", 1)
+
+
+async def test_simulate_command_serves_until_sigterm(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    simulate_cli.add_arguments(parser)
+    args = parser.parse_args(["--port", "0", "--applications", "x, y", "--auto-configure"])
+    assert (args.host, args.applications, args.rate, args.throttle_rps) == (
+        "127.0.0.1",
+        ["x", "y"],
+        0.0,
+        10.0,
+    )
+    task = asyncio.create_task(simulate_cli.run(args))
+    async with asyncio.timeout(5):
+        while "export" not in (out := capsys.readouterr().out):
+            await asyncio.sleep(0.02)
+    base_url = re.search(r"POLLER_INFOBIP__BASE_URL=(\S+)", out)[1]  # type: ignore[index]
+    assert "POLLER_INFOBIP__API_KEY=sim-api-key" in out
+    async with httpx.AsyncClient(base_url=base_url, headers=AUTH) as client:
+        assert (await client.get(PULL)).status_code == 200
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(task, 5) == 0
 
 
 # --- the HTTP server itself ---------------------------------------------------------------

@@ -1,4 +1,20 @@
-"""The /_sim/ control endpoints: the HTTP twins of the Simulator's test methods."""
+"""The /_sim/ control endpoints: the HTTP twins of the Simulator's test methods.
+
+No auth, no throttle, no faults. Errors answer {"error": "..."} with 400, 404 or 409.
+
+POST   /_sim/messages       {"applicationCode": str, "count": int = 1, "extra": {...}?}
+                            or {"messages": [{...}, ...]}           -> {"messageIds": [...]}
+GET    /_sim/ledger         -> {"responses": [{"n", "messageIds", "completed", "written",
+                                               "fault", "at"}], "handedOut": int}
+POST   /_sim/faults         {"kind", "count"? | "rate"?, "path"?, ...params} -> {"faults": [...]}
+                            (a rate without a count stays until cleared)
+GET    /_sim/faults         -> {"faults": [...]}
+DELETE /_sim/faults         -> 204
+GET    /_sim/state          -> Simulator.state()
+POST   /_sim/generator      {"rate": float}                         -> {"rate": float}
+POST   /_sim/tokens/revoke  -> {"revoked": int}
+POST   /_sim/applications   {"applicationCode": str}                -> {"applicationCode": str}
+"""
 
 from __future__ import annotations
 
