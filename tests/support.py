@@ -1,0 +1,102 @@
+"""Helpers shared by the core tests: settings for a simulator + Redis, and stream readers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from poller.settings import Settings
+from poller.simulator import Simulator
+
+
+def make_settings(
+    sim: Simulator,
+    redis_url: str,
+    tmp_path: Path,
+    key_template: str,
+    *,
+    apps: list[str] | None = None,
+    infobip: dict[str, Any] | None = None,
+    redis: dict[str, Any] | None = None,
+    spool: dict[str, Any] | None = None,
+    schedule: dict[str, Any] | None = None,
+    health: dict[str, Any] | None = None,
+) -> Settings:
+    """Settings pointing at a simulator and a Redis server, with a spool under tmp_path."""
+    return Settings(
+        infobip={
+            "base_url": sim.base_url,
+            "api_key": "sim-api-key",
+            "applications": apps if apps is not None else [],
+            "backoff_base": 0.05,
+            "backoff_max": 0.5,
+            "read_timeout": 5.0,
+            **(infobip or {}),
+        },
+        redis={"url": redis_url, "stream_key_template": key_template, **(redis or {})},
+        spool={"path": tmp_path / "spool.db", **(spool or {})},
+        schedule={"interval": 0.5, "jitter": 0.0, "grace_period": 10.0, **(schedule or {})},
+        health={"enabled": False, **(health or {})},
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a `poller` subprocess these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+    for group, values in settings.model_dump(mode="python").items():
+        for name, value in values.items():
+            if value is None:
+                continue
+            if hasattr(value, "get_secret_value"):
+                value = value.get_secret_value()
+            if isinstance(value, list):
+                value = json.dumps(value)
+            env[f"POLLER_{group.upper()}__{name.upper()}"] = str(value)
+    env["POLLER_LOG__FORMAT"] = "json"
+    return env
+
+
+def poller_command(*args: str) -> list[str]:
+    """`poller ARGS` run with this interpreter."""
+    return [sys.executable, "-m", "poller", *args]
+
+
+def run_poller(
+    settings: Settings, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to completion."""
+    return subprocess.run(
+        poller_command(*args),
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+async def stream_entries(redis: Redis, key: str) -> list[dict[str, str]]:
+    """Every entry of a stream, fields decoded."""
+    out: list[dict[str, str]] = []
+    for _id, fields in await redis.xrange(key):
+        out.append({k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()})
+    return out
+
+
+async def ids_in_streams(redis: Redis, key_template: str) -> Counter[str]:
+    """Message id -> how many stream entries carry it, over every stream of the template."""
+    counts: Counter[str] = Counter()
+    pattern = key_template.replace("${app}", "*")
+    async for key in redis.scan_iter(match=pattern, _type="stream"):
+        if key.endswith(b":dead"):
+            continue
+        for entry in await stream_entries(redis, key.decode()):
+            counts[entry["id"]] += 1
+    return counts
