@@ -423,3 +423,17 @@ def test_compose_demo_wires_the_three_services(
     assert _seconds(poller["stop_grace_period"]) >= settings.schedule.grace_period + STOP_MARGIN
     assert any(v.endswith(f":{SPOOL_DIR}") for v in poller["volumes"])
     assert Path(settings.spool.path).parent == Path(SPOOL_DIR)
+
+
+# --- Documentation ------------------------------------------------------------------------
+
+
+def test_metrics_list_in_the_docs_is_the_generated_one() -> None:
+    from poller import metrics
+
+    table = metrics.markdown_table()
+    docs = [ROOT / "README.md", DEPLOY / "OPERATIONS.md"]
+    listing = [path for path in docs if path.exists() and "`poller_spool_rows`" in path.read_text()]
+    assert listing, "no document lists the metrics"
+    for path in listing:
+        assert table in path.read_text(), f"{path.name}: regenerate with metrics.markdown_table()"
