@@ -92,7 +92,7 @@ class HealthServer:
         port: int,
         *,
         block_threshold: float = 10.0,
-        block_window: float = 60.0,
+        block_window: float = 30.0,
         heartbeat: float = 0.5,
     ) -> None:
         self.readiness = readiness
@@ -123,7 +123,7 @@ class HealthServer:
         await self._server.stop()
 
     def liveness(self) -> Check:
-        """(ok, detail): fails for a while after the event loop was seen blocked."""
+        """(ok, detail): fails for block_window seconds after the loop was seen blocked."""
         if self._last_block is not None:
             seen, seconds = self._last_block
             ago = time.monotonic() - seen

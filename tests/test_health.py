@@ -14,7 +14,6 @@ from redis.exceptions import RedisError
 
 from poller import health, metrics
 from poller.health import HealthServer, Readiness
-from tests.fixtures_redis import redis_server, redis_url  # noqa: F401 (fixtures)
 
 
 def _closed_port() -> int:
@@ -39,7 +38,7 @@ def redis_pinger(url: str) -> Callable[[], Awaitable[bool]]:
 
 
 @pytest.fixture
-def readiness(redis_url: str) -> Readiness:  # noqa: F811
+def readiness(redis_url: str) -> Readiness:
     """Everything healthy: bootstrapped, Redis up, polled just now."""
     state = Readiness(max_poll_age=60, redis_check=redis_pinger(redis_url), bootstrapped=True)
     state.poll_succeeded()
