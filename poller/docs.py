@@ -1,0 +1,73 @@
+"""README tables generated from the code: settings and metrics. `python -m poller.docs` rewrites
+them in README.md; a test fails when the README is out of date."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
+
+from poller import metrics
+from poller.settings import Settings, env_name
+
+MARKERS = {
+    "settings": lambda: settings_table(),
+    "metrics": lambda: metrics.markdown_table(),
+}
+
+
+def _default(field: Any) -> str:
+    if field.default_factory is not None:
+        value = field.default_factory()
+    else:
+        value = field.default
+    if value is None:
+        return "(none)"
+    if isinstance(value, SecretStr):
+        return "(secret)"
+    if isinstance(value, list):
+        return "(empty)" if not value else ",".join(map(str, value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"`{value}`"
+
+
+def settings_table() -> str:
+    """One row per setting: environment variable, default, description."""
+    rows = ["| environment variable | TOML | default | description |", "| --- | --- | --- | --- |"]
+    for group, group_field in Settings.model_fields.items():
+        model = group_field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        for name, field in model.model_fields.items():
+            description = (field.description or "").replace("|", "\\|")
+            rows.append(
+                f"| `{env_name((group, name))}` | `{group}.{name}` | {_default(field)} "
+                f"| {description} |"
+            )
+    return "\n".join(rows)
+
+
+def render(text: str) -> str:
+    """The README text with every generated block brought up to date."""
+    for name, make in MARKERS.items():
+        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", flags=re.DOTALL)
+        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
+    return text
+
+
+def main(argv: list[str]) -> int:
+    """Rewrite the generated blocks of the README given (default README.md)."""
+    path = Path(argv[0] if argv else "README.md")
+    text = path.read_text(encoding="utf-8")
+    updated = render(text)
+    if updated != text:
+        path.write_text(updated, encoding="utf-8")
+        print(f"updated {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
