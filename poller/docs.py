@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +14,9 @@ from pydantic import BaseModel, SecretStr
 from poller import metrics
 from poller.settings import Settings, env_name
 
-MARKERS = {
-    "settings": lambda: settings_table(),
-    "metrics": lambda: metrics.markdown_table(),
-}
-
 
 def _default(field: Any) -> str:
-    if field.default_factory is not None:
-        value = field.default_factory()
-    else:
-        value = field.default
+    value = field.default_factory() if field.default_factory is not None else field.default
     if value is None:
         return "(none)"
     if isinstance(value, SecretStr):
@@ -40,7 +33,8 @@ def settings_table() -> str:
     rows = ["| environment variable | TOML | default | description |", "| --- | --- | --- | --- |"]
     for group, group_field in Settings.model_fields.items():
         model = group_field.annotation
-        assert isinstance(model, type) and issubclass(model, BaseModel)
+        assert isinstance(model, type)
+        assert issubclass(model, BaseModel)
         for name, field in model.model_fields.items():
             description = (field.description or "").replace("|", "\\|")
             rows.append(
@@ -52,7 +46,11 @@ def settings_table() -> str:
 
 def render(text: str) -> str:
     """The README text with every generated block brought up to date."""
-    for name, make in MARKERS.items():
+    blocks: dict[str, Callable[[], str]] = {
+        "settings": settings_table,
+        "metrics": metrics.markdown_table,
+    }
+    for name, make in blocks.items():
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", flags=re.DOTALL)
         text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
     return text
