@@ -52,8 +52,10 @@ def render(text: str) -> str:
     }
     for name, make in blocks.items():
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", flags=re.DOTALL)
-        body = make()
-        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+        match = pattern.search(text)
+        if match is not None:
+            block = match.group(1) + make() + "\n" + match.group(2)
+            text = text[: match.start()] + block + text[match.end() :]
     return text
 
 
