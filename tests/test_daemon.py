@@ -260,3 +260,123 @@ async def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
     }
     (tmp_path / "chaos.json").write_text(json.dumps(report))
     print("chaos report:", json.dumps(report))
+
+
+def metric_total(text: str, name: str) -> float:
+    """Sum of every sample of a metric in Prometheus text."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def run_cli(settings: Settings, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *poller_command(*args),
+        env=settings_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_operator_view_metrics_check_status_and_systemd_notify_agree(
+    simulator_factory: SimulatorFactory,
+    own_redis: EmbeddedRedis,
+    key_template: str,
+    tmp_path: Path,
+    processes: list[PollerProcess],
+) -> None:
+    # Tried as an operator would: the daemon under a notify socket; /metrics, `poller check`
+    # and `poller status` read while it works and while Redis is stopped.
+    import socket
+
+    notify_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.setblocking(False)
+    sim = await simulator_factory(applications=APPS, auto_configure=True)
+    settings = daemon_settings(sim, own_redis.url, tmp_path, key_template)
+    poller = PollerProcess(settings, tmp_path / "poller.log")
+    processes.append(poller)
+    env_extra = {"NOTIFY_SOCKET": str(notify_path)}
+    log = poller.log_path.open("ab")
+    poller.proc = await asyncio.create_subprocess_exec(
+        *poller_command("run"), env={**settings_env(settings), **env_extra}, stdout=log, stderr=log
+    )
+    log.close()
+    try:
+        await poller.wait_ready(200)
+        for app, n in zip(APPS, (40, 25, 10), strict=True):
+            sim.inject(app, n)
+        redis = Redis.from_url(own_redis.url)
+        try:
+
+            async def written() -> bool:
+                return len(await ids_in_streams(redis, key_template)) == 75
+
+            await wait_for(written)
+        finally:
+            await redis.aclose()
+        await asyncio.sleep(0.3)
+
+        async with httpx.AsyncClient(trust_env=False) as client:
+            text = (await client.get(f"http://127.0.0.1:{settings.health.port}/metrics")).text
+        assert metric_total(text, "poller_messages_written_total") == 75
+        assert metric_total(text, "poller_messages_pulled_total") == 75
+        assert 'poller_messages_written_total{app="app-alpha"} 40.0' in text
+
+        code, out, _ = await run_cli(settings, "check")
+        assert code == 0, out
+        assert out.startswith("ok")
+        code, out, err = await run_cli(settings, "status", "--json")
+        assert code == 0, err
+        status = json.loads(out)
+        lengths = {s["key"]: s["length"] for s in status["streams"]}
+        counts = dict(zip(APPS, (40, 25, 10), strict=True))
+        assert lengths == {settings.stream_key(a): n for a, n in counts.items()}
+        assert status["spool"]["rows"] == 0
+        assert status["health"]["ready"] is True
+
+        own_redis.kill()
+        await poller.wait_ready(503, timeout=10)
+        code, out, _ = await run_cli(settings, "check")
+        assert code == 1
+        assert "redis" in out
+        own_redis.restart()
+        await poller.wait_ready(200, timeout=15)
+
+        poller.signal(signal.SIGTERM)
+        assert await poller.wait() == 0
+        messages = []
+        while True:
+            try:
+                messages.append(notify.recv(4096).decode())
+            except BlockingIOError:
+                break
+        joined = "\n".join(messages)
+        assert "READY=1" in joined
+        assert "STOPPING=1" in joined
+        assert "STATUS=" in joined
+        assert joined.index("READY=1") < joined.index("STOPPING=1")
+    finally:
+        notify.close()
+
+
+async def test_demo_command_runs_and_reports_every_message_once(tmp_path: Path) -> None:
+    # The README's first command, shortened: simulator, embedded server, daemon, summary.
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("POLLER_")}
+    proc = await asyncio.create_subprocess_exec(
+        *poller_command("demo", "--duration", "4", "--rate", "100", "--plain"),
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(90):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, (out.decode()[-2000:], err.decode()[-2000:])
+    assert "summary: OK" in out.decode()
