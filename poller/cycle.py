@@ -15,7 +15,7 @@ import structlog
 from poller import metrics
 from poller.infobip import InfobipClient, InfobipError, MalformedResponseError, PullResponse
 from poller.sink import Sink, SinkError
-from poller.spool import NewMessage, NewQuarantine, Spool
+from poller.spool import NewMessage, NewQuarantine, Spool, SpoolError
 
 log = structlog.get_logger(__name__)
 
@@ -23,6 +23,8 @@ log = structlog.get_logger(__name__)
 FLUSH_ROWS = 5000
 # Malformed answers in a row after which a cycle stops pulling until the next tick.
 MAX_MALFORMED_IN_A_ROW = 3
+# Longest pause between attempts to write a pulled batch that the spool refused (disk full).
+SPOOL_RETRY_MAX = 30.0
 
 
 @dataclass
@@ -128,6 +130,8 @@ class PollCycle:
         self._flush_lock = asyncio.Lock()
         self.last_success: float | None = None
         self.backpressure = False
+        # Set while a pulled batch waits in memory because the spool refused it.
+        self.spool_error: str | None = None
 
     async def run(self) -> CycleResult:
         """One cycle: pull and spool, flush, repeat while messages are pending."""
@@ -198,7 +202,7 @@ class PollCycle:
             quarantine = NewQuarantine(
                 raw=exc.body, reason=exc.reason, app=None, pulled_at=now_rfc3339()
             )
-            await asyncio.to_thread(self.spool.append, (), (quarantine,))
+            await self._append((), (quarantine,))
             metrics.PULLS.labels(outcome="malformed").inc()
             metrics.MESSAGES_QUARANTINED.labels(app="unknown").inc()
             log.error("malformed pull response quarantined", reason=exc.reason, bytes=len(exc.body))
@@ -207,7 +211,7 @@ class PollCycle:
             metrics.PULL_REQUEST_SECONDS.observe(time.monotonic() - started)
         messages, quarantined = split_results(response, now_rfc3339())
         # Nothing happens between the pull and this append: it is what makes a crash safe.
-        await asyncio.to_thread(self.spool.append, messages, quarantined)
+        await self._append(messages, quarantined)
         result.pulls += 1
         result.pulled += len(messages)
         result.quarantined += len(quarantined)
@@ -219,6 +223,42 @@ class PollCycle:
             metrics.MESSAGES_QUARANTINED.labels(app=item.app or "unknown").inc()
             log.error("result item quarantined", reason=item.reason, app=item.app)
         return response
+
+    async def _append(
+        self, messages: Sequence[NewMessage], quarantined: Sequence[NewQuarantine]
+    ) -> None:
+        """Spool a pulled batch; if the spool refuses (disk full, I/O error), hold the batch in
+        memory and try again until it is written: Infobip will not hand these out again."""
+        delay = 0.5
+        attempts = 0
+        while True:
+            try:
+                await asyncio.to_thread(self.spool.append, messages, quarantined)
+            except SpoolError as exc:
+                attempts += 1
+                self.spool_error = str(exc)
+                log.error(
+                    "spool refused a pulled batch; holding it in memory and retrying",
+                    error=str(exc),
+                    messages=len(messages),
+                    attempt=attempts,
+                )
+                try:
+                    await asyncio.sleep(delay)
+                except asyncio.CancelledError:
+                    # Last resort before the process goes: the batch into the log, whole.
+                    log.critical(
+                        "stopping with a batch the spool never took; its messages follow",
+                        payloads=[m.payload for m in messages],
+                        quarantined=[q.raw.decode("utf-8", "replace") for q in quarantined],
+                    )
+                    raise
+                delay = min(SPOOL_RETRY_MAX, delay * 2)
+                continue
+            if attempts:
+                log.info("spool took the held batch", attempts=attempts, messages=len(messages))
+            self.spool_error = None
+            return
 
     async def _try_flush(self, result: CycleResult) -> bool:
         try:

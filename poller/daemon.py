@@ -229,7 +229,11 @@ class Daemon:
         watchdog: asyncio.Task[None] | None = None
         try:
             rt.start_line()
-            self.readiness = Readiness(max_poll_age=s.max_poll_age(), redis_check=rt.sink.ping)
+            self.readiness = Readiness(
+                max_poll_age=s.max_poll_age(),
+                redis_check=rt.sink.ping,
+                spool_problem=lambda: rt.cycle.spool_error,
+            )
             if s.health.enabled:
                 self.health = HealthServer(self.readiness, s.health.host, s.health.port)
                 await self.health.start()

@@ -35,6 +35,7 @@ class Readiness:
     last_poll_ok: float | None = None  # time.monotonic() at the end of the last good cycle
     started: float = field(default_factory=time.monotonic)
     redis_timeout: float = 2.0
+    spool_problem: Callable[[], str | None] | None = None  # e.g. disk full while a batch waits
 
     def poll_succeeded(self) -> None:
         """Record a successful poll cycle now."""
@@ -46,6 +47,9 @@ class Readiness:
         spool = (True, "below its cap")
         if self.spool_full:
             spool = (False, "spool is at its cap: pulling paused until Redis takes the backlog")
+        problem = self.spool_problem() if self.spool_problem is not None else None
+        if problem:
+            spool = (False, f"spool refuses writes, a pulled batch waits in memory: {problem}")
         shutdown = (False, "shutting down") if self.stopping else (True, "running")
         return {
             "bootstrap": bootstrap,

@@ -317,3 +317,42 @@ async def test_poll_cycle_counts_pulls_and_stops_when_inbox_empty(
     assert result.pulled == 230
     assert result.written == 230
     assert result.pending_reported == 0
+
+
+async def test_disk_full_holds_the_pulled_batch_until_the_spool_takes_it(
+    configured_simulator: Simulator,
+    redis_url: str,
+    redis_client: Redis,
+    key_template: str,
+    tmp_path: Path,
+) -> None:
+    # Tried: the spool file may not grow (SQLite's own "database or disk is full", produced by
+    # capping the page count) when a pull returns 200 messages; then space comes back.
+    import asyncio
+
+    settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
+    rt = await Runtime.open(settings)
+    try:
+        conn = rt.spool._conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        configured_simulator.inject("app-alpha", 200)
+        task = asyncio.create_task(rt.cycle.run())
+        for _ in range(100):
+            if rt.cycle.spool_error:
+                break
+            await asyncio.sleep(0.05)
+        assert rt.cycle.spool_error is not None
+        assert "full" in rt.cycle.spool_error
+        assert configured_simulator.inbox_depth == 0  # handed out: only our memory has them
+        assert not task.done()
+
+        conn.execute("PRAGMA max_page_count = 1073741823")
+        result = await asyncio.wait_for(task, timeout=30)
+        assert result.pulled == 200
+        assert rt.cycle.spool_error is None
+    finally:
+        await rt.close()
+    counts = await ids_in_streams(redis_client, key_template)
+    assert set(counts) == set(configured_simulator.ledger.ids())
+    assert len(counts) == 200
