@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -53,12 +54,18 @@ RetryHook = Callable[[str], None]
 
 
 class _Ambiguous(Exception):
-    """A write may or may not have been applied (timeout or 5xx after sending)."""
+    """A write may or may not have been applied (timeout or 5xx after sending).
 
-    def __init__(self, cause: Exception, retry_after: float | None = None) -> None:
+    `in_flight` is True when no answer came back (a timeout, a lost connection): the server
+    may still be working on the request and apply it after the client gave up."""
+
+    def __init__(
+        self, cause: Exception, retry_after: float | None = None, *, in_flight: bool = False
+    ) -> None:
         super().__init__(str(cause))
         self.cause = cause
         self.retry_after = retry_after
+        self.in_flight = in_flight
 
 
 def build_auth(settings: InfobipSettings) -> httpx.Auth:
@@ -83,6 +90,7 @@ def build_auth(settings: InfobipSettings) -> httpx.Auth:
         settings.client_id,
         settings.client_secret.get_secret_value(),
         timeout=settings.read_timeout,
+        headers={"User-Agent": USER_AGENT},
     )
 
 
@@ -93,6 +101,8 @@ def parse_retry_after(value: str | None, cap: float) -> float | None:
     value = value.strip()
     try:
         seconds = float(value)
+        if not math.isfinite(seconds):
+            return None
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
@@ -219,16 +229,27 @@ class InfobipClient:
         existing: Callable[[], Awaitable[T | None]],
     ) -> bytes | T:
         attempts = self.settings.max_retries + 1
+        ambiguous = False
         for attempt in range(attempts):
             try:
                 return await self._call("POST", path, json_body=payload, ambiguous_raises=True)
+            except ConflictError:
+                # After an unanswered attempt, a 409 most likely means that attempt was applied.
+                if not ambiguous:
+                    raise
+                found = await existing()
+                if found is None:
+                    raise
+                log.info("create had been applied; not creating again", path=path)
+                return found
             except _Ambiguous as exc:
+                ambiguous = True
                 log.warning(
                     "create may have been applied; listing before any retry",
                     path=path,
                     error=str(exc.cause),
                 )
-                found = await existing()
+                found = await self._await_applied(existing, watch=exc.in_flight)
                 if found is not None:
                     log.info("create had been applied; not creating again", path=path)
                     return found
@@ -238,6 +259,27 @@ class InfobipClient:
                     raise TransportError(f"POST {path}: {exc.cause}") from None
                 await self._sleep_backoff(attempt, exc.retry_after, "ambiguous-create")
         raise AssertionError("unreachable")
+
+    async def _await_applied(
+        self, existing: Callable[[], Awaitable[T | None]], *, watch: bool
+    ) -> T | None:
+        """What an ambiguous create left behind, if anything.
+
+        A request that got no answer may still be applied by the server after the client gave
+        up (it is held in a queue, or the server is slow). Creating again right away would then
+        make two, so the listing is repeated for one more read timeout before a retry."""
+        found = await existing()
+        if found is not None or not watch:
+            return found
+        window = self.settings.read_timeout
+        step = min(2.0, max(0.05, window / 5))
+        deadline = time.monotonic() + window
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(step, max(0.0, deadline - time.monotonic())))
+            found = await existing()
+            if found is not None:
+                return found
+        return None
 
     async def _call(
         self,
@@ -263,15 +305,13 @@ class InfobipClient:
                 reason = "connect-timeout" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
                 error: Exception = TransportError(f"{operation}: {reason}")
                 if ambiguous_raises and reason == "timeout":
-                    raise _Ambiguous(error) from None
-            except (httpx.TransportError, TruncatedResponseError) as exc:
-                if isinstance(exc, TruncatedResponseError) and exc.body:
-                    raise
+                    raise _Ambiguous(error, in_flight=True) from None
+            except httpx.TransportError as exc:
                 connect = isinstance(exc, httpx.ConnectError)
                 reason = "connect" if connect else "connection-lost"
                 error = TransportError(f"{operation}: {_transport_reason(exc)}")
                 if ambiguous_raises and not connect:
-                    raise _Ambiguous(error) from None
+                    raise _Ambiguous(error, in_flight=True) from None
             else:
                 if 200 <= status < 300:
                     return body
@@ -316,7 +356,9 @@ class InfobipClient:
                 if keep_partial and reason != "connect"
                 else None,
             )
-            retried_delete = method == "DELETE"
+            # A DELETE that never reached the server cannot explain a later 404.
+            sent = reason not in ("connect", "connect-timeout")
+            retried_delete = retried_delete or (method == "DELETE" and sent)
             await self._sleep_backoff(attempt, None, reason)
         raise AssertionError("unreachable")
 
@@ -345,7 +387,9 @@ class InfobipClient:
                     chunks.append(chunk)
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout) as exc:
                 partial = b"".join(chunks)
-                if keep_partial and partial and 200 <= response.status_code < 300:
+                # A pull answer cut after its status line was handed out all the same, even
+                # with no body byte received: report it (for quarantine), never retry it away.
+                if keep_partial and 200 <= response.status_code < 300:
                     raise TruncatedResponseError(
                         f"connection ended after {len(partial)} bytes ({_transport_reason(exc)})",
                         partial,
