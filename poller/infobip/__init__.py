@@ -4,6 +4,7 @@ from poller.infobip.client import InfobipClient, parse_pull
 from poller.infobip.errors import (
     ApiError,
     AuthError,
+    BadRequestError,
     ConflictError,
     InfobipError,
     MalformedResponseError,
@@ -21,6 +22,7 @@ __all__ = [
     "ActionRequest",
     "ApiError",
     "AuthError",
+    "BadRequestError",
     "Configuration",
     "ConflictError",
     "InfobipClient",

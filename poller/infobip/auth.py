@@ -61,6 +61,7 @@ class OAuth2ClientCredentials(httpx.Auth):
         refresh_margin: float = 60.0,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self._token_url = token_url
         self._client_id = client_id
@@ -68,8 +69,9 @@ class OAuth2ClientCredentials(httpx.Auth):
         self._margin = refresh_margin
         self._timeout = timeout
         self._transport = transport
+        self._headers = dict(headers or {})
         self._token: str | None = None
-        self._expires = 0.0
+        self._refresh_at = 0.0
         self._lock = asyncio.Lock()
         self.fetches = 0
 
@@ -97,7 +99,7 @@ class OAuth2ClientCredentials(httpx.Auth):
 
     async def _valid_token(self, stale: str | None = None) -> str:
         async with self._lock:
-            fresh = time.monotonic() < self._expires - self._margin
+            fresh = time.monotonic() < self._refresh_at
             # `stale` is the token a server just refused; another caller may have replaced it.
             if self._token is not None and self._token != stale and fresh:
                 return self._token
@@ -111,7 +113,9 @@ class OAuth2ClientCredentials(httpx.Auth):
             "grant_type": "client_credentials",
         }
         try:
-            async with httpx.AsyncClient(timeout=self._timeout, transport=self._transport) as http:
+            async with httpx.AsyncClient(
+                timeout=self._timeout, transport=self._transport, headers=self._headers
+            ) as http:
                 response = await http.post(self._token_url, data=form)
         except httpx.HTTPError as exc:
             raise TransportError(f"OAuth2 token request failed: {type(exc).__name__}") from None
@@ -129,7 +133,10 @@ class OAuth2ClientCredentials(httpx.Auth):
         except (ValueError, KeyError, TypeError):
             raise InfobipError("OAuth2 token response has no access_token") from None
         self._token = token
-        self._expires = time.monotonic() + expires_in
+        # A token shorter-lived than twice the margin is renewed at half its life instead of
+        # on every call.
+        margin = min(self._margin, max(expires_in, 0.0) / 2)
+        self._refresh_at = time.monotonic() + expires_in - margin
         self.fetches += 1
         log.debug("oauth2 token fetched", expires_in=expires_in)
         return token

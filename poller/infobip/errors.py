@@ -45,6 +45,10 @@ class ApiError(InfobipError):
         return "".join(parts)
 
 
+class BadRequestError(ApiError):
+    """400: the request was refused as invalid (a bad limit, a malformed action)."""
+
+
 class AuthError(ApiError):
     """401 or 403: the credentials are wrong or lack the scope."""
 
@@ -89,6 +93,7 @@ class ResponseTooLargeError(MalformedResponseError):
 
 
 _CLASSES: dict[int, type[ApiError]] = {
+    400: BadRequestError,
     401: AuthError,
     403: AuthError,
     404: NotFoundError,
@@ -118,8 +123,14 @@ def api_error(
                 if isinstance(service.get("validationErrors"), dict):
                     validation = service["validationErrors"]
         elif "errorCode" in data or "description" in data:
+            # The newer ApiError shape: errorCode, description, violations[{property,violation}].
             message_id = _text(data.get("errorCode"))
             text = _text(data.get("description"))
+            validation = _violations(data.get("violations"))
+        elif isinstance(data.get("error"), str):
+            # OAuth2 token endpoint (RFC 6749 section 5.2): error, error_description.
+            message_id = data["error"]
+            text = _text(data.get("error_description"))
     if text is None and body and data is None:
         text = body[:200].decode("utf-8", "replace").strip() or None
     cls = _CLASSES.get(status, ServerError if status >= 500 else ApiError)
@@ -131,6 +142,17 @@ def api_error(
         retry_after=retry_after,
         validation_errors=validation,
     )
+
+
+def _violations(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, list):
+        return None
+    found: dict[str, list[str]] = {}
+    for item in value:
+        if isinstance(item, dict) and item.get("violation") is not None:
+            name = str(item.get("property") or "request")
+            found.setdefault(name, []).append(str(item["violation"]))
+    return dict(found) or None
 
 
 def _text(value: Any) -> str | None:
