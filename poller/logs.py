@@ -39,6 +39,9 @@ def _redact_value(key: str, value: Any) -> Any:
         return redact_text(value)
     if isinstance(value, dict):
         return {k: _redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        # Structured tracebacks (dict_tracebacks) are lists of dicts holding exception texts.
+        return [_redact_value(key, item) for item in value]
     if isinstance(value, BaseException):
         return redact_text(f"{type(value).__name__}: {value}")
     return value
@@ -75,11 +78,19 @@ def configure(
     ]
     renderer: Any
     if console:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
-        tail: list[Any] = [redact_processor, renderer]
+        # The traceback becomes text before redaction; a renderer that formats it itself
+        # would print an exception's message (and any secret in it) unredacted.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
+        tail: list[Any] = [structlog.processors.format_exc_info, redact_processor, renderer]
     else:
+        # No frame locals: they hold request forms, headers and settings in plain text.
+        tracebacks = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
         tail = [
-            structlog.processors.dict_tracebacks,
+            tracebacks,
             redact_processor,
             structlog.processors.JSONRenderer(ensure_ascii=False),
         ]
