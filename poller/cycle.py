@@ -132,6 +132,8 @@ class PollCycle:
         self.backpressure = False
         # Set while a pulled batch waits in memory because the spool refused it.
         self.spool_error: str | None = None
+        # Set by a graceful stop: the cycle in flight ends after its current pull and flush.
+        self.stopping = False
 
     async def run(self) -> CycleResult:
         """One cycle: pull and spool, flush, repeat while messages are pending."""
@@ -139,7 +141,7 @@ class PollCycle:
         started = time.monotonic()
         redis_failed = False
         malformed_in_a_row = 0
-        while result.pulls < self.max_pulls:
+        while result.pulls < self.max_pulls and not self.stopping:
             if self.spool.full:
                 # Flushing may make room; otherwise stop pulling until Redis drains the spool.
                 if not redis_failed:

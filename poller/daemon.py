@@ -213,6 +213,8 @@ class Daemon:
             log.info("stop requested", signal=sig.name if sig else None)
             if self.readiness is not None:
                 self.readiness.stopping = True
+            if self.runtime is not None:
+                self.runtime.cycle.stopping = True
             self._stop.set()
 
     async def run(self) -> int:
@@ -392,7 +394,12 @@ async def run_once(settings: Settings, *, bootstrap: bool = True) -> int:
         log.error("cannot open the spool", error=str(exc))
         return 1
     stop = asyncio.Event()
-    remove_signals = _install_signals(lambda _sig: stop.set())
+
+    def request_stop(_sig: signal.Signals) -> None:
+        stop.set()
+        rt.cycle.stopping = True
+
+    remove_signals = _install_signals(request_stop)
     failed = False
     try:
         rt.start_line()

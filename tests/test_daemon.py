@@ -380,3 +380,34 @@ async def test_demo_command_runs_and_reports_every_message_once(tmp_path: Path) 
         out, err = await proc.communicate()
     assert proc.returncode == 0, (out.decode()[-2000:], err.decode()[-2000:])
     assert "summary: OK" in out.decode()
+
+
+async def test_sigterm_while_draining_a_large_inbox_stops_after_the_current_pull(
+    simulator_factory: SimulatorFactory,
+    redis_url: str,
+    key_template: str,
+    tmp_path: Path,
+    processes: list[PollerProcess],
+) -> None:
+    # Tried: 3,000 messages pulled 10 at a time (a 30 s drain at 10 requests/s), SIGTERM after
+    # 2 s: the stop must not wait for the drain, and what was handed out must be in Redis.
+    sim = await simulator_factory(applications=APPS, auto_configure=True)
+    sim.inject("app-alpha", 3000)
+    settings = daemon_settings(sim, redis_url, tmp_path, key_template, infobip={"pull_limit": 10})
+    poller = PollerProcess(settings, tmp_path / "poller.log")
+    processes.append(poller)
+    await poller.start()
+    await poller.wait_ready(200)
+    await asyncio.sleep(2.0)
+    stopped_at = time.monotonic()
+    poller.signal(signal.SIGTERM)
+    assert await poller.wait(timeout=20) == 0
+    assert time.monotonic() - stopped_at < 5
+    assert sim.inbox_depth > 0  # the drain was cut short, as asked
+    redis = Redis.from_url(redis_url)
+    try:
+        counts = await ids_in_streams(redis, key_template)
+    finally:
+        await redis.aclose()
+    assert set(counts) == set(sim.ledger.ids())
+    assert set(counts.values()) == {1}
