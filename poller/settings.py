@@ -10,9 +10,19 @@ from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from dotenv import dotenv_values
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -22,7 +32,15 @@ from pydantic_settings import (
 ENV_PREFIX = "POLLER_"
 ENV_DELIMITER = "__"
 CONFIG_ENV = "POLLER_CONFIG"
+DOTENV_FILE = ".env"
 APP_PLACEHOLDER = "${app}"
+# The settings each Infobip auth scheme needs.
+CREDENTIAL_SETTINGS: dict[str, tuple[str, ...]] = {
+    "app": ("api_key",),
+    "basic": ("username", "password"),
+    "ibsso": ("ibsso_token",),
+    "oauth2": ("client_id", "client_secret"),
+}
 
 _toml_file: ContextVar[Path | None] = ContextVar("_toml_file", default=None)
 
@@ -39,7 +57,12 @@ def split_list(value: Any) -> Any:
     return value
 
 
-class InfobipSettings(BaseModel):
+class _Section(BaseModel):
+    # A misspelt POLLER_GROUP__NAME or TOML key is an error that names it, not a no-op.
+    model_config = ConfigDict(extra="forbid")
+
+
+class InfobipSettings(_Section):
     """The Infobip account: where, how to authenticate, how hard to pull."""
 
     base_url: str = Field(
@@ -101,12 +124,7 @@ class InfobipSettings(BaseModel):
 
     def credential_problems(self) -> list[str]:
         """What the chosen auth scheme lacks, one line per missing setting."""
-        needed = {
-            "app": ("api_key",),
-            "basic": ("username", "password"),
-            "ibsso": ("ibsso_token",),
-            "oauth2": ("client_id", "client_secret"),
-        }[self.auth]
+        needed = CREDENTIAL_SETTINGS[self.auth]
         return [
             f"infobip.{name} ({env_name(('infobip', name))}): needed for auth={self.auth}"
             for name in needed
@@ -114,7 +132,7 @@ class InfobipSettings(BaseModel):
         ]
 
 
-class RedisSettings(BaseModel):
+class RedisSettings(_Section):
     """Where the streams go, and how durable a write must be before the spool lets go."""
 
     url: str = Field(
@@ -176,7 +194,7 @@ class RedisSettings(BaseModel):
         return self
 
 
-class SpoolSettings(BaseModel):
+class SpoolSettings(_Section):
     """The local durable spool every message is written to first."""
 
     path: Path = Field(Path("poller-spool.db"), description="SQLite spool file.")
@@ -184,7 +202,7 @@ class SpoolSettings(BaseModel):
     max_bytes: int = Field(1024**3, ge=1024, description="Bytes at which pulling pauses.")
 
 
-class ScheduleSettings(BaseModel):
+class ScheduleSettings(_Section):
     """When to poll, and how long a stop may take."""
 
     interval: float = Field(5.0, gt=0, description="Seconds between poll cycles.")
@@ -213,7 +231,7 @@ class ScheduleSettings(BaseModel):
         return value
 
 
-class HealthSettings(BaseModel):
+class HealthSettings(_Section):
     """Probes and metrics."""
 
     enabled: bool = Field(True, description="Serve /livez, /readyz and /metrics.")
@@ -226,7 +244,7 @@ class HealthSettings(BaseModel):
     )
 
 
-class LogSettings(BaseModel):
+class LogSettings(_Section):
     """Logs."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
@@ -246,7 +264,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter=ENV_DELIMITER,
-        env_file=".env",
+        env_file=DOTENV_FILE,
         env_file_encoding="utf-8",
         extra="forbid",
         nested_model_default_partial_update=True,
@@ -269,7 +287,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Order: arguments, environment, .env, the TOML file, defaults."""
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        dotenv = _DotEnvSource(settings_cls)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv]
         toml = _toml_file.get()
         if toml is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
@@ -299,6 +318,16 @@ class Settings(BaseSettings):
         return 3 * (self.schedule.interval + self.schedule.jitter) + self.infobip.read_timeout + 30
 
 
+class _DotEnvSource(DotEnvSettingsSource):
+    """.env read like the environment: other programs' variables (and POLLER_CONFIG, which
+    load_settings reads itself) are not settings, so they are left alone instead of failing
+    as unknown ones."""
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        return {key: value for key, value in super().__call__().items() if key in fields}
+
+
 class SettingsError(Exception):
     """Bad settings: one line per problem, each naming the setting and its env var."""
 
@@ -315,6 +344,8 @@ def env_name(loc: tuple[str | int, ...]) -> str:
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
     """Read the settings; raise SettingsError naming every bad one."""
     path_text = config_file if config_file is not None else os.environ.get(CONFIG_ENV)
+    if path_text is None and Path(DOTENV_FILE).is_file():
+        path_text = dotenv_values(DOTENV_FILE).get(CONFIG_ENV)
     path = Path(path_text) if path_text else None
     if path is not None and not path.is_file():
         raise SettingsError([f"{CONFIG_ENV}/--config: no such file: {path}"])
@@ -335,6 +366,8 @@ def _describe(exc: ValidationError, prefix: tuple[str, ...]) -> list[str]:
     for error in exc.errors(include_url=False, include_input=False):
         loc = prefix + tuple(str(p) for p in error["loc"] if not str(p).startswith("function-"))
         message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting (misspelt?)"
         if loc:
             dotted = ".".join(loc)
             lines.append(f"{dotted} ({env_name(loc)}): {message}")
