@@ -1,0 +1,286 @@
+"""Settings: environment, .env, TOML, their order, and one clear line per bad value."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from poller.settings import Settings, SettingsError, load_settings
+
+POLLER = str(Path(sys.executable).with_name("poller"))
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No POLLER_* variable from outside, and a working directory without a .env."""
+    for name in [n for n in os.environ if n.startswith("POLLER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def problems(**env: str) -> list[str]:
+    """The SettingsError lines for these environment variables."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        with pytest.raises(SettingsError) as caught:
+            load_settings()
+    assert str(caught.value) == "\n".join(caught.value.lines)
+    return caught.value.lines
+
+
+def test_defaults_need_nothing() -> None:
+    settings = load_settings()
+    assert settings.infobip.base_url == "https://api.infobip.com"
+    assert settings.infobip.auth == "app"
+    assert settings.infobip.api_key is None
+    assert settings.infobip.applications == []
+    assert settings.infobip.pull_limit == 1000
+    assert settings.infobip.rate_limit == 10.0
+    assert settings.redis.url == "redis://127.0.0.1:6379/0"
+    assert settings.stream_key("shop") == "infobip:push:{shop}:mo"
+    assert settings.schedule.cron is None
+    assert settings.spool.path == Path("poller-spool.db")
+    assert settings.max_poll_age() == 3 * (5.0 + 1.0) + 30.0 + 30
+
+
+def test_environment_with_prefix_and_nested_delimiter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLLER_INFOBIP__BASE_URL", "https://abc12.api.infobip.com/")
+    monkeypatch.setenv("POLLER_INFOBIP__API_KEY", "k-123456")
+    monkeypatch.setenv("POLLER_INFOBIP__PULL_LIMIT", "250")
+    monkeypatch.setenv("POLLER_REDIS__DURABILITY", "waitaof")
+    monkeypatch.setenv("POLLER_SCHEDULE__CRON", "*/5 * * * *")
+    monkeypatch.setenv("POLLER_LOG__LEVEL", "debug")
+    monkeypatch.setenv("POLLER_HEALTH__ENABLED", "false")
+    settings = load_settings()
+    assert settings.infobip.base_url == "https://abc12.api.infobip.com"
+    assert isinstance(settings.infobip.api_key, SecretStr)
+    assert settings.infobip.api_key.get_secret_value() == "k-123456"
+    assert settings.infobip.pull_limit == 250
+    assert settings.redis.durability == "waitaof"
+    assert settings.schedule.cron == "*/5 * * * *"
+    assert settings.log.level == "DEBUG"
+    assert settings.health.enabled is False
+    # Other variables of a group keep their defaults.
+    assert settings.infobip.read_timeout == 30.0
+
+
+@pytest.mark.parametrize(
+    "value", ["app-a,app-b , app-c", '["app-a", "app-b", "app-c"]', "app-a,,app-b,app-c,"]
+)
+def test_applications_as_comma_list_or_json(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLLER_INFOBIP__APPLICATIONS", value)
+    expected = ["app-a", "app-b", "app-c"]
+    assert load_settings().infobip.applications == expected
+
+
+TOML = """
+[infobip]
+base_url = "https://toml.api.infobip.com"
+applications = ["from-toml"]
+pull_limit = 100
+client_secret = "toml-secret"
+
+[redis]
+url = "redis://toml:6379/1"
+
+[schedule]
+interval = 2.5
+"""
+
+
+def test_toml_file_by_argument_and_by_poller_config(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = clean_env / "poller.toml"
+    path.write_text(TOML)
+    for settings in (load_settings(path), load_settings(str(path))):
+        assert settings.infobip.base_url == "https://toml.api.infobip.com"
+        assert settings.infobip.applications == ["from-toml"]
+        assert settings.redis.url == "redis://toml:6379/1"
+        assert settings.schedule.interval == 2.5
+        assert isinstance(settings.infobip.client_secret, SecretStr)
+    monkeypatch.setenv("POLLER_CONFIG", str(path))
+    assert load_settings().infobip.pull_limit == 100
+
+
+def test_order_arguments_environment_dotenv_toml(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = clean_env / "poller.toml"
+    path.write_text(TOML)
+    (clean_env / ".env").write_text(
+        "POLLER_INFOBIP__PULL_LIMIT=200\nPOLLER_REDIS__URL=redis://dotenv:6379/2\n"
+        "POLLER_SCHEDULE__INTERVAL=9\n"
+    )
+    monkeypatch.setenv("POLLER_INFOBIP__PULL_LIMIT", "300")
+    settings = load_settings(path, spool={"max_rows": 5})
+    assert settings.infobip.pull_limit == 300  # environment over .env and TOML
+    assert settings.redis.url == "redis://dotenv:6379/2"  # .env over TOML
+    assert settings.infobip.base_url == "https://toml.api.infobip.com"  # TOML over defaults
+    assert settings.schedule.interval == 9.0
+    assert settings.spool.max_rows == 5  # arguments first
+
+
+def test_dotenv_in_the_working_directory(clean_env: Path) -> None:
+    (clean_env / ".env").write_text(
+        "# settings of this host\n"
+        "POLLER_INFOBIP__API_KEY=dotenv-key-1234\n"
+        "POLLER_INFOBIP__APPLICATIONS=one,two\n"
+        # Another program's variables in the same file are none of the poller's business.
+        "COMPOSE_PROJECT_NAME=shop\nDATABASE_URL=postgres://x\n"
+    )
+    settings = load_settings()
+    assert settings.infobip.api_key is not None
+    assert settings.infobip.api_key.get_secret_value() == "dotenv-key-1234"
+    assert settings.infobip.applications == ["one", "two"]
+
+
+def test_poller_config_in_dotenv_is_honoured(clean_env: Path) -> None:
+    (clean_env / "site.toml").write_text('[infobip]\napplications = ["site-app"]\n')
+    (clean_env / ".env").write_text("POLLER_CONFIG=site.toml\n")
+    assert load_settings().infobip.applications == ["site-app"]
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"POLLER_INFOBIP__PULL_LIMIT": "0"},
+         "infobip.pull_limit (POLLER_INFOBIP__PULL_LIMIT): "
+         "Input should be greater than or equal to 1"),
+        ({"POLLER_INFOBIP__PULL_LIMIT": "5000"},
+         "infobip.pull_limit (POLLER_INFOBIP__PULL_LIMIT): "
+         "Input should be less than or equal to 1000"),
+        ({"POLLER_INFOBIP__BASE_URL": "api.infobip.com"},
+         "infobip.base_url (POLLER_INFOBIP__BASE_URL): expected an http:// or https:// URL, "
+         "such as https://xxxxx.api.infobip.com"),
+        ({"POLLER_INFOBIP__AUTH": "token"},
+         "infobip.auth (POLLER_INFOBIP__AUTH): "
+         "Input should be 'app', 'basic', 'ibsso' or 'oauth2'"),
+        ({"POLLER_SCHEDULE__INTERVAL": "five"},
+         "schedule.interval (POLLER_SCHEDULE__INTERVAL): Input should be a valid number, "
+         "unable to parse string as a number"),
+        ({"POLLER_REDIS__URL": "http://redis:6379"},
+         "redis.url (POLLER_REDIS__URL): expected a redis://, rediss:// or unix:// URL"),
+        ({"POLLER_REDIS__STREAM_KEY_TEMPLATE": "all-in-one"},
+         "redis.stream_key_template (POLLER_REDIS__STREAM_KEY_TEMPLATE): must contain ${app} "
+         "(one stream per application)"),
+        ({"POLLER_INFOBIP__APPLICATIONS": "[not json"},
+         "infobip.applications (POLLER_INFOBIP__APPLICATIONS): expected a JSON list or "
+         "comma-separated values"),
+        ({"POLLER_INFOBIP__APIKEY": "typo"},
+         "infobip.apikey (POLLER_INFOBIP__APIKEY): unknown setting (misspelt?)"),
+    ],
+)  # fmt: skip
+def test_bad_value_names_setting_and_variable(env: dict[str, str], line: str) -> None:
+    assert problems(**env) == [line]
+
+
+def test_bad_cron() -> None:
+    (line,) = problems(POLLER_SCHEDULE__CRON="every five minutes")
+    assert line.startswith("schedule.cron (POLLER_SCHEDULE__CRON): not a cron expression (")
+
+
+def test_every_bad_value_is_reported_at_once() -> None:
+    lines = problems(
+        POLLER_INFOBIP__PULL_LIMIT="0",
+        POLLER_SCHEDULE__INTERVAL="x",
+        POLLER_HEALTH__PORT="70000",
+    )
+    assert [line.split(" ")[0] for line in lines] == [
+        "infobip.pull_limit",
+        "schedule.interval",
+        "health.port",
+    ]
+
+
+def test_missing_config_file(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = clean_env / "nope.toml"
+    with pytest.raises(SettingsError) as caught:
+        load_settings(missing)
+    assert caught.value.lines == [f"POLLER_CONFIG/--config: no such file: {missing}"]
+    monkeypatch.setenv("POLLER_CONFIG", str(missing))
+    with pytest.raises(SettingsError):
+        load_settings()
+
+
+def test_bad_toml_names_the_file_and_the_setting(clean_env: Path) -> None:
+    broken = clean_env / "broken.toml"
+    broken.write_text("[infobip\npull_limit = 1\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(broken)
+    (line,) = caught.value.lines
+    assert line.startswith(f"{broken}: ")
+    wrong = clean_env / "wrong.toml"
+    wrong.write_text('[infobip]\npull_limit = 0\n[redis]\nmode = "sentinel"\n')
+    with pytest.raises(SettingsError) as caught:
+        load_settings(wrong)
+    assert caught.value.lines == [
+        "infobip.pull_limit (POLLER_INFOBIP__PULL_LIMIT): "
+        "Input should be greater than or equal to 1",
+        "redis (POLLER_REDIS): mode=sentinel needs POLLER_REDIS__SENTINELS",
+    ]
+
+
+def test_secrets_are_secret_str_and_hidden_in_repr() -> None:
+    settings = Settings(
+        infobip={"api_key": "key-abcdef", "password": "pw-abcdef", "client_secret": "cs-abcdef"},
+        redis={"password": "redis-abcdef"},
+    )
+    text = repr(settings) + str(settings.model_dump()) + settings.model_dump_json()
+    for secret in ("key-abcdef", "pw-abcdef", "cs-abcdef", "redis-abcdef"):
+        assert secret not in text
+
+
+def run_poller(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+    return subprocess.run(
+        [POLLER, *args],
+        env={**base, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+SECRETS = {
+    "POLLER_INFOBIP__API_KEY": "api-key-0f9e8d7c",
+    "POLLER_INFOBIP__PASSWORD": "password-0f9e8d7c",
+    "POLLER_INFOBIP__IBSSO_TOKEN": "ibsso-0f9e8d7c",
+    "POLLER_INFOBIP__CLIENT_SECRET": "client-secret-0f9e8d7c",
+    "POLLER_REDIS__PASSWORD": "redis-pw-0f9e8d7c",
+}
+
+
+def test_config_show_masks_secrets(clean_env: Path) -> None:
+    env = {**SECRETS, "POLLER_INFOBIP__APPLICATIONS": "shop-ios,shop-android"}
+    table = run_poller("config", "show", env=env, cwd=clean_env)
+    as_json = run_poller("config", "show", "--json", env=env, cwd=clean_env)
+    assert table.returncode == as_json.returncode == 0, table.stderr + as_json.stderr
+    for secret in SECRETS.values():
+        assert secret not in table.stdout + table.stderr + as_json.stdout + as_json.stderr
+    rows = {line.split()[0]: line.split() for line in table.stdout.splitlines()[1:]}
+    assert rows["infobip.api_key"] == ["infobip.api_key", "**********", "POLLER_INFOBIP__API_KEY"]
+    assert rows["redis.password"][1] == "**********"
+    shown = json.loads(as_json.stdout)
+    assert shown["infobip"]["client_secret"] == "**********"
+    assert shown["infobip"]["applications"] == ["shop-ios", "shop-android"]
+
+
+def test_cli_bad_setting_is_one_line_per_problem(clean_env: Path) -> None:
+    result = run_poller("config", "show", env={"POLLER_INFOBIP__PULL_LIMIT": "5000"}, cwd=clean_env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "poller: bad setting: infobip.pull_limit (POLLER_INFOBIP__PULL_LIMIT): "
+        "Input should be less than or equal to 1000"
+    ]
