@@ -9,10 +9,19 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-from poller.cli.output import emit_json, table, warn
-from poller.infobip import Action, ActionRequest, InfobipClient, NotFoundError
+from poller.cli.output import emit_json, error, table, warn
+from poller.infobip import (
+    Action,
+    ActionRequest,
+    AuthError,
+    ConflictError,
+    InfobipClient,
+    NotFoundError,
+)
 from poller.infobip.errors import InfobipError
-from poller.settings import Settings
+from poller.settings import CREDENTIAL_SETTINGS, Settings, env_name
+
+EXIT_USAGE = 2
 
 
 def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,7 +78,10 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _limit(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if not 1 <= value <= 1000:
         raise argparse.ArgumentTypeError("must be between 1 and 1000")
     return value
@@ -77,12 +89,37 @@ def _limit(text: str) -> int:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Carry out one `poller infobip ...` command."""
-    async with InfobipClient(settings.infobip) as client:
-        if args.group == "configurations":
-            return await _configurations(client, args)
-        if args.group == "actions":
-            return await _actions(client, args)
-        return await _pull(client, args)
+    problem = _usage_problem(args)
+    if problem:
+        # Refused before any call to Infobip.
+        error(problem)
+        return EXIT_USAGE
+    try:
+        async with InfobipClient(settings.infobip) as client:
+            if args.group == "configurations":
+                return await _configurations(client, args)
+            if args.group == "actions":
+                return await _actions(client, args)
+            return await _pull(client, args)
+    except AuthError as exc:
+        scheme = settings.infobip.auth
+        names = " and ".join(env_name(("infobip", n)) for n in CREDENTIAL_SETTINGS[scheme])
+        raise InfobipError(
+            f"Infobip refused the credentials ({exc}); check POLLER_INFOBIP__AUTH={scheme} "
+            f"and {names}"
+        ) from None
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    if args.group != "actions" or args.verb != "create":
+        return None
+    if args.type == "HTTP_FORWARD" and not args.forward_url:
+        return "--type HTTP_FORWARD needs --forward-url URL (where Infobip posts the messages)"
+    if args.type == "HTTP_FORWARD" and not args.forward_url.startswith(("http://", "https://")):
+        return "--forward-url must be an http:// or https:// URL"
+    if args.type == "PULL" and args.forward_url:
+        return "--forward-url is for HTTP_FORWARD actions only"
+    return None
 
 
 async def _configurations(client: InfobipClient, args: argparse.Namespace) -> int:
@@ -101,7 +138,15 @@ async def _configurations(client: InfobipClient, args: argparse.Namespace) -> in
             print(f"configuration {config.key} of {args.app}")
             _action_table(actions)
     elif args.verb == "create":
-        config = await client.create_configuration(args.app)
+        try:
+            config = await client.create_configuration(args.app)
+        except ConflictError:
+            keys = ", ".join(c.key for c in await client.list_configurations(args.app))
+            raise InfobipError(
+                f"{args.app} already has a configuration ({keys or 'key not listed'}); "
+                "Infobip allows one per application. "
+                f"See it with `poller infobip configurations list {args.app}`"
+            ) from None
         if args.json:
             emit_json(config.model_dump(by_alias=True))
         else:
@@ -141,10 +186,6 @@ async def _actions(client: InfobipClient, args: argparse.Namespace) -> int:
         else:
             _action_table(actions)
     elif args.verb == "create":
-        if args.type == "HTTP_FORWARD" and not args.forward_url:
-            raise InfobipError("--type HTTP_FORWARD needs --forward-url")
-        if args.type == "PULL" and args.forward_url:
-            raise InfobipError("--forward-url is for HTTP_FORWARD actions only")
         request = ActionRequest(
             type=args.type, callbackData=args.callback_data, forwardUrl=args.forward_url
         )
@@ -170,7 +211,6 @@ def _action_table(actions: list[Action]) -> None:
 
 
 async def _pull(client: InfobipClient, args: argparse.Namespace) -> int:
-    warn("pulled messages are consumed: Infobip will not hand them out again")
     response = await client.pull(args.limit)
     pulled_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     if args.out:
@@ -195,6 +235,8 @@ async def _pull(client: InfobipClient, args: argparse.Namespace) -> int:
             f"{len(response.results)} message(s){saved}; "
             f"{response.pending_message_count} still pending"
         )
+    if response.results and not args.out:
+        warn("pulled messages are consumed: Infobip will not hand them out again (see --out)")
     return 0
 
 
