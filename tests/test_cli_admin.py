@@ -1,0 +1,222 @@
+"""`poller infobip ...` as a new user runs it: a real `poller` process against the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from poller.simulator import Simulator
+
+pytestmark = pytest.mark.timeout(60)
+
+POLLER = str(Path(sys.executable).with_name("poller"))
+APP = "app-alpha"
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return self.err.splitlines()
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Any:
+    """Run `poller ARGS` against a simulator; the working directory holds no .env."""
+
+    async def go(sim: Simulator, *args: str, api_key: str = "sim-api-key") -> Run:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+        env.update(
+            POLLER_INFOBIP__BASE_URL=sim.base_url,
+            POLLER_INFOBIP__API_KEY=api_key,
+            POLLER_INFOBIP__BACKOFF_BASE="0.05",
+        )
+        proc = await asyncio.create_subprocess_exec(
+            POLLER,
+            *args,
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+        assert proc.returncode is not None
+        return Run(proc.returncode, out.decode(), err.decode())
+
+    return go
+
+
+async def test_create_configuration_then_a_second_is_refused_clearly(
+    simulator: Simulator, run: Any
+) -> None:
+    created = await run(simulator, "infobip", "configurations", "create", APP)
+    assert created.code == 0, created.err
+    (key,) = [c["key"] for c in simulator.state()["applications"][APP]["configurations"]]
+    assert created.out == f"created configuration {key} for {APP}\n"
+    assert created.err == ""
+
+    again = await run(simulator, "infobip", "configurations", "create", APP)
+    assert again.code == 1
+    assert again.out == ""
+    (line,) = again.err_lines
+    assert line.startswith(f"poller: error: {APP} already has a configuration ({key})")
+    assert f"poller infobip configurations list {APP}" in line
+
+    listed = await run(simulator, "infobip", "configurations", "list", APP, "--json")
+    assert listed.json() == [{"key": key}]
+
+
+async def test_pull_action_create_and_list(simulator: Simulator, run: Any) -> None:
+    assert (await run(simulator, "infobip", "configurations", "create", APP)).code == 0
+    created = await run(
+        simulator, "infobip", "actions", "create", APP, "--callback-data", "tenant-7", "--json"
+    )
+    assert created.code == 0, created.err
+    action = created.json()
+    assert action["type"] == "PULL"
+    assert action["callbackData"] == "tenant-7"
+
+    table = await run(simulator, "infobip", "actions", "list", APP)
+    assert table.code == 0, table.err
+    header, row = table.out.splitlines()
+    assert header.split() == ["ACTION", "KEY", "TYPE", "CALLBACK", "DATA", "FORWARD", "URL"]
+    assert row.split() == [action["key"], "PULL", "tenant-7"]
+
+    as_json = await run(simulator, "infobip", "actions", "list", APP, "--json")
+    assert as_json.json() == [action]
+    assert simulator.state()["applications"][APP]["routed"] is True
+
+
+async def test_http_forward_action(simulator: Simulator, run: Any) -> None:
+    assert (await run(simulator, "infobip", "configurations", "create", APP)).code == 0
+    before = simulator.account.counters.requests
+    refused = await run(simulator, "infobip", "actions", "create", APP, "--type", "HTTP_FORWARD")
+    assert refused.code == 2
+    assert refused.out == ""
+    assert refused.err_lines == [
+        "poller: error: --type HTTP_FORWARD needs --forward-url URL "
+        "(where Infobip posts the messages)"
+    ]
+    # Refused before a single call to Infobip.
+    assert simulator.account.counters.requests == before
+
+    url = "https://hooks.example.com/mo"
+    created = await run(
+        simulator, "infobip", "actions", "create", APP, "--type", "HTTP_FORWARD",
+        "--forward-url", url,
+    )  # fmt: skip
+    assert created.code == 0, created.err
+    assert created.out.startswith("created HTTP_FORWARD action ")
+    listed = (await run(simulator, "infobip", "actions", "list", APP, "--json")).json()
+    assert [(a["type"], a["forwardUrl"]) for a in listed] == [("HTTP_FORWARD", url)]
+
+
+async def test_actions_need_a_configuration_first(simulator: Simulator, run: Any) -> None:
+    result = await run(simulator, "infobip", "actions", "list", "app-beta")
+    assert result.code == 1
+    (line,) = result.err_lines
+    assert "app-beta has no configuration" in line
+    assert "poller infobip configurations create app-beta" in line
+
+
+async def test_pull_twice_never_repeats_and_out_writes_the_messages(
+    configured_simulator: Simulator, run: Any, tmp_path: Path
+) -> None:
+    sim = configured_simulator
+    injected = sim.inject(APP, 25, extra={"unknownField": {"kept": True}})
+    first = await run(sim, "infobip", "pull", "--limit", "10", "--json")
+    assert first.code == 0, first.err
+    body = first.json()
+    first_ids = [m["messageId"] for m in body["results"]]
+    assert (body["messageCount"], body["pendingMessageCount"]) == (10, 15)
+    assert body["results"][0]["unknownField"] == {"kept": True}
+
+    out = tmp_path / "pulled.jsonl"
+    second = await run(sim, "infobip", "pull", "--limit", "10", "--out", str(out))
+    assert second.code == 0, second.err
+    saved = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    second_ids = [m["messageId"] for m in saved]
+    assert len(second_ids) == 10
+    assert not set(first_ids) & set(second_ids)
+    assert first_ids + second_ids == injected[:20]
+    assert saved[0]["unknownField"] == {"kept": True}
+    lines = second.out.splitlines()
+    assert lines[0].split()[:4] == ["MESSAGE", "ID", "APPLICATION", "RECEIVED"]
+    assert all(mid in second.out for mid in second_ids)
+    assert lines[-1] == f"10 message(s), appended to {out}; 5 still pending"
+    assert second.err == ""
+
+
+async def test_pull_without_out_warns_that_messages_are_consumed(
+    configured_simulator: Simulator, run: Any
+) -> None:
+    configured_simulator.inject(APP, 2)
+    pulled = await run(configured_simulator, "infobip", "pull")
+    assert pulled.code == 0
+    (warning,) = pulled.err_lines
+    assert warning.startswith("poller: warning: pulled messages are consumed")
+    empty = await run(configured_simulator, "infobip", "pull")
+    assert empty.out.splitlines() == ["(none)", "0 message(s); 0 still pending"]
+    assert empty.err == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("infobip", "pull"), ("infobip", "configurations", "list", APP)],
+    ids=["pull", "configurations-list"],
+)
+async def test_wrong_api_key_is_one_line_without_the_key(
+    args: tuple[str, ...], configured_simulator: Simulator, run: Any
+) -> None:
+    configured_simulator.inject(APP, 3)
+    wrong = "wrong-key-5f4dcc3b5aa7"
+    result = await run(configured_simulator, *args, api_key=wrong)
+    assert result.code == 1
+    assert result.out == ""
+    (line,) = result.err_lines
+    assert line.startswith("poller: error: Infobip refused the credentials (HTTP 401 UNAUTHORIZED")
+    assert "POLLER_INFOBIP__API_KEY" in line
+    assert wrong not in result.out + result.err
+    assert configured_simulator.inbox_depth == 3
+
+
+async def test_configuration_get_and_delete(simulator: Simulator, run: Any) -> None:
+    key = (await run(simulator, "infobip", "configurations", "create", APP, "--json")).json()["key"]
+    assert (await run(simulator, "infobip", "actions", "create", APP)).code == 0
+    shown = await run(simulator, "infobip", "configurations", "get", APP, key)
+    assert shown.code == 0, shown.err
+    assert shown.out.splitlines()[0] == f"configuration {key} of {APP}"
+    assert "PULL" in shown.out
+    deleted = await run(simulator, "infobip", "configurations", "delete", APP, key)
+    assert deleted.out == f"deleted configuration {key} of {APP}\n"
+    missing = await run(simulator, "infobip", "configurations", "get", APP, key)
+    assert missing.code == 1
+    (line,) = missing.err_lines
+    assert "HTTP 404 6: Configuration does not exist" in line
+
+
+@pytest.mark.parametrize(
+    ("limit", "message"),
+    [("0", "must be between 1 and 1000"), ("ten", "'ten' is not a whole number")],
+)
+async def test_bad_limit_is_a_usage_error(
+    limit: str, message: str, simulator: Simulator, run: Any
+) -> None:
+    result = await run(simulator, "infobip", "pull", "--limit", limit)
+    assert result.code == 2
+    assert result.err_lines[-1] == f"poller infobip pull: error: argument --limit: {message}"
+    assert simulator.account.counters.requests == 0
