@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,6 +63,10 @@ class FlushResult:
         return sum(self.written.values())
 
 
+# One encoder for every message: json.dumps would rebuild it per call.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def now_rfc3339() -> str:
     """The current UTC time as RFC 3339 with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -75,7 +80,7 @@ def split_results(
     quarantined: list[NewQuarantine] = []
     for item in response.results:
         problem = _problem(item)
-        payload = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+        payload = _ENCODE(item)
         if problem is None:
             received = item.get("receivedAt")
             messages.append(
@@ -219,8 +224,8 @@ class PollCycle:
         result.quarantined += len(quarantined)
         metrics.PULLS.labels(outcome="ok" if response.results else "empty").inc()
         metrics.INFOBIP_PENDING_MESSAGES.set(response.pending_message_count)
-        for message in messages:
-            metrics.MESSAGES_PULLED.labels(app=message.app).inc()
+        for app, count in Counter(m.app for m in messages).items():
+            metrics.MESSAGES_PULLED.labels(app=app).inc(count)
         for item in quarantined:
             metrics.MESSAGES_QUARANTINED.labels(app=item.app or "unknown").inc()
             log.error("result item quarantined", reason=item.reason, app=item.app)
