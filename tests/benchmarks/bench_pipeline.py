@@ -68,7 +68,8 @@ def main() -> None:
     print(f"pipeline, unthrottled: {n} messages in {fast:.2f} s = {n / fast:,.0f} msg/s")
     capped = min(n, 30_000)
     print(
-        f"with Infobip's 10 requests/s: {capped} messages in {real:.2f} s = {capped / real:,.0f} msg/s"
+        f"with Infobip's 10 requests/s: {capped} messages in {real:.2f} s"
+        f" = {capped / real:,.0f} msg/s"
     )
     print(f"peak RSS of the process (simulator + poller): {rss_mib:.0f} MiB")
 
