@@ -113,6 +113,11 @@ class EmbeddedRedis:
         return self._version
 
     @property
+    def pid(self) -> int | None:
+        """Process id while running (tests stop it with SIGSTOP to stall a replica)."""
+        return self._process.pid if self.running and self._process else None
+
+    @property
     def running(self) -> bool:
         """True while the process is alive."""
         return self._process is not None and self._process.poll() is None

@@ -4,19 +4,18 @@ Every Redis command of the poller lives here (and in the consumer helper). A flu
 entries by stream and runs one Lua call per ``batch_size`` slice (``lua/write_batch.lua``):
 it skips every spool sequence number at or below this instance's high-water mark, XADDs
 the rest and raises the mark, atomically. Replays and redis-py's own retries of a
-timed-out call therefore add nothing twice. One WAIT/WAITAOF per flush follows, on the
-very connection that carried the writes: both commands only cover that connection's writes.
+timed-out call therefore add nothing twice. One WAIT/WAITAOF per flush (per Cluster
+primary) follows; see ``Sink._wait_durable`` for why it rides behind a write of its own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.resources
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
@@ -100,7 +99,9 @@ class _Script:
         self.source = importlib.resources.files("poller.lua").joinpath(name).read_bytes()
         self.sha = hashlib.sha1(self.source).hexdigest()  # noqa: S324 - Redis names scripts so
 
-    async def __call__(self, client: Redis, keys: Sequence[str], args: Sequence[Value]) -> Any:
+    async def __call__(
+        self, client: Redis | RedisCluster, keys: Sequence[str], args: Sequence[Value]
+    ) -> Any:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -281,7 +282,7 @@ class Sink:
         return self._redis
 
     def _node_client(self, node: ClusterNode) -> Redis:
-        """One single-connection client per primary, so WAIT follows the writes it covers."""
+        """A client for one Cluster primary: WAIT/WAITAOF and INFO have no key to route by."""
         client = self._node_clients.get(node.name)
         if client is None:
             kwargs = self._client_kwargs()
@@ -291,9 +292,7 @@ class Sink:
             if self._password is None and parts.password:
                 kwargs["password"] = parts.password
             kwargs["ssl"] = parts.scheme == "rediss"
-            client = Redis(
-                host=node.host, port=int(node.port), single_connection_client=True, **kwargs
-            )
+            client = Redis(host=node.host, port=int(node.port), **kwargs)
             self._node_clients[node.name] = client
         return client
 
@@ -400,10 +399,16 @@ class Sink:
 
     async def write(self, entries: Sequence[SpoolEntry]) -> WriteResult:
         """Write messages to their streams once each, then wait for durability."""
-        streams: dict[str, list[Row]] = defaultdict(list)
+        by_app: dict[str, list[Row]] = defaultdict(list)
         for e in sorted(entries, key=lambda e: e.seq):
             values = (e.message_id, e.app, e.received_at, e.pulled_at, e.payload, MO_SCHEMA)
-            streams[self.stream_key(e.app)].append((e.seq, values))
+            by_app[e.app].append((e.seq, values))
+        streams: dict[str, list[Row]] = defaultdict(list)
+        for app, rows in by_app.items():
+            # Two codes can share a stream once braces are replaced; keep seq order then.
+            streams[self.stream_key(app)].extend(rows)
+        for rows in streams.values():
+            rows.sort(key=lambda row: row[0])
         return await self._flush(MO_FIELDS, streams)
 
     async def write_dead(self, entries: Sequence[QuarantineEntry]) -> WriteResult:
@@ -420,13 +425,13 @@ class Sink:
         if not streams:
             return WriteResult(written, skipped)
         try:
-            async with self._pinned(list(streams)) as routes:
-                for client, keys in routes:
-                    for key in keys:
-                        added, dup = await self._write_stream(client, key, fields, streams[key])
-                        written[key], skipped[key] = added, dup
-                        await self._trim(client, key)
-                    await self._wait_durable(client)
+            client = self._writer()
+            for key, rows in streams.items():
+                written[key], skipped[key] = await self._write_stream(client, key, fields, rows)
+                await self._trim(client, key)
+            # Grouped after the writes: the Cluster client has followed any MOVED by now.
+            for node_client, keys in self._by_node(list(streams)):
+                await self._wait_durable(node_client, keys[-1])
         except SinkError as exc:
             self._error("write", exc)
             raise
@@ -435,79 +440,87 @@ class Sink:
         self._recovered()
         return WriteResult(written, skipped)
 
+    def _writer(self) -> Redis | RedisCluster:
+        """The client for keyed commands (the Cluster client follows MOVED by itself)."""
+        if self._cluster is not None:
+            return self._cluster
+        if self._redis is None:
+            raise SinkError("sink is not connected (call connect() first)")
+        return self._redis
+
+    def _by_node(self, keys: list[str]) -> list[tuple[Redis, list[str]]]:
+        """Keys grouped by the server that holds them, with a client for that server."""
+        if self._cluster is None:
+            return [(cast(Redis, self._writer()), keys)]
+        groups: dict[str, list[str]] = defaultdict(list)
+        clients: dict[str, Redis] = {}
+        for key in keys:
+            node = self._cluster.get_node_from_key(key)
+            if node is None:
+                raise SinkError(f"no cluster node serves the slot of {key}")
+            clients[node.name] = self._node_client(node)
+            groups[node.name].append(key)
+        return [(clients[name], node_keys) for name, node_keys in groups.items()]
+
     async def _write_stream(
-        self, client: Redis, key: str, fields: Sequence[str], rows: list[Row]
+        self, client: Redis | RedisCluster, key: str, fields: Sequence[str], rows: list[Row]
     ) -> tuple[int, int]:
+        # Batches go one after the other, never pipelined: if batch k failed while k+1
+        # went in, the mark would pass k's sequence numbers and a retry would skip them.
         added = dup = 0
         keys = (key, self.hwm_key(key))
         header: list[Value] = [str(len(fields)), *fields]
         for start in range(0, len(rows), self.batch_size):
-            args = list(header)
-            for seq, values in rows[start : start + self.batch_size]:
-                args.append(str(seq))
-                args.extend(values)
-            reply = await _WRITE(client, keys, args)
+            blob = _pack(rows[start : start + self.batch_size])
+            reply = await _WRITE(client, keys, [*header, blob])
             added += int(reply[0])
             dup += int(reply[1])
         return added, dup
 
-    async def _trim(self, client: Redis, key: str) -> None:
+    async def _trim(self, client: Redis | RedisCluster, key: str) -> None:
         if self.trim == "maxlen":
             await client.xtrim(key, maxlen=self.maxlen, approximate=True)
         elif self.trim == "acked":
             await _TRIM_ACKED(client, (key,), ())
 
-    async def _wait_durable(self, client: Redis) -> None:
-        """WAIT or WAITAOF on the connection that wrote.
+    async def _wait_durable(self, client: Redis, touch_key: str) -> None:
+        """One WAIT or WAITAOF covering every write of this flush on ``client``'s server.
+
+        Both commands are documented to wait only for the writes of the connection they run
+        on, and the writes may have used another pooled connection or one redis-py has since
+        reconnected. So WAIT travels in a pipeline (one connection, resent whole by redis-py's
+        retries) behind ``INCRBY <hwm> 0``: a write that follows all of them in the
+        replication stream, so acknowledging it acknowledges them. (Redis 7.0.15 and Valkey
+        9.1.2 were seen to wait for their whole offset anyway; this does not rely on it.)
 
         WAITAOF with ``appendfsync everysec`` answers before the data is fsynced: only
         ``appendfsync always`` makes its local acknowledgement mean "on disk".
         """
+        if self.durability == "none":
+            return
         timeout = self.durability_timeout_ms
+        local = 1 if self.durability_local else 0
+        pipe = client.pipeline(transaction=False)
+        pipe.incrby(self.hwm_key(touch_key), 0)
         if self.durability == "wait":
-            got = int(await client.wait(self.durability_replicas, timeout))
+            pipe.wait(self.durability_replicas, timeout)
+        else:
+            pipe.waitaof(local, self.durability_replicas, timeout)
+        reply = (await pipe.execute())[1]
+        if self.durability == "wait":
+            got = int(reply)
             if got < self.durability_replicas:
                 raise DurabilityError(
                     f"WAIT: {got} of {self.durability_replicas} replicas acknowledged"
                     f" within {timeout} ms"
                 )
-        elif self.durability == "waitaof":
-            local = 1 if self.durability_local else 0
-            reply = await client.waitaof(local, self.durability_replicas, timeout)
-            got_local, got_replicas = int(reply[0]), int(reply[1])
-            if got_local < local or got_replicas < self.durability_replicas:
-                raise DurabilityError(
-                    f"WAITAOF: local fsync {got_local}/{local}, replicas"
-                    f" {got_replicas}/{self.durability_replicas} within {timeout} ms"
-                )
-
-    @contextlib.asynccontextmanager
-    async def _pinned(self, keys: list[str]) -> AsyncIterator[list[tuple[Redis, list[str]]]]:
-        """Clients bound to one connection each, with the stream keys they must write."""
-        if self._cluster is not None:
-            by_node: dict[str, list[str]] = defaultdict(list)
-            clients: dict[str, Redis] = {}
-            for key in keys:
-                node = self._cluster.get_node_from_key(key)
-                if node is None:
-                    raise SinkError(f"no cluster node serves the slot of {key}")
-                clients[node.name] = self._node_client(node)
-                by_node[node.name].append(key)
-            try:
-                yield [(clients[name], node_keys) for name, node_keys in by_node.items()]
-            except ResponseError as exc:
-                if str(exc).startswith(("MOVED", "ASK")):
-                    # Slots moved: refresh the map so the caller's retry goes to the right node.
-                    await self._cluster.nodes_manager.initialize()
-                raise
             return
-        if self._redis is None:
-            raise SinkError("sink is not connected (call connect() first)")
-        client = self._redis.client()
-        try:
-            yield [(client, keys)]
-        finally:
-            await client.aclose()
+        got_local, got_replicas = int(reply[0]), int(reply[1])
+        if got_local < local or got_replicas < self.durability_replicas:
+            raise DurabilityError(
+                f"WAITAOF: local fsync {got_local}/{local}, replicas"
+                f" {got_replicas}/{self.durability_replicas} within {timeout} ms"
+            )
 
     # -- status -------------------------------------------------------------------------
 
@@ -535,6 +548,19 @@ class Sink:
             [] if length == 0 and not await client.exists(key) else await client.xinfo_groups(key)
         )
         return StreamInfo(key=key, length=length, groups=[_group(g) for g in groups])
+
+
+def _pack(rows: Sequence[Row]) -> bytes:
+    """Entries as ``<length>:<bytes>`` items (seq, then values), the format the script reads."""
+    parts: list[bytes] = []
+    append = parts.append
+    for seq, values in rows:
+        text = b"%d" % seq
+        append(b"%d:%s" % (len(text), text))
+        for value in values:
+            data = value if isinstance(value, bytes) else value.encode()
+            append(b"%d:%s" % (len(data), data))
+    return b"".join(parts)
 
 
 def _text(value: Any) -> str:

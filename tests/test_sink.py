@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -443,3 +446,56 @@ def test_braces_in_an_app_code_cannot_break_the_hash_tag() -> None:
         for app in ("a}b", "{x}", "}{", ""):
             key = sink.stream_key(app)
             assert key_slot(key.encode()) == key_slot(sink.hwm_key(key).encode())
+
+
+async def test_wait_covers_the_flush_and_notices_a_stalled_replica(
+    own_redis: EmbeddedRedis, key_template: str
+) -> None:
+    replica_args = ["--replicaof", "127.0.0.1", str(own_redis.port)]
+    with EmbeddedRedis(extra_args=replica_args) as replica:
+        replica_client = Redis.from_url(replica.url)
+        sink = Sink(
+            url=own_redis.url,
+            key_template=key_template,
+            instance_id="inst-r",
+            durability="wait",
+            durability_replicas=1,
+            durability_timeout_ms=300,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while (await replica_client.info("replication"))["master_link_status"] != "up":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            await sink.connect()
+            assert (await sink.write([entry(seq) for seq in range(1, 11)])).total_written == 10
+            key = sink.stream_key("app1")
+            assert await replica_client.xlen(key) == 10
+
+            assert replica.pid is not None
+            os.kill(replica.pid, signal.SIGSTOP)
+            try:
+                # The replica is still connected but acknowledges nothing now. A write made
+                # over another connection (a reconnect, another pooled connection) must still
+                # be covered by the sink's WAIT.
+                other = Redis.from_url(own_redis.url)
+                try:
+                    await other.xadd(key, {"x": "y"})
+                finally:
+                    await other.aclose()
+                ((client, _),) = sink._by_node([key])
+                with pytest.raises(DurabilityError, match="0 of 1"):
+                    await sink._wait_durable(client, key)
+                with pytest.raises(DurabilityError, match="0 of 1"):
+                    await sink.write([entry(seq) for seq in range(11, 21)])
+            finally:
+                os.kill(replica.pid, signal.SIGCONT)
+            again = await sink.write([entry(seq) for seq in range(11, 21)])
+            assert (again.total_written, again.total_skipped) == (0, 10)
+            deadline = time.monotonic() + 10
+            while await replica_client.xlen(key) != 21:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+        finally:
+            await sink.close()
+            await replica_client.aclose()
