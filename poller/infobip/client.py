@@ -26,6 +26,7 @@ from poller.infobip.errors import (
     MalformedResponseError,
     NotFoundError,
     ResponseTooLargeError,
+    ServerError,
     ThrottledError,
     TransportError,
     TruncatedResponseError,
@@ -312,6 +313,10 @@ class InfobipClient:
                 error = TransportError(f"{operation}: {_transport_reason(exc)}")
                 if ambiguous_raises and not connect:
                     raise _Ambiguous(error, in_flight=True) from None
+            except (TransportError, ServerError, ThrottledError) as exc:
+                # Raised by the OAuth2 token request: the call itself was not sent yet.
+                reason = "token"
+                error = exc
             else:
                 if 200 <= status < 300:
                     return body
@@ -346,6 +351,7 @@ class InfobipClient:
                 raise api
             if last:
                 raise error
+            sent = reason not in ("connect", "connect-timeout", "token")
             log.warning(
                 "infobip call failed, retrying",
                 operation=operation,
@@ -353,11 +359,10 @@ class InfobipClient:
                 attempt=attempt + 1,
                 # A pull whose answer was lost after sending: what it held was handed out.
                 note="a pull answer lost in transit cannot be fetched again"
-                if keep_partial and reason != "connect"
+                if keep_partial and sent
                 else None,
             )
             # A DELETE that never reached the server cannot explain a later 404.
-            sent = reason not in ("connect", "connect-timeout")
             retried_delete = retried_delete or (method == "DELETE" and sent)
             await self._sleep_backoff(attempt, None, reason)
         raise AssertionError("unreachable")
