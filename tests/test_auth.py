@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from poller.infobip import AuthError, InfobipClient
+from poller.infobip import AuthError, InfobipClient, TransportError
 from poller.infobip.auth import HeaderAuth, OAuth2ClientCredentials
 from poller.infobip.client import build_auth
 from poller.settings import InfobipSettings, SettingsError
@@ -140,3 +140,25 @@ def test_auth_objects_do_not_show_their_secret() -> None:
     assert "key-1234567" not in repr(header)
     assert "secret-7654321" not in repr(oauth)
     assert "client" in repr(oauth)
+
+
+@pytest.mark.parametrize("kind", ["503", "429"])
+async def test_a_failing_token_endpoint_is_retried(kind: str, simulator: Simulator) -> None:
+    simulator.add_fault(kind, path="/auth/1/oauth2/token", retry_after=0)
+    reasons: list[str] = []
+    oauth = settings(simulator, "oauth2", **SCHEMES["oauth2"])
+    async with InfobipClient(oauth, on_retry=reasons.append) as client:
+        assert await client.list_configurations(APP) == []
+    assert reasons == ["token"]
+    assert simulator.auth.issued == 1
+
+
+async def test_an_unreachable_token_endpoint_is_a_transport_error(simulator: Simulator) -> None:
+    values = dict(SCHEMES["oauth2"], token_url="http://127.0.0.1:9/auth/1/oauth2/token")
+    reasons: list[str] = []
+    oauth = settings(simulator, "oauth2", **values)
+    async with InfobipClient(oauth, on_retry=reasons.append) as client:
+        with pytest.raises(TransportError, match="OAuth2 token request failed"):
+            await client.list_configurations(APP)
+    assert reasons == ["token"]
+    assert simulator.account.counters.requests == 0
