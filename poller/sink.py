@@ -177,6 +177,8 @@ class Sink:
             raise ValueError("trim=maxlen needs maxlen >= 1")
         if durability != "none" and durability_timeout_ms >= socket_timeout * 1000:
             raise ValueError("durability_timeout_ms must be shorter than socket_timeout")
+        if durability == "waitaof" and not durability_local and durability_replicas < 1:
+            raise ValueError("durability=waitaof needs durability_local or durability_replicas")
         if mode == "sentinel" and not sentinels:
             raise ValueError("mode=sentinel needs at least one sentinel host:port")
         self.url = url
@@ -412,7 +414,7 @@ class Sink:
         return await self._flush(MO_FIELDS, streams)
 
     async def write_dead(self, entries: Sequence[QuarantineEntry]) -> WriteResult:
-        """Write quarantined bodies to the dead-letter streams, once each."""
+        """Write quarantined bodies to the dead-letter streams once each; unknown app: ""."""
         streams: dict[str, list[Row]] = defaultdict(list)
         for e in sorted(entries, key=lambda e: e.seq):
             values = (e.reason, e.raw, e.app or "", e.pulled_at, DEAD_SCHEMA)
