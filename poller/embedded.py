@@ -78,15 +78,20 @@ class EmbeddedRedis:
         self._requested_port = port
         self.port = port
         self._owns_dir = data_dir is None
-        self.data_dir = (
-            Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="poller-redis-"))
-        )
+        self._data_dir = Path(data_dir) if data_dir else None
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._version: str | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        """Where the AOF and the log live; a temp dir (made on first use) unless given."""
+        if self._data_dir is None:
+            self._data_dir = Path(tempfile.mkdtemp(prefix="poller-redis-"))
+        return self._data_dir
 
     @property
     def url(self) -> str:
@@ -217,8 +222,9 @@ class EmbeddedRedis:
     def close(self) -> None:
         """Stop and remove the data directory if this object created it."""
         self.stop()
-        if self._owns_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self._owns_dir and self._data_dir is not None:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+            self._data_dir = None
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()
