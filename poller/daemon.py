@@ -346,7 +346,7 @@ class Daemon:
                 live = self.health.liveness()[0] if self.health else True
                 if live:
                     systemd.watchdog()
-                await asyncio.sleep(interval / 2)
+                await asyncio.sleep(interval)  # already half of WatchdogSec
 
         return asyncio.create_task(ping(), name="systemd-watchdog")
 

@@ -302,7 +302,7 @@ async def test_operator_view_metrics_check_status_and_systemd_notify_agree(
     settings = daemon_settings(sim, own_redis.url, tmp_path, key_template)
     poller = PollerProcess(settings, tmp_path / "poller.log")
     processes.append(poller)
-    env_extra = {"NOTIFY_SOCKET": str(notify_path)}
+    env_extra = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "1000000"}
     log = poller.log_path.open("ab")
     poller.proc = await asyncio.create_subprocess_exec(
         *poller_command("run"), env={**settings_env(settings), **env_extra}, stdout=log, stderr=log
@@ -361,6 +361,7 @@ async def test_operator_view_metrics_check_status_and_systemd_notify_agree(
         assert "READY=1" in joined
         assert "STOPPING=1" in joined
         assert "STATUS=" in joined
+        assert joined.count("WATCHDOG=1") >= 3  # every 0.5 s for a 1 s WatchdogSec
         assert joined.index("READY=1") < joined.index("STOPPING=1")
     finally:
         notify.close()
