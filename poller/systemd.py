@@ -28,8 +28,11 @@ def notify(*lines: str) -> bool:
     message = "\n".join(lines).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Never wait: the caller is the event loop, and a supervisor that stopped reading
+            # its socket must not freeze the daemon (EAGAIN is just a lost notification).
+            sock.setblocking(False)
             sock.connect(address)
-            sock.sendall(message)
+            sock.send(message)
     except OSError:
         # A lost notification must not take the daemon down; the supervisor notices by itself.
         return False

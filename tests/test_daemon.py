@@ -298,6 +298,11 @@ async def test_operator_view_metrics_check_status_and_systemd_notify_agree(
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
     notify.setblocking(False)
+    messages: list[str] = []
+    # Read as systemd does, all along: a full socket buffer would drop notifications.
+    asyncio.get_running_loop().add_reader(
+        notify.fileno(), lambda: messages.append(notify.recv(4096).decode())
+    )
     sim = await simulator_factory(applications=APPS, auto_configure=True)
     settings = daemon_settings(sim, own_redis.url, tmp_path, key_template)
     poller = PollerProcess(settings, tmp_path / "poller.log")
@@ -351,12 +356,7 @@ async def test_operator_view_metrics_check_status_and_systemd_notify_agree(
 
         poller.signal(signal.SIGTERM)
         assert await poller.wait() == 0
-        messages = []
-        while True:
-            try:
-                messages.append(notify.recv(4096).decode())
-            except BlockingIOError:
-                break
+        await asyncio.sleep(0.1)
         joined = "\n".join(messages)
         assert "READY=1" in joined
         assert "STOPPING=1" in joined
@@ -364,6 +364,7 @@ async def test_operator_view_metrics_check_status_and_systemd_notify_agree(
         assert joined.count("WATCHDOG=1") >= 3  # every 0.5 s for a 1 s WatchdogSec
         assert joined.index("READY=1") < joined.index("STOPPING=1")
     finally:
+        asyncio.get_running_loop().remove_reader(notify.fileno())
         notify.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,3 +103,19 @@ def test_watchdog_interval(
         else:
             monkeypatch.setenv(name, value)
     assert systemd.watchdog_interval() == expected
+
+
+def test_a_supervisor_that_stops_reading_never_blocks_the_sender(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tried: thousands of notifications to a socket nobody reads. Each send must return at once
+    # (False when the buffer is full) instead of freezing the event loop that calls it.
+    path = tmp_path / "full.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        started = time.monotonic()
+        results = [systemd.status("x" * 200) for _ in range(5000)]
+        assert time.monotonic() - started < 5
+    assert results[0] is True
+    assert results[-1] is False
