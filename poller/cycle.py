@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -64,7 +64,21 @@ class FlushResult:
 
 
 # One encoder for every message: json.dumps would rebuild it per call.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ENCODE_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ENCODE_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+def encode_item(item: Any) -> str:
+    """JSON text of a result item, readable UTF-8 when it can be, escaped ASCII otherwise.
+
+    JSON may carry a lone surrogate (half an emoji cut by a sender); it cannot be stored as
+    UTF-8, but its \\u escape round-trips exactly."""
+    text = _ENCODE_UTF8(item)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return _ENCODE_ASCII(item)
+    return text
 
 
 def now_rfc3339() -> str:
@@ -80,7 +94,7 @@ def split_results(
     quarantined: list[NewQuarantine] = []
     for item in response.results:
         problem = _problem(item)
-        payload = _ENCODE(item)
+        payload = encode_item(item)
         if problem is None:
             received = item.get("receivedAt")
             messages.append(
@@ -112,6 +126,10 @@ def _problem(item: Any) -> str | None:
         value = item.get(name)
         if not isinstance(value, str) or not value:
             return f"result item has no {name}"
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return f"result item's {name} is not valid Unicode text"
     return None
 
 
@@ -139,6 +157,8 @@ class PollCycle:
         self.spool_error: str | None = None
         # Set by a graceful stop: the cycle in flight ends after its current pull and flush.
         self.stopping = False
+        # Called after every successful pull (readiness: the last good poll is now).
+        self.on_progress: Callable[[], None] | None = None
 
     async def run(self) -> CycleResult:
         """One cycle: pull and spool, flush, repeat while messages are pending."""
@@ -170,6 +190,7 @@ class PollCycle:
                 log.warning("pull failed; will try again at the next tick", error=str(exc))
                 break
             malformed_in_a_row = 0
+            self._progress()
             if not redis_failed:
                 redis_failed = not await self._try_flush(result)
             result.pending_reported = response.pending_message_count
@@ -181,9 +202,6 @@ class PollCycle:
         result.seconds = time.monotonic() - started
         metrics.POLL_CYCLE_SECONDS.observe(result.seconds)
         self._update_gauges()
-        if result.ok:
-            self.last_success = time.monotonic()
-            metrics.LAST_SUCCESSFUL_POLL.set(time.time())
         log.info(
             "cycle done",
             pulls=result.pulls,
@@ -198,7 +216,30 @@ class PollCycle:
         )
         return result
 
+    def _progress(self) -> None:
+        """A pull succeeded and its messages are on disk: the poller is doing its job."""
+        self.last_success = time.monotonic()
+        metrics.LAST_SUCCESSFUL_POLL.set(time.time())
+        if self.on_progress is not None:
+            self.on_progress()
+
     async def _pull_and_spool(self, result: CycleResult) -> PullResponse:
+        # A pull and its spool write are one unit that a stop does not cut: once the request is
+        # sent, Infobip has handed its messages out, and only the spool can keep them.
+        unit = asyncio.ensure_future(self._pull_and_spool_unit(result))
+        try:
+            return await asyncio.shield(unit)
+        except asyncio.CancelledError:
+            if not unit.done():
+                log.warning("stop during a pull: finishing the pull and its spool write first")
+                limit = self.client.settings.read_timeout + self.client.settings.connect_timeout
+                await asyncio.wait({unit}, timeout=limit + 5)
+                if not unit.done():
+                    unit.cancel()
+                    await asyncio.wait({unit})
+            raise
+
+    async def _pull_and_spool_unit(self, result: CycleResult) -> PullResponse:
         started = time.monotonic()
         try:
             response = await self.client.pull(self.pull_limit)
@@ -206,17 +247,20 @@ class PollCycle:
             # The body may hold messages that Infobip will never hand out again: keep it.
             result.pulls += 1
             result.quarantined += 1
-            quarantine = NewQuarantine(
-                raw=exc.body, reason=exc.reason, app=None, pulled_at=now_rfc3339()
-            )
-            await self._append((), (quarantine,))
+            await self._quarantine_body(exc.body, exc.reason)
             metrics.PULLS.labels(outcome="malformed").inc()
-            metrics.MESSAGES_QUARANTINED.labels(app="unknown").inc()
-            log.error("malformed pull response quarantined", reason=exc.reason, bytes=len(exc.body))
             raise
         finally:
             metrics.PULL_REQUEST_SECONDS.observe(time.monotonic() - started)
-        messages, quarantined = split_results(response, now_rfc3339())
+        try:
+            messages, quarantined = split_results(response, now_rfc3339())
+        except Exception as exc:  # whatever goes wrong, the body is the only copy: keep it
+            log.exception("pull response could not be processed; quarantining it whole")
+            result.pulls += 1
+            result.quarantined += 1
+            await self._quarantine_body(response.body, f"unprocessable: {type(exc).__name__}")
+            metrics.PULLS.labels(outcome="malformed").inc()
+            return response
         # Nothing happens between the pull and this append: it is what makes a crash safe.
         await self._append(messages, quarantined)
         result.pulls += 1
@@ -230,6 +274,12 @@ class PollCycle:
             metrics.MESSAGES_QUARANTINED.labels(app=item.app or "unknown").inc()
             log.error("result item quarantined", reason=item.reason, app=item.app)
         return response
+
+    async def _quarantine_body(self, body: bytes, reason: str) -> None:
+        quarantine = NewQuarantine(raw=body, reason=reason, app=None, pulled_at=now_rfc3339())
+        await self._append((), (quarantine,))
+        metrics.MESSAGES_QUARANTINED.labels(app="unknown").inc()
+        log.error("pull response quarantined", reason=reason, bytes=len(body))
 
     async def _append(
         self, messages: Sequence[NewMessage], quarantined: Sequence[NewQuarantine]
@@ -270,7 +320,7 @@ class PollCycle:
     async def _try_flush(self, result: CycleResult) -> bool:
         try:
             flushed = await self.flush()
-        except SinkError as exc:
+        except (SinkError, SpoolError) as exc:
             result.flush_error = str(exc)
             log.warning("flush to redis failed; messages stay in the spool", error=str(exc))
             return False

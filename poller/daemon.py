@@ -326,8 +326,6 @@ class Daemon:
         result = await rt.cycle.run()
         rt.totals.add(result)
         self.readiness.spool_full = result.backpressure
-        if result.ok:
-            self.readiness.poll_succeeded()
         stats = rt.spool.stats()
         systemd.status(
             f"pulled {rt.totals.pulled}, written {rt.totals.written}, spool {stats.rows} rows"

@@ -44,10 +44,12 @@ async def run_demo(args: argparse.Namespace) -> int:
                 "api_key": "sim-api-key",
                 "applications": apps,
                 "callback_data": "poller-demo",
+                "connect_timeout": 2.0,
+                "read_timeout": 5.0,
             },
             redis={"url": redis_server.url},
             spool={"path": workdir / "spool.db"},
-            schedule={"interval": 1.0, "jitter": 0.0, "grace_period": 10.0},
+            schedule={"interval": 1.0, "jitter": 0.0, "grace_period": 12.0},
             health={"port": 0},
         )
         print(

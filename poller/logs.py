@@ -12,6 +12,11 @@ import structlog
 
 _SECRET_KEY = re.compile(r"(api_?key|password|secret|token|authorization|credential)", re.I)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+# A credential in a URL's query string: redis://host/0?password=..., ...&api_key=...
+_QUERY_SECRET = re.compile(
+    r"(?P<key>[?&](?:password|passwd|pass|pwd|secret|token|api_?key|client_secret)=)[^&#\s]*",
+    re.IGNORECASE,
+)
 _known_secrets: set[str] = set()
 
 REDACTED = "***"
@@ -26,6 +31,7 @@ def register_secret(value: str | None) -> None:
 def redact_text(text: str) -> str:
     """Mask registered secrets and URL passwords in free text."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
+    text = _QUERY_SECRET.sub(lambda m: f"{m['key']}{REDACTED}", text)
     for secret in _known_secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)

@@ -97,7 +97,9 @@ class InfobipSettings(_Section):
         10.0, gt=0, le=1000, description="Requests per second to Infobip, all calls together."
     )
     connect_timeout: float = Field(5.0, gt=0, description="Connect timeout, seconds.")
-    read_timeout: float = Field(30.0, gt=0, description="Read timeout, seconds.")
+    read_timeout: float = Field(
+        15.0, gt=0, description="Read timeout, seconds (at most grace period - connect - 5)."
+    )
     max_body_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest accepted response body, bytes."
     )
@@ -191,6 +193,12 @@ class RedisSettings(_Section):
             raise ValueError(f"mode=sentinel needs {ENV_PREFIX}REDIS{ENV_DELIMITER}SENTINELS")
         if self.trim == "maxlen" and self.maxlen <= 0:
             raise ValueError(f"trim=maxlen needs {ENV_PREFIX}REDIS{ENV_DELIMITER}MAXLEN > 0")
+        if self.durability != "none" and self.durability_timeout_ms >= self.socket_timeout * 1000:
+            raise ValueError(
+                f"{ENV_PREFIX}REDIS{ENV_DELIMITER}DURABILITY_TIMEOUT_MS "
+                f"({self.durability_timeout_ms}) must be shorter than "
+                f"{ENV_PREFIX}REDIS{ENV_DELIMITER}SOCKET_TIMEOUT ({self.socket_timeout:g} s)"
+            )
         return self
 
 
@@ -293,6 +301,21 @@ class Settings(BaseSettings):
         if toml is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _check_grace(self) -> Settings:
+        # A stop lets the pull in flight finish (its messages exist nowhere else): the grace
+        # period must leave room for the longest pull and the final flush.
+        needed = self.infobip.connect_timeout + self.infobip.read_timeout + 5
+        if self.schedule.grace_period < needed:
+            grace = self.schedule.grace_period
+            raise ValueError(
+                f"{ENV_PREFIX}SCHEDULE{ENV_DELIMITER}GRACE_PERIOD ({grace:g} s)"
+                f" must be at least {ENV_PREFIX}INFOBIP{ENV_DELIMITER}CONNECT_TIMEOUT"
+                f" + {ENV_PREFIX}INFOBIP{ENV_DELIMITER}READ_TIMEOUT + 5 s ({needed:g} s), so that"
+                " a pull in flight at a stop can finish"
+            )
+        return self
 
     def stream_key(self, app: str) -> str:
         """The stream key for one application."""

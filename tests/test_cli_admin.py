@@ -220,3 +220,24 @@ async def test_bad_limit_is_a_usage_error(
     assert result.code == 2
     assert result.err_lines[-1] == f"poller infobip pull: error: argument --limit: {message}"
     assert simulator.account.counters.requests == 0
+
+
+def test_config_show_masks_a_redis_password_in_the_url_in_both_forms() -> None:
+    # Tried: a password as the URL's userinfo and as a ?password= query parameter.
+    import os
+    import subprocess
+    import sys
+
+    url = "redis://default:S3cretPass@redis.internal:6379/0?password=S3cretPass&db=1"
+    env = {**os.environ, "POLLER_REDIS__URL": url}
+    for extra in ([], ["--json"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "poller", "config", "show", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert "S3cretPass" not in done.stdout + done.stderr
+        assert "redis.internal:6379" in done.stdout

@@ -48,7 +48,7 @@ def test_defaults_need_nothing() -> None:
     assert settings.stream_key("shop") == "infobip:push:{shop}:mo"
     assert settings.schedule.cron is None
     assert settings.spool.path == Path("poller-spool.db")
-    assert settings.max_poll_age() == 3 * (5.0 + 1.0) + 30.0 + 30
+    assert settings.max_poll_age() == 3 * (5.0 + 1.0) + 15.0 + 30
 
 
 def test_environment_with_prefix_and_nested_delimiter(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,7 +69,7 @@ def test_environment_with_prefix_and_nested_delimiter(monkeypatch: pytest.Monkey
     assert settings.log.level == "DEBUG"
     assert settings.health.enabled is False
     # Other variables of a group keep their defaults.
-    assert settings.infobip.read_timeout == 30.0
+    assert settings.infobip.read_timeout == 15.0
 
 
 @pytest.mark.parametrize(
@@ -284,3 +284,23 @@ def test_cli_bad_setting_is_one_line_per_problem(clean_env: Path) -> None:
         "poller: bad setting: infobip.pull_limit (POLLER_INFOBIP__PULL_LIMIT): "
         "Input should be less than or equal to 1000"
     ]
+
+
+def test_grace_period_shorter_than_a_pull_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tried: a stop would have to cut a pull in flight (its messages exist nowhere else).
+    monkeypatch.setenv("POLLER_SCHEDULE__GRACE_PERIOD", "10")
+    monkeypatch.setenv("POLLER_INFOBIP__READ_TIMEOUT", "30")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    text = str(info.value)
+    assert "POLLER_SCHEDULE__GRACE_PERIOD" in text
+    assert "POLLER_INFOBIP__READ_TIMEOUT" in text
+
+
+def test_durability_timeout_must_be_shorter_than_the_socket_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POLLER_REDIS__DURABILITY", "wait")
+    monkeypatch.setenv("POLLER_REDIS__DURABILITY_TIMEOUT_MS", "9000")
+    with pytest.raises(SettingsError, match="POLLER_REDIS__DURABILITY_TIMEOUT_MS"):
+        load_settings()

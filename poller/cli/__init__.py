@@ -159,10 +159,22 @@ def _register_secrets(settings: Settings) -> None:
         logs.register_secret(base64.b64encode(pair.encode()).decode("ascii"))
 
 
+def _masked(value: Any) -> Any:
+    from poller.logs import redact_text
+
+    if isinstance(value, str):
+        return redact_text(value)  # a password inside a URL, say
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
+
+
 def flatten(settings: Settings) -> list[tuple[str, Any]]:
     """(dotted name, value) for every setting; secrets come out masked."""
     rows: list[tuple[str, Any]] = []
-    for group, values in settings.model_dump(mode="json").items():
+    for group, values in _masked(settings.model_dump(mode="json")).items():
         for name, value in values.items():
             rows.append((f"{group}.{name}", value))
     return rows
@@ -172,7 +184,7 @@ def _show_config(settings: Settings, *, as_json: bool) -> None:
     from poller.settings import env_name
 
     if as_json:
-        emit_json(settings.model_dump(mode="json"))
+        emit_json(_masked(settings.model_dump(mode="json")))
         return
     rows = []
     for dotted, value in flatten(settings):

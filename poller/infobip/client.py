@@ -131,6 +131,8 @@ class InfobipClient:
         # allows can still land 11 calls in one of Infobip's windows.
         self._bucket = TokenBucket(settings.rate_limit, burst=1.0)
         self._on_retry = on_retry
+        # Set by a graceful stop: no new pull is sent (retries included).
+        self.stopping = False
         self._http = httpx.AsyncClient(
             base_url=settings.base_url,
             auth=self._auth,
@@ -298,6 +300,9 @@ class InfobipClient:
         for attempt in range(attempts):
             last = attempt + 1 >= attempts
             await self._bucket.acquire()
+            if keep_partial and self.stopping:
+                # A new pull now would hand out messages a stopping process may not keep.
+                raise TransportError(f"{operation}: not sent, the poller is stopping")
             try:
                 status, headers, body = await self._exchange(
                     method, path, params, json_body, operation, keep_partial
@@ -401,6 +406,16 @@ class InfobipClient:
                         operation=operation,
                     ) from None
                 raise
+            except httpx.HTTPError as exc:
+                # E.g. a body whose Content-Encoding does not decode. For a pull it held
+                # messages handed out once: keep what arrived for quarantine.
+                if keep_partial and 200 <= response.status_code < 300:
+                    raise MalformedResponseError(
+                        f"body could not be read ({_transport_reason(exc)})",
+                        b"".join(chunks),
+                        operation=operation,
+                    ) from None
+                raise
             log.debug(
                 "infobip call",
                 operation=operation,
@@ -438,6 +453,8 @@ def parse_pull(body: bytes, operation: str = f"GET {PULL_PATH}") -> PullResponse
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedResponseError(f"not JSON ({exc})", body, operation=operation) from None
+    except RecursionError:
+        raise MalformedResponseError("JSON nested too deeply", body, operation=operation) from None
     if not isinstance(data, dict):
         raise MalformedResponseError("not a JSON object", body, operation=operation)
     results = data.get("results")
