@@ -709,3 +709,22 @@ async def test_pull_oversized_body_is_refused_with_bounded_memory(simulator_proc
     assert len(caught.value.body) == limit
     assert caught.value.body.startswith(b"{ ")
     assert peak < 4 << 20, f"peak {peak} bytes for a {size}-byte body"
+
+
+async def test_a_pull_body_that_does_not_decode_is_kept_for_quarantine() -> None:
+    # Tried: a 200 answer to a pull announcing gzip, whose bytes are not gzip: the messages in
+    # it were handed out, so the error must carry what arrived instead of escaping as a crash.
+    garbage = b"\x1f\x8b not really gzip \x00\x01\x02"
+
+    async def handle(request: Request) -> Response:
+        return Response(200, garbage, headers={"Content-Encoding": "gzip"})
+
+    server = HttpServer(handle)
+    await server.start()
+    try:
+        async with InfobipClient(settings_for(server.url, max_retries=0)) as client:
+            with pytest.raises(MalformedResponseError) as info:
+                await client.pull(10)
+    finally:
+        await server.stop()
+    assert "could not be read" in info.value.reason

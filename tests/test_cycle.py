@@ -356,3 +356,31 @@ async def test_disk_full_holds_the_pulled_batch_until_the_spool_takes_it(
     counts = await ids_in_streams(redis_client, key_template)
     assert set(counts) == set(configured_simulator.ledger.ids())
     assert len(counts) == 200
+
+
+async def test_half_an_emoji_in_a_message_loses_nothing(
+    configured_simulator: Simulator,
+    redis_url: str,
+    redis_client: Redis,
+    key_template: str,
+    tmp_path: Path,
+) -> None:
+    # Tried: a text ending in an unpaired surrogate (an emoji cut in half by a sender), which
+    # JSON allows and UTF-8 cannot store, between two ordinary messages.
+    batch = [message("app-alpha", 1), message("app-alpha", 2), message("app-alpha", 3)]
+    batch[1]["text"] = "cut emoji \ud83d"
+    configured_simulator.inject_raw(batch)
+    settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
+    assert await run_once(settings, bootstrap=False) == 0
+    entries = await stream_entries(redis_client, settings.stream_key("app-alpha"))
+    assert [e["id"] for e in entries] == [m["messageId"] for m in batch]
+    assert json.loads(entries[1]["payload"])["text"] == "cut emoji \ud83d"
+
+
+def test_a_pull_body_nested_too_deeply_is_malformed_not_a_crash() -> None:
+    from poller.infobip import MalformedResponseError, parse_pull
+
+    body = b'{"results":[' + b"[" * 200_000 + b"]" * 200_000 + b"]}"
+    with pytest.raises(MalformedResponseError) as info:
+        parse_pull(body)
+    assert info.value.body == body

@@ -413,3 +413,36 @@ async def test_sigterm_while_draining_a_large_inbox_stops_after_the_current_pull
         await redis.aclose()
     assert set(counts) == set(sim.ledger.ids())
     assert set(counts.values()) == {1}
+
+
+async def test_sigterm_while_the_answer_of_a_pull_is_on_its_way_keeps_its_messages(
+    simulator_factory: SimulatorFactory,
+    redis_url: str,
+    key_template: str,
+    tmp_path: Path,
+    processes: list[PollerProcess],
+) -> None:
+    # Tried: Infobip has taken 40 messages out of the inbox for a pull whose answer arrives
+    # 2.5 s later (a slow network); SIGTERM lands in between. The stop must wait for it.
+    sim = await simulator_factory(applications=APPS, auto_configure=True)
+    settings = daemon_settings(sim, redis_url, tmp_path, key_template)
+    poller = PollerProcess(settings, tmp_path / "poller.log")
+    processes.append(poller)
+    await poller.start()
+    await poller.wait_ready(200)
+    sim.add_fault("slow_answer", count=1, path="/push/1/inbox/reports", delay=2.5)
+    sim.inject("app-beta", 40)
+    for _ in range(50):
+        if sim.inbox_depth == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert sim.inbox_depth == 0  # handed out; the answer is still on its way
+    poller.signal(signal.SIGTERM)
+    assert await poller.wait(timeout=20) == 0
+    redis = Redis.from_url(redis_url)
+    try:
+        counts = await ids_in_streams(redis, key_template)
+    finally:
+        await redis.aclose()
+    assert len(sim.ledger.ids()) == 40
+    assert set(counts) == set(sim.ledger.ids())

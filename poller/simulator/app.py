@@ -182,6 +182,10 @@ class Simulator:
             return refusal(fault)
         if request.path == TOKEN_PATH:
             response = self.api.token(request)
+        elif fault is not None and fault.kind == "slow_answer":
+            response = self.api.handle(request, None)
+            await asyncio.sleep(delay_of(fault))
+            return response
         else:
             response = self.api.handle(request, fault)
         return spoil(response, fault) if fault is not None else response

@@ -16,10 +16,13 @@ from poller.simulator.replies import service_error, too_many_requests
 REFUSING = frozenset({"500", "503", "429"})
 # The operation runs (a pull takes its messages), then its response is spoiled.
 SPOILING = frozenset({"truncated", "invalid_json", "wrong_types", "drop", "oversized"})
-KINDS = REFUSING | SPOILING | {"latency"}
+# latency: wait, then serve (a pull takes nothing until then); slow_answer: serve (a pull takes
+# its messages), then wait before writing the answer, as a slow network or proxy would.
+KINDS = REFUSING | SPOILING | {"latency", "slow_answer"}
 
 PARAMS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "latency": {"delay": (int, float)},
+    "slow_answer": {"delay": (int, float)},
     "500": {},
     "503": {"retry_after": int},
     "429": {"retry_after": int, "retry_after_date": bool},

@@ -10,7 +10,12 @@ from poller.httpserver import Response
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
     """A JSON response; non-ASCII text is sent as UTF-8, as Infobip does."""
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    try:
+        body = text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (half an emoji) has no UTF-8 form; JSON's \u escape carries it.
+        body = json.dumps(payload, separators=(",", ":")).encode()
     return Response(status, body, headers=dict(headers or {}))
 
 
