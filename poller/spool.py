@@ -4,6 +4,12 @@ A SQLite file in WAL mode with ``synchronous=FULL``: a message is on disk before
 else is done with it (design invariant 1). Rows are numbered by an ``AUTOINCREMENT``
 sequence, which the Redis high-water mark relies on: a plain rowid would reuse numbers
 after the table was emptied, and such rows would be skipped as "already written".
+
+Sequence numbers are only monotonic within one run: a backup put back, or a copy of the
+file, numbers new rows again from where the copy stopped. So every open gets a fresh random
+``writer_id`` and every row records the writer that appended it; the sink keeps one mark per
+stream and writer. Rows left by an earlier run keep their writer (a replay is deduplicated
+against that run's mark), new rows never meet a mark from the file's past.
 """
 
 from __future__ import annotations
@@ -13,11 +19,11 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
@@ -33,7 +39,8 @@ CREATE TABLE messages (
     pulled_at   TEXT NOT NULL,
     payload     TEXT NOT NULL,
     size        INTEGER NOT NULL,
-    spooled_at  REAL NOT NULL
+    spooled_at  REAL NOT NULL,
+    writer      TEXT NOT NULL
 );
 CREATE TABLE quarantine (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -41,11 +48,17 @@ CREATE TABLE quarantine (
     reason        TEXT NOT NULL,
     app           TEXT,
     pulled_at     TEXT NOT NULL,
-    dead_lettered INTEGER NOT NULL DEFAULT 0
+    dead_lettered INTEGER NOT NULL DEFAULT 0,
+    writer        TEXT NOT NULL
 );
 CREATE INDEX quarantine_pending ON quarantine (seq) WHERE dead_lettered = 0;
 """
 _TABLES = frozenset({"meta", "messages", "quarantine", "sqlite_sequence"})
+_SELECT_MESSAGES = (
+    "SELECT seq, app, message_id, received_at, pulled_at, payload, writer FROM messages"
+)
+_SELECT_QUARANTINE = "SELECT seq, raw, reason, app, pulled_at, writer FROM quarantine"
+_MARK_DEAD = "UPDATE quarantine SET dead_lettered = 1 WHERE dead_lettered = 0"
 
 
 @dataclass(frozen=True)
@@ -71,7 +84,10 @@ class NewQuarantine:
 
 @dataclass(frozen=True)
 class SpoolEntry:
-    """A spooled message waiting for Redis."""
+    """A spooled message waiting for Redis.
+
+    ``writer`` is the ``writer_id`` of the run that appended it (the sink's high-water mark
+    is kept per writer); empty means "the sink's instance id"."""
 
     seq: int
     app: str
@@ -79,17 +95,19 @@ class SpoolEntry:
     received_at: str
     pulled_at: str
     payload: str
+    writer: str = ""
 
 
 @dataclass(frozen=True)
 class QuarantineEntry:
-    """A quarantined body, kept for inspection."""
+    """A quarantined body, kept for inspection; ``writer`` as in SpoolEntry."""
 
     seq: int
     raw: bytes
     reason: str
     app: str | None
     pulled_at: str
+    writer: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,6 +148,8 @@ class Spool:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.instance_id = ""
+        # A fresh id per open: the rows this run appends never meet a mark from the past.
+        self.writer_id = uuid.uuid4().hex
         self._rows = 0
         self._bytes = 0
         self._quarantined = 0
@@ -167,20 +187,7 @@ class Spool:
 
     def _init(self) -> None:
         conn = self._conn
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        tables = {name for name in tables if not name.startswith("sqlite_autoindex")}
-        if version == 0 and tables:
-            raise SpoolError(
-                f"spool {self._path}: not a spool file (it holds tables {sorted(tables)})"
-            )
-        if version > SCHEMA_VERSION:
-            raise SpoolError(
-                f"spool {self._path}: schema version {version} is newer than this build "
-                f"reads ({SCHEMA_VERSION}); upgrade the poller"
-            )
-        if version == SCHEMA_VERSION and not {"meta", "messages", "quarantine"} <= tables:
-            raise SpoolError(f"spool {self._path}: schema version {version} but tables missing")
+        version = _check_schema(conn, self._path)
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise SpoolError(f"spool {self._path}: cannot switch to WAL mode (got {mode})")
@@ -202,12 +209,28 @@ class Spool:
         if row is None:
             raise SpoolError(f"spool {self._path}: instance id missing")
         self.instance_id = str(row[0])
+        if version == 1:
+            self._migrate_v1()
         self._rows, self._bytes = conn.execute(
             "SELECT count(*), coalesce(sum(size), 0) FROM messages"
         ).fetchone()
         self._quarantined, self._quarantine_pending = conn.execute(
             "SELECT count(*), coalesce(sum(dead_lettered = 0), 0) FROM quarantine"
         ).fetchone()
+
+    def _migrate_v1(self) -> None:
+        """Version 1 had no writer column: its rows were written under the instance id's
+        mark, so that is their writer (a replay still deduplicates against that mark).
+
+        A column default instead of an UPDATE: SQLite adds such a column without rewriting
+        a single row, whatever the size of the spool."""
+        literal = "'" + self.instance_id.replace("'", "''") + "'"
+        with self._transaction():
+            for table in ("messages", "quarantine"):
+                self._conn.execute(
+                    f"ALTER TABLE {table} ADD COLUMN writer TEXT NOT NULL DEFAULT {literal}"
+                )
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._conn)
@@ -222,8 +245,9 @@ class Spool:
         if not messages and not quarantine:
             return
         now = time.time()
+        writer = self.writer_id
         rows = [
-            (m.app, m.message_id, m.received_at, m.pulled_at, m.payload, _size(m), now)
+            (m.app, m.message_id, m.received_at, m.pulled_at, m.payload, _size(m), now, writer)
             for m in messages
         ]
         with self._lock:
@@ -231,12 +255,13 @@ class Spool:
                 with self._transaction():
                     self._conn.executemany(
                         "INSERT INTO messages (app, message_id, received_at, pulled_at,"
-                        " payload, size, spooled_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        " payload, size, spooled_at, writer) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         rows,
                     )
                     self._conn.executemany(
-                        "INSERT INTO quarantine (raw, reason, app, pulled_at) VALUES (?, ?, ?, ?)",
-                        [(q.raw, q.reason, q.app, q.pulled_at) for q in quarantine],
+                        "INSERT INTO quarantine (raw, reason, app, pulled_at, writer)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        [(q.raw, q.reason, q.app, q.pulled_at, writer) for q in quarantine],
                     )
             except sqlite3.Error as exc:
                 raise self._fail("append", exc) from exc
@@ -245,14 +270,17 @@ class Spool:
             self._quarantined += len(quarantine)
             self._quarantine_pending += len(quarantine)
 
-    def pending(self, limit: int) -> list[SpoolEntry]:
-        """Messages not yet confirmed by Redis, lowest sequence first."""
+    def pending(self, limit: int, exclude_apps: Collection[str] = ()) -> list[SpoolEntry]:
+        """Messages not yet confirmed by Redis, lowest sequence first.
+
+        ``exclude_apps``: applications whose rows to leave out (a stream Redis refuses is
+        parked by its caller; its rows must not fill every slice)."""
+        where, params = _exclude("app", exclude_apps)
         with self._lock:
             try:
                 cursor = self._conn.execute(
-                    "SELECT seq, app, message_id, received_at, pulled_at, payload"
-                    " FROM messages ORDER BY seq LIMIT ?",
-                    (limit,),
+                    f"{_SELECT_MESSAGES} {where} ORDER BY seq LIMIT ?",
+                    (*params, limit),
                 )
                 return [SpoolEntry(*row) for row in cursor]
             except sqlite3.Error as exc:
@@ -288,36 +316,52 @@ class Spool:
             self._bytes -= size
             return count
 
-    def quarantine_pending(self, limit: int) -> list[QuarantineEntry]:
-        """Quarantined bodies not yet written to the dead-letter stream, lowest first."""
-        return self._quarantine_rows("WHERE dead_lettered = 0", limit)
+    def quarantine_pending(
+        self, limit: int, exclude_apps: Collection[str] = ()
+    ) -> list[QuarantineEntry]:
+        """Quarantined bodies not yet written to the dead-letter stream, lowest first.
+
+        ``exclude_apps`` as in ``pending``; ``""`` stands for bodies with no application."""
+        where, params = _exclude("coalesce(app, '')", exclude_apps, "dead_lettered = 0")
+        return self._quarantine_rows(where, params, limit)
 
     def quarantined(self, limit: int) -> list[QuarantineEntry]:
         """All quarantined bodies (dead-lettered or not), lowest first, for inspection."""
-        return self._quarantine_rows("", limit)
+        return self._quarantine_rows("", (), limit)
 
-    def _quarantine_rows(self, where: str, limit: int) -> list[QuarantineEntry]:
+    def _quarantine_rows(
+        self, where: str, params: Sequence[str], limit: int
+    ) -> list[QuarantineEntry]:
         with self._lock:
             try:
                 cursor = self._conn.execute(
-                    f"SELECT seq, raw, reason, app, pulled_at FROM quarantine {where}"  # noqa: S608
-                    " ORDER BY seq LIMIT ?",
-                    (limit,),
+                    f"{_SELECT_QUARANTINE} {where} ORDER BY seq LIMIT ?",
+                    (*params, limit),
                 )
-                return [QuarantineEntry(s, bytes(r), why, a, p) for s, r, why, a, p in cursor]
+                return [QuarantineEntry(s, bytes(r), why, a, p, w) for s, r, why, a, p, w in cursor]
             except sqlite3.Error as exc:
                 raise self._fail("read quarantine", exc) from exc
 
     def mark_dead_lettered(self, up_to_seq: int) -> None:
         """Flag quarantined bodies up to ``up_to_seq`` as written; the bytes stay."""
+        self._mark_dead("seq <= ?", [(up_to_seq,)])
+
+    def mark_dead_lettered_seqs(self, seqs: Iterable[int]) -> None:
+        """Flag exactly these quarantined bodies as written; the bytes stay."""
+        self._mark_dead("seq = ?", [(seq,) for seq in seqs])
+
+    def _mark_dead(self, where: str, params: list[tuple[int]]) -> None:
+        if not params:
+            return
         with self._lock:
+            n = 0
             try:
                 with self._transaction():
-                    n = self._conn.execute(
-                        "UPDATE quarantine SET dead_lettered = 1"
-                        " WHERE dead_lettered = 0 AND seq <= ?",
-                        (up_to_seq,),
-                    ).rowcount
+                    for param in params:
+                        n += self._conn.execute(
+                            f"{_MARK_DEAD} AND {where}",
+                            param,
+                        ).rowcount
             except sqlite3.Error as exc:
                 raise self._fail("mark dead-lettered", exc) from exc
             self._quarantine_pending -= n
@@ -359,6 +403,32 @@ class Spool:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path) -> int:
+    """The file's schema version, after refusing what is not a spool this build reads."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    tables = {name for name in tables if not name.startswith("sqlite_autoindex")}
+    if version == 0 and tables:
+        raise SpoolError(f"spool {path}: not a spool file (it holds tables {sorted(tables)})")
+    if version > SCHEMA_VERSION:
+        raise SpoolError(
+            f"spool {path}: schema version {version} is newer than this build "
+            f"reads ({SCHEMA_VERSION}); upgrade the poller"
+        )
+    if version >= 1 and not {"meta", "messages", "quarantine"} <= tables:
+        raise SpoolError(f"spool {path}: schema version {version} but tables missing")
+    return version
+
+
+def _exclude(column: str, values: Collection[str], *conditions: str) -> tuple[str, tuple[str, ...]]:
+    """A WHERE clause with ``conditions`` and ``column NOT IN values``, and its parameters."""
+    params = tuple(dict.fromkeys(values))
+    parts = list(conditions)
+    if params:
+        parts.append(f"{column} NOT IN ({', '.join('?' * len(params))})")
+    return ("WHERE " + " AND ".join(parts) if parts else ""), params
 
 
 class _Transaction:

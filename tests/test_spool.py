@@ -275,3 +275,90 @@ def test_usable_from_several_threads(spool: Spool) -> None:
     assert spool.stats().rows == 80
     seqs = [p.seq for p in spool.pending(1000)]
     assert len(set(seqs)) == 80
+
+
+def test_every_open_is_a_new_writer_recorded_on_each_row(tmp_path: Path) -> None:
+    # A restored backup numbers rows again from where it stopped; the writer tells them apart.
+    path = tmp_path / "spool.db"
+    bad = NewQuarantine(raw=b"x", reason="r", app=None, pulled_at="t")
+    with Spool.open(path, max_rows=BIG, max_bytes=BIG) as s:
+        first = s.writer_id
+        s.append([msg(0)], [bad])
+    with Spool.open(path, max_rows=BIG, max_bytes=BIG) as s:
+        second = s.writer_id
+        s.append([msg(1)], [bad])
+        assert [p.writer for p in s.pending(10)] == [first, second]
+        assert [q.writer for q in s.quarantine_pending(10)] == [first, second]
+        assert [q.writer for q in s.quarantined(10)] == [first, second]
+    assert len({first, second}) == 2
+    assert len(first) == 32
+
+
+_V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL, message_id TEXT NOT NULL,
+    received_at TEXT NOT NULL, pulled_at TEXT NOT NULL, payload TEXT NOT NULL,
+    size INTEGER NOT NULL, spooled_at REAL NOT NULL
+);
+CREATE TABLE quarantine (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, raw BLOB NOT NULL, reason TEXT NOT NULL, app TEXT,
+    pulled_at TEXT NOT NULL, dead_lettered INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX quarantine_pending ON quarantine (seq) WHERE dead_lettered = 0;
+INSERT INTO meta VALUES ('instance_id', 'v1instance');
+INSERT INTO messages (app, message_id, received_at, pulled_at, payload, size, spooled_at)
+    VALUES ('app1', 'old1', 'r', 'p', '{}', 10, 1.0), ('app1', 'old2', 'r', 'p', '{}', 10, 2.0);
+INSERT INTO quarantine (raw, reason, app, pulled_at) VALUES (x'ff', 'bad', NULL, 'p');
+PRAGMA user_version = 1;
+"""
+
+
+def make_v1_spool(path: Path) -> None:
+    """A spool file as version 1 of the schema left it, with two messages and a body."""
+    conn = sqlite3.connect(path)
+    conn.executescript(_V1_SCHEMA)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+
+
+def test_version_1_spool_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    make_v1_spool(path)
+    with Spool.open(path, max_rows=BIG, max_bytes=BIG) as s:
+        assert s.instance_id == "v1instance"
+        # Leftovers keep the instance id as writer: their old marks still deduplicate them.
+        old = s.pending(10)
+        assert [(p.message_id, p.writer) for p in old] == [
+            ("old1", "v1instance"),
+            ("old2", "v1instance"),
+        ]
+        assert [q.writer for q in s.quarantine_pending(10)] == ["v1instance"]
+        assert (s.stats().rows, s.stats().bytes, s.stats().quarantine_pending) == (2, 20, 1)
+        s.append([msg(3)])
+        new = s.pending(10)[-1]
+        assert (new.writer, new.seq > old[-1].seq) == (s.writer_id, True)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
+    with Spool.open(path, max_rows=BIG, max_bytes=BIG) as s:
+        assert [p.message_id for p in s.pending(10)] == ["old1", "old2", "m3"]
+
+
+def test_pending_leaves_out_parked_apps(spool: Spool) -> None:
+    spool.append([msg(0, "bad"), msg(1, "good"), msg(2, "bad"), msg(3, "other")])
+    assert [p.message_id for p in spool.pending(2, exclude_apps={"bad"})] == ["m1", "m3"]
+    assert [p.message_id for p in spool.pending(10, exclude_apps=["bad", "other"])] == ["m1"]
+    assert len(spool.pending(10, exclude_apps=())) == 4
+    bodies = [
+        NewQuarantine(raw=b"1", reason="r", app="bad", pulled_at="t"),
+        NewQuarantine(raw=b"2", reason="r", app=None, pulled_at="t"),
+        NewQuarantine(raw=b"3", reason="r", app="good", pulled_at="t"),
+    ]
+    spool.append([], bodies)
+    assert [q.raw for q in spool.quarantine_pending(10, exclude_apps={"bad"})] == [b"2", b"3"]
+    assert [q.raw for q in spool.quarantine_pending(10, exclude_apps={""})] == [b"1", b"3"]
+    pending = spool.quarantine_pending(10)
+    spool.mark_dead_lettered_seqs([pending[0].seq, pending[2].seq])
+    assert [q.raw for q in spool.quarantine_pending(10)] == [b"2"]
+    assert spool.stats().quarantine_pending == 1
