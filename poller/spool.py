@@ -10,10 +10,15 @@ file, numbers new rows again from where the copy stopped. So every open gets a f
 ``writer_id`` and every row records the writer that appended it; the sink keeps one mark per
 stream and writer. Rows left by an earlier run keep their writer (a replay is deduplicated
 against that run's mark), new rows never meet a mark from the file's past.
+
+One process at a time: ``open`` takes an exclusive ``flock`` on ``<spool>.lock`` for the
+life of the spool. ``peek`` reads the counters without the lock (``poller status``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
@@ -119,6 +124,7 @@ class SpoolStats:
     oldest_age_s: float | None
     quarantined: int
     quarantine_pending: int
+    instance_id: str | None = None
 
 
 class SpoolError(Exception):
@@ -145,6 +151,8 @@ class Spool:
         self._conn = conn
         self._path = path
         self._lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._closed = False
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.instance_id = ""
@@ -154,36 +162,69 @@ class Spool:
         self._bytes = 0
         self._quarantined = 0
         self._quarantine_pending = 0
+        self._oldest_spooled_at: float | None = None
 
     @classmethod
     def open(cls, path: Path | str, *, max_rows: int, max_bytes: int) -> Spool:
-        """Open (or create) the spool file; never deletes or rewrites an unusable one."""
+        """Open (or create) the spool file; never deletes or rewrites an unusable one.
+
+        Takes an exclusive lock on ``<spool>.lock`` (held until ``close``): a second process
+        on the same file gets a SpoolError naming the pid that holds it."""
         path = Path(path)
         _check_file(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SpoolError(f"spool {path}: cannot create its directory: {exc}") from exc
-        mode = "rw" if path.exists() else "rwc"
+        lock_fd = _take_lock(path)
         try:
-            conn = sqlite3.connect(
-                f"file:{path}?mode={mode}",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-        except sqlite3.Error as exc:
-            raise SpoolError(f"spool {path}: cannot open: {exc}") from exc
-        spool = cls(conn, path, max_rows, max_bytes)
-        try:
-            spool._init()
-        except SpoolError:
-            conn.close()
+            mode = "rw" if path.exists() else "rwc"
+            try:
+                conn = sqlite3.connect(
+                    f"file:{path}?mode={mode}",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            except sqlite3.Error as exc:
+                raise SpoolError(f"spool {path}: cannot open: {exc}") from exc
+            spool = cls(conn, path, max_rows, max_bytes)
+            try:
+                spool._init()
+            except SpoolError:
+                conn.close()
+                raise
+            except sqlite3.Error as exc:
+                conn.close()
+                raise SpoolError(f"spool {path}: cannot use the file: {exc}") from exc
+        except BaseException:
+            os.close(lock_fd)
             raise
-        except sqlite3.Error as exc:
-            conn.close()
-            raise SpoolError(f"spool {path}: cannot use the file: {exc}") from exc
+        spool._lock_fd = lock_fd
         return spool
+
+    @staticmethod
+    def peek(path: Path | str) -> SpoolStats | None:
+        """Counters of a spool file without opening it for writing and without its lock, so
+        that ``poller status`` works while the daemon runs; None when there is no file.
+
+        A read-only connection: it never migrates, rewrites or locks out the owner. The
+        counts come from SQL (a scan of the messages table)."""
+        path = Path(path)
+        if not path.exists():
+            return None
+        _check_file(path, write=False)
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool {path}: cannot open read-only: {exc}") from exc
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            return _peek(conn, path)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool {path}: cannot read: {exc}") from exc
+        finally:
+            conn.close()
 
     def _init(self) -> None:
         conn = self._conn
@@ -367,20 +408,28 @@ class Spool:
             self._quarantine_pending -= n
 
     def stats(self) -> SpoolStats:
-        """Counters kept in memory, plus the age of the oldest row (one index lookup)."""
+        """Counters kept in memory, plus the age of the oldest row (one index lookup).
+
+        Never raises: on a closed spool, or when the age cannot be read, the last known
+        oldest row is used."""
         with self._lock:
-            try:
-                row = self._conn.execute(
-                    "SELECT spooled_at FROM messages ORDER BY seq LIMIT 1"
-                ).fetchone()
-            except sqlite3.Error as exc:
-                raise self._fail("stats", exc) from exc
+            if not self._closed:
+                try:
+                    row = self._conn.execute(
+                        "SELECT spooled_at FROM messages ORDER BY seq LIMIT 1"
+                    ).fetchone()
+                except sqlite3.Error:
+                    pass
+                else:
+                    self._oldest_spooled_at = None if row is None else float(row[0])
+            oldest = self._oldest_spooled_at
             return SpoolStats(
                 rows=self._rows,
                 bytes=self._bytes,
-                oldest_age_s=None if row is None else max(0.0, time.time() - row[0]),
+                oldest_age_s=None if oldest is None else max(0.0, time.time() - oldest),
                 quarantined=self._quarantined,
                 quarantine_pending=self._quarantine_pending,
+                instance_id=self.instance_id or None,
             )
 
     @property
@@ -394,9 +443,17 @@ class Spool:
         return self._path
 
     def close(self) -> None:
-        """Close the file; safe to call twice."""
+        """Close the file and release its lock; safe to call twice."""
         with self._lock:
-            self._conn.close()
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._conn.close()
+            finally:
+                if self._lock_fd is not None:
+                    os.close(self._lock_fd)  # releases the flock
+                    self._lock_fd = None
 
     def __enter__(self) -> Spool:
         return self
@@ -422,6 +479,30 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> int:
     return version
 
 
+def _peek(conn: sqlite3.Connection, path: Path) -> SpoolStats:
+    conn.execute("BEGIN")  # one snapshot for every count
+    try:
+        if _check_schema(conn, path) == 0:
+            return SpoolStats(0, 0, None, 0, 0)
+        rows, size, oldest = conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0), min(spooled_at) FROM messages"
+        ).fetchone()
+        quarantined, pending = conn.execute(
+            "SELECT count(*), coalesce(sum(dead_lettered = 0), 0) FROM quarantine"
+        ).fetchone()
+        row = conn.execute("SELECT value FROM meta WHERE key = 'instance_id'").fetchone()
+    finally:
+        conn.execute("COMMIT")
+    return SpoolStats(
+        rows=rows,
+        bytes=size,
+        oldest_age_s=None if oldest is None else max(0.0, time.time() - oldest),
+        quarantined=quarantined,
+        quarantine_pending=pending,
+        instance_id=None if row is None else str(row[0]),
+    )
+
+
 def _exclude(column: str, values: Collection[str], *conditions: str) -> tuple[str, tuple[str, ...]]:
     """A WHERE clause with ``conditions`` and ``column NOT IN values``, and its parameters."""
     params = tuple(dict.fromkeys(values))
@@ -429,6 +510,44 @@ def _exclude(column: str, values: Collection[str], *conditions: str) -> tuple[st
     if params:
         parts.append(f"{column} NOT IN ({', '.join('?' * len(params))})")
     return ("WHERE " + " AND ".join(parts) if parts else ""), params
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _take_lock(path: Path) -> int:
+    """An exclusive, non-blocking flock on ``<spool>.lock``, with this process' pid in it.
+
+    The lock file is never deleted: unlinking a lock file another process is about to lock
+    would let two processes lock two different files."""
+    lock_path = _lock_path(path)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise SpoolError(
+            f"spool {path}: cannot create its lock file {lock_path}: {exc.strerror or exc}"
+        ) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = "unknown"
+            with contextlib.suppress(OSError, ValueError):
+                holder = str(int(os.pread(fd, 32, 0).decode().strip()))
+            raise SpoolError(f"spool {path} is in use by another process (pid {holder})") from None
+        except OSError as exc:
+            raise SpoolError(
+                f"spool {path}: cannot lock {lock_path}: {exc.strerror or exc}"
+            ) from exc
+        # Only for the message above: a full disk must not keep the spool from opening.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class _Transaction:
@@ -447,14 +566,16 @@ class _Transaction:
             self._conn.execute("ROLLBACK")
 
 
-def _check_file(path: Path) -> None:
+def _check_file(path: Path, *, write: bool = True) -> None:
     """Refuse anything that is not an SQLite file before SQLite gets to touch it."""
     if path.is_dir():
         raise SpoolError(f"spool {path}: is a directory, expected a file")
     if not path.exists():
         return
-    if not os.access(path, os.R_OK | os.W_OK):
+    if write and not os.access(path, os.R_OK | os.W_OK):
         raise SpoolError(f"spool {path}: not readable and writable by this user")
+    if not write and not os.access(path, os.R_OK):
+        raise SpoolError(f"spool {path}: not readable by this user")
     try:
         with path.open("rb") as handle:
             header = handle.read(len(_SQLITE_MAGIC))

@@ -28,33 +28,28 @@ async def run_status(settings: Settings, *, as_json: bool) -> int:
     report: dict[str, Any] = {"spool": None, "health": None, "streams": None, "errors": []}
     spool_path = settings.spool.path
     instance = None
-    if spool_path.exists():
-        try:
-            spool = await asyncio.to_thread(
-                Spool.open,
-                spool_path,
-                max_rows=settings.spool.max_rows,
-                max_bytes=settings.spool.max_bytes,
-            )
-        except SpoolError as exc:
-            report["errors"].append(str(exc))
-        else:
-            stats: SpoolStats = spool.stats()
-            instance = spool.instance_id
-            spool.close()
-            report["spool"] = {
-                "path": str(spool_path),
-                "instance": instance,
-                "rows": stats.rows,
-                "bytes": stats.bytes,
-                "oldest_age_seconds": stats.oldest_age_s,
-                "quarantined": stats.quarantined,
-                "quarantine_pending": stats.quarantine_pending,
-                "cap_rows": settings.spool.max_rows,
-                "cap_bytes": settings.spool.max_bytes,
-            }
+    # A read-only look without the spool's lock: the daemon may be running and holds it.
+    stats: SpoolStats | None = None
+    try:
+        stats = await asyncio.to_thread(Spool.peek, spool_path)
+    except SpoolError as exc:
+        report["errors"].append(str(exc))
     else:
-        report["errors"].append(f"no spool at {spool_path} (the daemon has not run here)")
+        if stats is None:
+            report["errors"].append(f"no spool at {spool_path} (the daemon has not run here)")
+    if stats is not None:
+        instance = stats.instance_id
+        report["spool"] = {
+            "path": str(spool_path),
+            "instance": instance,
+            "rows": stats.rows,
+            "bytes": stats.bytes,
+            "oldest_age_seconds": stats.oldest_age_s,
+            "quarantined": stats.quarantined,
+            "quarantine_pending": stats.quarantine_pending,
+            "cap_rows": settings.spool.max_rows,
+            "cap_bytes": settings.spool.max_bytes,
+        }
     report["health"] = await _health(settings)
     sink = make_sink(settings, instance or "status")
     try:

@@ -345,6 +345,91 @@ def test_version_1_spool_is_migrated_in_place(tmp_path: Path) -> None:
         assert [p.message_id for p in s.pending(10)] == ["old1", "old2", "m3"]
 
 
+_HOLD = (
+    "import sys, time\n"
+    "from poller.spool import Spool\n"
+    "s = Spool.open({path!r}, max_rows=10, max_bytes=10**6)\n"
+    "print('open', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def test_second_open_is_refused_while_the_first_is_open(tmp_path: Path) -> None:
+    # Tried: two processes on one spool file; each kept its own counters (phantom backpressure).
+    path = tmp_path / "spool.db"
+    first = Spool.open(path, max_rows=BIG, max_bytes=BIG)
+    first.append([msg(0)])
+    with pytest.raises(SpoolError, match=rf"in use by another process \(pid {os.getpid()}\)"):
+        Spool.open(path, max_rows=BIG, max_bytes=BIG)
+    first.close()
+    first.close()
+    with Spool.open(path, max_rows=BIG, max_bytes=BIG) as again:
+        assert again.stats().rows == 1
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD.format(path=str(path))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(SpoolError, match=rf"spool\.db is in use .*\(pid {holder.pid}\)"):
+            Spool.open(path, max_rows=BIG, max_bytes=BIG)
+    finally:
+        holder.communicate("", timeout=30)
+    # The lock goes with the process, however it ends.
+    Spool.open(path, max_rows=BIG, max_bytes=BIG).close()
+
+
+def test_peek_reads_an_open_spool_without_its_lock(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    assert Spool.peek(path) is None
+    with Spool.open(path, max_rows=BIG, max_bytes=BIG) as s:
+        s.append(
+            [msg(i) for i in range(5)],
+            [NewQuarantine(raw=b"x", reason="r", app=None, pulled_at="t")],
+        )
+        s.commit(s.pending(1)[0].seq)
+        peeked = Spool.peek(path)
+        assert peeked is not None
+        own = s.stats()
+        assert (peeked.rows, peeked.bytes, peeked.quarantined, peeked.quarantine_pending) == (
+            own.rows,
+            own.bytes,
+            1,
+            1,
+        )
+        assert peeked.instance_id == s.instance_id
+        assert peeked.oldest_age_s is not None
+        s.append([msg(9)])  # the owner keeps writing while others peek
+        assert Spool.peek(path).rows == 5  # type: ignore[union-attr]
+    peeked = Spool.peek(path)
+    assert peeked is not None
+    assert peeked.rows == 5
+    make_v1_spool(tmp_path / "v1.db")
+    old = Spool.peek(tmp_path / "v1.db")
+    assert old is not None
+    assert (old.rows, old.instance_id) == (2, "v1instance")
+    (tmp_path / "garbage.db").write_bytes(b"x" * 100)
+    with pytest.raises(SpoolError, match="not an SQLite file"):
+        Spool.peek(tmp_path / "garbage.db")
+
+
+def test_stats_of_a_closed_spool_are_the_last_counters(tmp_path: Path) -> None:
+    s = Spool.open(tmp_path / "spool.db", max_rows=BIG, max_bytes=BIG)
+    s.append([msg(i) for i in range(3)])
+    before = s.stats()
+    s.close()
+    after = s.stats()
+    assert (after.rows, after.bytes, after.quarantined) == (before.rows, before.bytes, 0)
+    assert after.oldest_age_s is not None
+    assert after.oldest_age_s >= (before.oldest_age_s or 0)
+    with pytest.raises(SpoolError):
+        s.pending(1)
+
+
 def test_pending_leaves_out_parked_apps(spool: Spool) -> None:
     spool.append([msg(0, "bad"), msg(1, "good"), msg(2, "bad"), msg(3, "other")])
     assert [p.message_id for p in spool.pending(2, exclude_apps={"bad"})] == ["m1", "m3"]
