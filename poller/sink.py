@@ -1,11 +1,18 @@
 """Redis sink: writes spooled messages to streams exactly once, then waits for durability.
 
 Every Redis command of the poller lives here (and in the consumer helper). A flush groups
-entries by stream and runs one Lua call per ``batch_size`` slice (``lua/write_batch.lua``):
-it skips every spool sequence number at or below this instance's high-water mark, XADDs
-the rest and raises the mark, atomically. Replays and redis-py's own retries of a
-timed-out call therefore add nothing twice. One WAIT/WAITAOF per flush (per Cluster
-primary) follows; see ``Sink._wait_durable`` for why it rides behind a write of its own.
+entries by stream and by the spool writer that appended them, and runs one Lua call per
+``batch_size`` slice (``lua/write_batch.lua``): it skips every spool sequence number at or
+below that writer's high-water mark for the stream, XADDs the rest and raises the mark,
+atomically. Replays and redis-py's own retries of a timed-out call therefore add nothing
+twice. One WAIT/WAITAOF per flush (per Cluster primary) follows; see ``Sink._wait_durable``
+for why it rides behind a write of its own.
+
+Marks are kept per writer because a spool's sequence only grows within one run (a restored
+backup numbers its new rows again); every open of the spool is a new writer. A mark expires
+``hwm_ttl`` seconds (30 days by default) after its writer's last write, so the keys of past
+runs do not pile up. The price: rows of a spool backup older than that, put back, are
+written again. A restore can duplicate; it never loses.
 """
 
 from __future__ import annotations
@@ -44,6 +51,10 @@ Durability = Literal["none", "wait", "waitaof"]
 Trim = Literal["none", "acked", "maxlen"]
 Value = str | bytes
 Row = tuple[int, Sequence[Value]]  # (spool seq, values in field order)
+Batches = dict[str, dict[str, list[Row]]]  # stream key -> high-water mark key -> rows
+
+# How long a high-water mark outlives its writer's last write.
+HWM_TTL_SECONDS = 30 * 24 * 3600
 
 
 class SinkError(Exception):
@@ -166,6 +177,7 @@ class Sink:
         batch_size: int = 500,
         trim: Trim = "none",
         maxlen: int = 0,
+        hwm_ttl: int = HWM_TTL_SECONDS,
     ) -> None:
         if APP_PLACEHOLDER not in key_template:
             raise ValueError(f"key_template {key_template!r} must contain {APP_PLACEHOLDER}")
@@ -181,6 +193,8 @@ class Sink:
             raise ValueError("durability=waitaof needs durability_local or durability_replicas")
         if mode == "sentinel" and not sentinels:
             raise ValueError("mode=sentinel needs at least one sentinel host:port")
+        if hwm_ttl < 1:
+            raise ValueError("hwm_ttl must be at least 1 second")
         self.url = url
         self.mode: Mode = mode
         self.key_template = key_template
@@ -192,6 +206,7 @@ class Sink:
         self.batch_size = batch_size
         self.trim: Trim = trim
         self.maxlen = maxlen
+        self.hwm_ttl = hwm_ttl
         self._sentinel_master = sentinel_master
         self._sentinel_addrs = [_host_port(s) for s in sentinels]
         self._password = password
@@ -223,11 +238,13 @@ class Sink:
         """The dead-letter stream of one application (``unknown`` when it is not known)."""
         return self.stream_key(app or UNKNOWN_APP) + ":dead"
 
-    def hwm_key(self, stream_key: str) -> str:
-        """This instance's high-water mark key for ``stream_key``, in the same Cluster slot."""
+    def hwm_key(self, stream_key: str, writer: str | None = None) -> str:
+        """The high-water mark key of ``writer`` (default: this instance's id) for
+        ``stream_key``, in the same Cluster slot."""
+        owner = writer or self.instance_id
         if has_hash_tag(stream_key):
-            return f"{stream_key}:hwm:{self.instance_id}"
-        return f"{{{stream_key}}}:hwm:{self.instance_id}"
+            return f"{stream_key}:hwm:{owner}"
+        return f"{{{stream_key}}}:hwm:{owner}"
 
     # -- connection ---------------------------------------------------------------------
 
@@ -401,39 +418,44 @@ class Sink:
 
     async def write(self, entries: Sequence[SpoolEntry]) -> WriteResult:
         """Write messages to their streams once each, then wait for durability."""
-        by_app: dict[str, list[Row]] = defaultdict(list)
+        streams: Batches = defaultdict(lambda: defaultdict(list))
+        keys: dict[tuple[str, str], tuple[str, str]] = {}
+        # In seq order: two codes can share a stream once braces are replaced.
         for e in sorted(entries, key=lambda e: e.seq):
             values = (e.message_id, e.app, e.received_at, e.pulled_at, e.payload, MO_SCHEMA)
-            by_app[e.app].append((e.seq, values))
-        streams: dict[str, list[Row]] = defaultdict(list)
-        for app, rows in by_app.items():
-            # Two codes can share a stream once braces are replaced; keep seq order then.
-            streams[self.stream_key(app)].extend(rows)
-        for rows in streams.values():
-            rows.sort(key=lambda row: row[0])
+            pair = keys.get((e.app, e.writer))
+            if pair is None:
+                key = self.stream_key(e.app)
+                pair = keys[e.app, e.writer] = (key, self.hwm_key(key, e.writer))
+            streams[pair[0]][pair[1]].append((e.seq, values))
         return await self._flush(MO_FIELDS, streams)
 
     async def write_dead(self, entries: Sequence[QuarantineEntry]) -> WriteResult:
         """Write quarantined bodies to the dead-letter streams once each; unknown app: ""."""
-        streams: dict[str, list[Row]] = defaultdict(list)
+        streams: Batches = defaultdict(lambda: defaultdict(list))
         for e in sorted(entries, key=lambda e: e.seq):
             values = (e.reason, e.raw, e.app or "", e.pulled_at, DEAD_SCHEMA)
-            streams[self.dead_key(e.app)].append((e.seq, values))
+            key = self.dead_key(e.app)
+            streams[key][self.hwm_key(key, e.writer)].append((e.seq, values))
         return await self._flush(DEAD_FIELDS, streams)
 
-    async def _flush(self, fields: Sequence[str], streams: dict[str, list[Row]]) -> WriteResult:
+    async def _flush(self, fields: Sequence[str], streams: Batches) -> WriteResult:
         written: dict[str, int] = {}
         skipped: dict[str, int] = {}
         if not streams:
             return WriteResult(written, skipped)
         try:
             client = self._writer()
-            for key, rows in streams.items():
-                written[key], skipped[key] = await self._write_stream(client, key, fields, rows)
+            marks: list[str] = []  # the mark keys written: what the durability wait covers
+            for key, by_mark in streams.items():
+                written[key] = skipped[key] = 0
+                for mark, rows in by_mark.items():
+                    await self._write_stream(client, key, mark, fields, rows, written, skipped)
+                    marks.append(mark)
                 await self._trim(client, key)
             # Grouped after the writes: the Cluster client has followed any MOVED by now.
-            for node_client, keys in self._by_node(list(streams)):
-                await self._wait_durable(node_client, keys[-1])
+            for node_client, node_marks in self._by_node(marks):
+                await self._wait_durable(node_client, node_marks[-1])
         except SinkError as exc:
             self._error("write", exc)
             raise
@@ -465,19 +487,27 @@ class Sink:
         return [(clients[name], node_keys) for name, node_keys in groups.items()]
 
     async def _write_stream(
-        self, client: Redis | RedisCluster, key: str, fields: Sequence[str], rows: list[Row]
-    ) -> tuple[int, int]:
+        self,
+        client: Redis | RedisCluster,
+        key: str,
+        mark: str,
+        fields: Sequence[str],
+        rows: list[Row],
+        written: dict[str, int],
+        skipped: dict[str, int],
+    ) -> None:
+        """One writer's rows into one stream; counts go to ``written``/``skipped`` per batch
+        (a stream that fails half-way still counts what went in)."""
         # Batches go one after the other, never pipelined: if batch k failed while k+1
         # went in, the mark would pass k's sequence numbers and a retry would skip them.
-        added = dup = 0
-        keys = (key, self.hwm_key(key))
+        keys = (key, mark)
         header: list[Value] = [str(len(fields)), *fields]
+        ttl = str(self.hwm_ttl)
         for start in range(0, len(rows), self.batch_size):
             blob = _pack(rows[start : start + self.batch_size])
-            reply = await _WRITE(client, keys, [*header, blob])
-            added += int(reply[0])
-            dup += int(reply[1])
-        return added, dup
+            reply = await _WRITE(client, keys, [*header, blob, ttl])
+            written[key] += int(reply[0])
+            skipped[key] += int(reply[1])
 
     async def _trim(self, client: Redis | RedisCluster, key: str) -> None:
         if self.trim == "maxlen":
@@ -485,14 +515,15 @@ class Sink:
         elif self.trim == "acked":
             await _TRIM_ACKED(client, (key,), ())
 
-    async def _wait_durable(self, client: Redis, touch_key: str) -> None:
+    async def _wait_durable(self, client: Redis, mark: str) -> None:
         """One WAIT or WAITAOF covering every write of this flush on ``client``'s server.
 
         Both commands are documented to wait only for the writes of the connection they run
         on, and the writes may have used another pooled connection or one redis-py has since
         reconnected. So WAIT travels in a pipeline (one connection, resent whole by redis-py's
-        retries) behind ``INCRBY <hwm> 0``: a write that follows all of them in the
-        replication stream, so acknowledging it acknowledges them. (Redis 7.0.15 and Valkey
+        retries) behind ``INCRBY <mark> 0`` on a high-water mark this flush wrote (it exists,
+        and keeps its TTL): a write that follows all of them in the replication stream, so
+        acknowledging it acknowledges them. (Redis 7.0.15 and Valkey
         9.1.2 were seen to wait for their whole offset anyway; this does not rely on it.)
 
         WAITAOF with ``appendfsync everysec`` answers before the data is fsynced: only
@@ -503,7 +534,7 @@ class Sink:
         timeout = self.durability_timeout_ms
         local = 1 if self.durability_local else 0
         pipe = client.pipeline(transaction=False)
-        pipe.incrby(self.hwm_key(touch_key), 0)
+        pipe.incrby(mark, 0)
         if self.durability == "wait":
             pipe.wait(self.durability_replicas, timeout)
         else:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 import structlog
@@ -19,14 +22,17 @@ from redis.crc import key_slot
 from poller.embedded import EmbeddedRedis
 from poller.sink import (
     DEAD_SCHEMA,
+    HWM_TTL_SECONDS,
     MO_SCHEMA,
     DurabilityError,
     Sink,
     SinkError,
+    WriteResult,
     redact_url,
 )
-from poller.spool import QuarantineEntry, SpoolEntry
+from poller.spool import NewMessage, QuarantineEntry, Spool, SpoolEntry
 from tests.fixtures_redis import has_waitaof
+from tests.test_spool import make_v1_spool
 
 SinkFactory = Callable[..., Sink]
 
@@ -485,7 +491,7 @@ async def test_wait_covers_the_flush_and_notices_a_stalled_replica(
                     await other.aclose()
                 ((client, _),) = sink._by_node([key])
                 with pytest.raises(DurabilityError, match="0 of 1"):
-                    await sink._wait_durable(client, key)
+                    await sink._wait_durable(client, sink.hwm_key(key))
                 with pytest.raises(DurabilityError, match="0 of 1"):
                     await sink.write([entry(seq) for seq in range(11, 21)])
             finally:
@@ -499,3 +505,86 @@ async def test_wait_covers_the_flush_and_notices_a_stalled_replica(
         finally:
             await sink.close()
             await replica_client.aclose()
+
+
+def new(i: int, app: str = "app1") -> NewMessage:
+    return NewMessage(app, f"m{i}", "r", "p", json.dumps({"messageId": f"m{i}"}))
+
+
+async def flush(spool: Spool, sink: Sink) -> WriteResult:
+    """What the poll cycle does: write a slice, commit it."""
+    entries = spool.pending(1000)
+    result = await sink.write(entries)
+    spool.commit(entries[-1].seq)
+    return result
+
+
+async def test_a_restored_spool_backup_loses_nothing(
+    make_sink: SinkFactory, redis_client: Redis, tmp_path: Path
+) -> None:
+    # Tried: the spool file put back from a backup. Its sequence starts again below the
+    # stream's high-water mark; new rows were skipped as "already written" and deleted.
+    path, backup = tmp_path / "spool.db", tmp_path / "backup.db"
+    with Spool.open(path, max_rows=10**6, max_bytes=10**9) as spool:
+        spool.append([new(i) for i in range(1, 4)])  # three rows wait for Redis ...
+        instance = spool.instance_id
+    shutil.copy(path, backup)  # ... when the backup is taken
+    sink = make_sink(instance_id=instance)
+    await sink.connect()
+    with Spool.open(path, max_rows=10**6, max_bytes=10**9) as spool:
+        await flush(spool, sink)
+        spool.append([new(i) for i in range(4, 11)])
+        assert (await flush(spool, sink)).total_written == 7
+        assert spool.stats().rows == 0
+    key = sink.stream_key("app1")
+    assert await redis_client.xlen(key) == 10
+    shutil.copy(backup, path)
+    with Spool.open(path, max_rows=10**6, max_bytes=10**9) as spool:
+        spool.append([new(i) for i in range(11, 16)])
+        result = await flush(spool, sink)
+        assert spool.stats().rows == 0
+    # The backup's three leftovers are known to their writer's mark; the five new rows are new.
+    assert (result.written[key], result.skipped[key]) == (5, 3)
+    ids = Counter(row["id"].decode() for row in await stream(redis_client, key))
+    assert ids == Counter(f"m{i}" for i in range(1, 16))
+
+
+async def test_leftovers_of_a_version_1_spool_dedupe_against_their_old_mark(
+    make_sink: SinkFactory, redis_client: Redis, tmp_path: Path
+) -> None:
+    # An older build wrote old1 (under the instance id's mark) and stopped before its commit.
+    path = tmp_path / "spool.db"
+    make_v1_spool(path)
+    sink = make_sink(instance_id="v1instance")
+    await sink.connect()
+    key = sink.stream_key("app1")
+    await sink.write([SpoolEntry(1, "app1", "old1", "r", "p", "{}")])
+    assert await redis_client.exists(f"{key}:hwm:v1instance")
+    with Spool.open(path, max_rows=10**6, max_bytes=10**9) as spool:
+        spool.append([new(3)])
+        result = await flush(spool, sink)
+    assert (result.written[key], result.skipped[key]) == (2, 1)
+    assert [row["id"] for row in await stream(redis_client, key)] == [b"old1", b"old2", b"m3"]
+
+
+async def test_high_water_marks_expire_and_every_write_renews_them(
+    make_sink: SinkFactory, redis_client: Redis
+) -> None:
+    # One mark per run and stream: those of past runs must go away by themselves.
+    sink = make_sink()
+    await sink.connect()
+    key = sink.stream_key("app1")
+    await sink.write([SpoolEntry(1, "app1", "m1", "r", "p", "{}", writer="w1")])
+    mark = sink.hwm_key(key, "w1")
+    assert mark == f"{key}:hwm:w1"
+    assert HWM_TTL_SECONDS - 60 < await redis_client.ttl(mark) <= HWM_TTL_SECONDS
+    await redis_client.expire(mark, 5)
+    await sink.write([SpoolEntry(1, "app1", "m1", "r", "p", "{}", writer="w1")])  # a replay
+    assert await redis_client.ttl(mark) > 5
+    short = make_sink(hwm_ttl=100)
+    await short.connect()
+    await short.write([SpoolEntry(2, "app1", "m2", "r", "p", "{}", writer="w2")])
+    assert 0 < await redis_client.ttl(short.hwm_key(key, "w2")) <= 100
+    assert await redis_client.xlen(key) == 2
+    with pytest.raises(ValueError, match="hwm_ttl"):
+        make_sink(hwm_ttl=0)
