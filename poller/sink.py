@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import inspect
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,13 +27,14 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
+from redis import exceptions as redis_exceptions
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
 from poller.spool import QuarantineEntry, SpoolEntry
@@ -56,9 +58,23 @@ Batches = dict[str, dict[str, list[Row]]]  # stream key -> high-water mark key -
 # How long a high-water mark outlives its writer's last write.
 HWM_TTL_SECONDS = 30 * 24 * 3600
 
+# Every exception redis-py defines: not all derive from RedisError (RedisClusterException,
+# raised when no cluster node answers, does not), plus the socket errors it lets through.
+REDIS_ERRORS: tuple[type[Exception], ...] = (
+    *(
+        cls
+        for _, cls in inspect.getmembers(redis_exceptions, inspect.isclass)
+        if issubclass(cls, Exception) and cls.__module__ == redis_exceptions.__name__
+    ),
+    OSError,
+)
+
 
 class SinkError(Exception):
     """Redis is unreachable or a command failed; never carries a password."""
+
+
+_PING_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, SinkError)
 
 
 class DurabilityError(SinkError):
@@ -216,6 +232,7 @@ class Sink:
         self._cluster: RedisCluster | None = None
         self._sentinel: Sentinel | None = None
         self._node_clients: dict[str, Redis] = {}
+        # Write failures in a row (the "recovered after N tries" line); nothing else counts.
         self._failures = 0
         self.server: str | None = None
         sample = self.stream_key("app")
@@ -269,13 +286,14 @@ class Sink:
             info = await self._admin().info("server")
             self.server = _server_version(info)
             await self._check_durability()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._error("connect", exc) from exc
         log.info("redis connected", url=redact_url(self.url), server=self.server, mode=self.mode)
         return self.server
 
     async def _open_clients(self) -> None:
-        await self.close()  # a second connect() must not leak the first clients
+        # A second connect() must not leak the first clients, nor fail on closing them.
+        await self._close_clients()
         kwargs = self._client_kwargs()
         if self.mode == "cluster":
             kwargs.pop("retry")
@@ -295,7 +313,10 @@ class Sink:
     def _admin(self) -> Redis:
         """A client for commands that are not about one key (INFO, CONFIG, PING)."""
         if self._cluster is not None:
-            return self._node_client(self._cluster.get_primaries()[0])
+            primaries = self._cluster.get_primaries()
+            if not primaries:
+                raise SinkError("sink is not connected to the cluster yet")
+            return self._node_client(primaries[0])
         if self._redis is None:
             raise SinkError("sink is not connected (call connect() first)")
         return self._redis
@@ -359,32 +380,40 @@ class Sink:
         return value.decode() if isinstance(value, bytes) else value
 
     async def close(self) -> None:
-        """Close every client this sink opened."""
-        for client in self._node_clients.values():
-            await client.aclose()
-        self._node_clients.clear()
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
-        if self._cluster is not None:
-            await self._cluster.aclose()
-            self._cluster = None
+        """Close every client this sink opened; all are closed even when one fails, then a
+        SinkError reports the first failure."""
+        error = await self._close_clients()
+        if error is not None:
+            raise self._error("close", error) from error
+
+    async def _close_clients(self) -> BaseException | None:
+        """Close and forget every client; returns the first error instead of raising it."""
+        clients: list[Any] = [*self._node_clients.values(), self._redis, self._cluster]
         if self._sentinel is not None:
-            for sentinel in self._sentinel.sentinels:
-                await sentinel.aclose()
-            self._sentinel = None
+            clients.extend(self._sentinel.sentinels)
+        self._node_clients.clear()
+        self._redis = self._cluster = self._sentinel = None
+        first: BaseException | None = None
+        for client in clients:
+            if client is None:
+                continue
+            try:
+                await client.aclose()
+            except REDIS_ERRORS as exc:
+                first = first or exc
+        return first
 
     async def ping(self) -> bool:
-        """True when Redis answers; failures count towards the "recovered" log line."""
+        """True when Redis answers. A probe, not a write: it leaves the write-failure count
+        (and its "recovered" line) alone."""
         try:
             if self._cluster is not None:
                 await self._cluster.ping()
             else:
                 await self._admin().ping()
-        except (RedisError, SinkError, OSError) as exc:
-            self._error("ping", exc)
+        except _PING_ERRORS as exc:
+            log.debug("redis ping failed", error=self._describe("ping", exc))
             return False
-        self._recovered()
         return True
 
     # -- errors -------------------------------------------------------------------------
@@ -394,12 +423,18 @@ class Sink:
             text = text.replace(secret, "***")
         return text
 
-    def _error(self, op: str, exc: BaseException) -> SinkError:
-        """Count a failure and turn ``exc`` into a SinkError with no secret in it."""
-        self._failures += 1
-        message = self._scrub(
+    def _describe(self, op: str, exc: BaseException) -> str:
+        return self._scrub(
             f"redis {op} failed ({redact_url(self.url)}): {type(exc).__name__}: {exc}"
         )
+
+    def _error(self, op: str, exc: BaseException) -> SinkError:
+        """Turn ``exc`` into a SinkError with no secret in it; a write failure is counted."""
+        message = self._describe(op, exc)
+        if op != "write":
+            log.debug("redis error", op=op, error=message)
+            return SinkError(message)
+        self._failures += 1
         # Once per outage at warning level; the caller logs its own retries.
         level = log.warning if self._failures == 1 else log.debug
         level("redis error", op=op, error=message, failures=self._failures)
@@ -459,7 +494,7 @@ class Sink:
         except SinkError as exc:
             self._error("write", exc)
             raise
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise self._error("write", exc) from exc
         self._recovered()
         return WriteResult(written, skipped)
@@ -562,7 +597,7 @@ class Sink:
         try:
             names = list(keys) if keys is not None else await self._scan_streams()
             return [await self._one_stream_info(key) for key in names]
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._error("stream info", exc) from exc
 
     async def _scan_streams(self) -> list[str]:

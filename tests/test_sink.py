@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from poller.embedded import EmbeddedRedis
+from poller.embedded import EmbeddedRedis, free_port
 from poller.sink import (
     DEAD_SCHEMA,
     HWM_TTL_SECONDS,
@@ -240,11 +240,16 @@ async def test_redis_killed_then_restarted(own_redis: EmbeddedRedis) -> None:
         await sink.connect()
         await sink.write([entry(seq) for seq in range(1, 11)])
         own_redis.kill()
-        with pytest.raises(SinkError):
-            await sink.write([entry(seq) for seq in range(1, 21)])
-        assert not await sink.ping()
+        for _ in range(2):
+            with pytest.raises(SinkError):
+                await sink.write([entry(seq) for seq in range(1, 21)])
+        # Readiness probes ping all the time: they are not write attempts, failed or not.
+        for _ in range(3):
+            assert not await sink.ping()
         own_redis.restart()
         with structlog.testing.capture_logs() as logs:
+            assert await sink.ping()
+            assert not [line for line in logs if "recovered" in line["event"]]
             result = await sink.write([entry(seq) for seq in range(1, 21)])
         # The mark survived the crash (AOF, fsync always): the first ten are not written again.
         key = sink.stream_key("app1")
@@ -588,3 +593,27 @@ async def test_high_water_marks_expire_and_every_write_renews_them(
     assert await redis_client.xlen(key) == 2
     with pytest.raises(ValueError, match="hwm_ttl"):
         make_sink(hwm_ttl=0)
+
+
+async def test_unreachable_cluster_is_a_sink_error() -> None:
+    # Tried: mode=cluster with no node answering. redis-py raises RedisClusterException,
+    # which is not a RedisError, and it escaped the sink's error handling.
+    sink = Sink(
+        url=f"redis://127.0.0.1:{free_port()}",
+        mode="cluster",
+        instance_id="c",
+        socket_timeout=0.5,
+    )
+    try:
+        with pytest.raises(SinkError) as info:
+            await sink.connect()
+        assert "RedisClusterException" in str(info.value)
+        with pytest.raises(SinkError):
+            await sink.write([entry(1)])
+        with pytest.raises(SinkError):
+            await sink.write_dead([QuarantineEntry(1, b"x", "bad", None, "t")])
+        assert not await sink.ping()
+        with pytest.raises(SinkError):
+            await sink.stream_info()
+    finally:
+        await sink.close()
