@@ -57,6 +57,8 @@ Batches = dict[str, dict[str, list[Row]]]  # stream key -> high-water mark key -
 
 # How long a high-water mark outlives its writer's last write.
 HWM_TTL_SECONDS = 30 * 24 * 3600
+# Settings named in configuration errors (the environment form the operator sets).
+_SETTING = "POLLER_REDIS__"
 
 # Every exception redis-py defines: not all derive from RedisError (RedisClusterException,
 # raised when no cluster node answers, does not), plus the socket errors it lets through.
@@ -75,6 +77,13 @@ class SinkError(Exception):
 
 
 _PING_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, SinkError)
+
+
+class SinkConfigError(SinkError):
+    """The server cannot honour the configuration (say durability=waitaof without AOF).
+
+    Not a passing outage: retrying will not help until the setting or the server changes.
+    The message names the setting."""
 
 
 class DurabilityError(SinkError):
@@ -234,6 +243,8 @@ class Sink:
         self._node_clients: dict[str, Redis] = {}
         # Write failures in a row (the "recovered after N tries" line); nothing else counts.
         self._failures = 0
+        # True once the server was reached and the durability settings checked against it.
+        self._ready = False
         self.server: str | None = None
         sample = self.stream_key("app")
         if key_slot(sample.encode()) != key_slot(self.hwm_key(sample).encode()):
@@ -280,16 +291,33 @@ class Sink:
         return kwargs
 
     async def connect(self) -> str:
-        """Connect, check the durability settings against the server; returns its version."""
+        """Connect, check the durability settings against the server; returns its version.
+
+        Raises SinkConfigError when the server cannot honour the settings, SinkError when it
+        cannot be reached. Either way the clients stay: the first write finishes a connect
+        that failed (and checks the durability settings then, before it writes anything).
+        Safe to call again; it replaces the clients."""
+        self._ready = False
         try:
             await self._open_clients()
-            info = await self._admin().info("server")
-            self.server = _server_version(info)
-            await self._check_durability()
+            await self._ensure_ready()
+        except SinkError:
+            raise
         except REDIS_ERRORS as exc:
             raise self._error("connect", exc) from exc
+        return self.server or "unknown"
+
+    async def _ensure_ready(self) -> None:
+        """Reach the server and check the settings against it, once per connect()."""
+        if self._ready:
+            return
+        if self._cluster is not None:
+            await self._cluster.initialize()  # a no-op once initialized
+        info = await self._admin().info("server")
+        self.server = _server_version(info)
+        await self._check_durability()
+        self._ready = True
         log.info("redis connected", url=redact_url(self.url), server=self.server, mode=self.mode)
-        return self.server
 
     async def _open_clients(self) -> None:
         # A second connect() must not leak the first clients, nor fail on closing them.
@@ -298,7 +326,6 @@ class Sink:
         if self.mode == "cluster":
             kwargs.pop("retry")
             self._cluster = RedisCluster.from_url(self.url, **kwargs)
-            await self._cluster.initialize()
         elif self.mode == "sentinel":
             # The URL carries only what the master needs (user, password, db); the address
             # comes from the sentinels.
@@ -341,19 +368,25 @@ class Sink:
         if self.durability == "waitaof":
             local = 1 if self.durability_local else 0
             if self.durability_local and await self._config_get(admin, "appendonly") == "no":
-                raise SinkError(
-                    "durability=waitaof with durability_local needs the server to run with"
-                    " appendonly yes (and appendfsync always)"
+                raise SinkConfigError(
+                    f"{_SETTING}DURABILITY=waitaof with {_SETTING}DURABILITY_LOCAL=true needs"
+                    f" the server ({self.server}) to run with appendonly yes (and appendfsync"
+                    f" always); it runs with appendonly no. Turn AOF on, or set"
+                    f" {_SETTING}DURABILITY_LOCAL=false (replicas only), or"
+                    f" {_SETTING}DURABILITY=wait or none."
                 )
             try:
                 await admin.waitaof(local, 0, 1)
             except ResponseError as exc:
                 if "unknown command" in str(exc).lower():
-                    raise SinkError(
-                        f"durability=waitaof needs Redis >= 7.2 or Valkey; the server is"
-                        f" {self.server}. Use durability=wait or none."
+                    raise SinkConfigError(
+                        f"{_SETTING}DURABILITY=waitaof needs Redis >= 7.2 or Valkey; the"
+                        f" server is {self.server}. Set {_SETTING}DURABILITY=wait or none."
                     ) from exc
-                raise SinkError(f"durability=waitaof: the server refused WAITAOF: {exc}") from exc
+                raise SinkConfigError(
+                    f"{_SETTING}DURABILITY=waitaof: the server ({self.server}) refused"
+                    f" WAITAOF: {self._scrub(str(exc))}"
+                ) from exc
             fsync = await self._config_get(admin, "appendfsync")
             if self.durability_local and fsync not in (None, "always"):
                 log.warning(
@@ -393,6 +426,7 @@ class Sink:
             clients.extend(self._sentinel.sentinels)
         self._node_clients.clear()
         self._redis = self._cluster = self._sentinel = None
+        self._ready = False
         first: BaseException | None = None
         for client in clients:
             if client is None:
@@ -452,7 +486,10 @@ class Sink:
     # -- writing ------------------------------------------------------------------------
 
     async def write(self, entries: Sequence[SpoolEntry]) -> WriteResult:
-        """Write messages to their streams once each, then wait for durability."""
+        """Write messages to their streams once each, then wait for durability.
+
+        Raises SinkError when Redis cannot be reached, and SinkConfigError when a connect
+        that failed earlier finds settings the server cannot honour."""
         streams: Batches = defaultdict(lambda: defaultdict(list))
         keys: dict[tuple[str, str], tuple[str, str]] = {}
         # In seq order: two codes can share a stream once braces are replaced.
@@ -480,6 +517,7 @@ class Sink:
         if not streams:
             return WriteResult(written, skipped)
         try:
+            await self._ensure_ready()
             client = self._writer()
             marks: list[str] = []  # the mark keys written: what the durability wait covers
             for key, by_mark in streams.items():
@@ -669,6 +707,7 @@ __all__ = [
     "DurabilityError",
     "GroupInfo",
     "Sink",
+    "SinkConfigError",
     "SinkError",
     "StreamInfo",
     "WriteResult",

