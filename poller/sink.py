@@ -34,7 +34,16 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ExecAbortError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 from poller.spool import QuarantineEntry, SpoolEntry
@@ -71,6 +80,18 @@ REDIS_ERRORS: tuple[type[Exception], ...] = (
     OSError,
 )
 
+# Replies that say the server (or its cluster) cannot take writes now, whatever the key.
+_SERVER_WIDE = (
+    AskError,
+    ClusterDownError,
+    ExecAbortError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+)
+_SERVER_WIDE_CODES = ("BUSY", "MISCONF", "NOREPLICAS", "MASTERDOWN", "CLUSTERDOWN", "LOADING")
+
 
 class SinkError(Exception):
     """Redis is unreachable or a command failed; never carries a password."""
@@ -92,10 +113,15 @@ class DurabilityError(SinkError):
 
 @dataclass(frozen=True)
 class WriteResult:
-    """Per stream key: entries added, and entries skipped as already written."""
+    """Per stream key: entries added, entries skipped as already written, and the streams
+    Redis refused (stream key -> error text).
+
+    A stream in ``failed`` may have got some of its entries (a replay skips them); the
+    caller must keep every row of such a stream and commit only the others."""
 
     written: dict[str, int]
     skipped: dict[str, int]
+    failed: dict[str, str] = field(default_factory=dict)
 
     @property
     def total_written(self) -> int:
@@ -488,8 +514,13 @@ class Sink:
     async def write(self, entries: Sequence[SpoolEntry]) -> WriteResult:
         """Write messages to their streams once each, then wait for durability.
 
-        Raises SinkError when Redis cannot be reached, and SinkConfigError when a connect
-        that failed earlier finds settings the server cannot honour."""
+        Raises SinkError when Redis cannot be reached or cannot take writes at all (nothing
+        of this call can be trusted then), and SinkConfigError when a connect that failed
+        earlier finds settings the server cannot honour. A stream that Redis refuses on its
+        own (WRONGTYPE: the key holds something else; NOPERM: an ACL) does not stop the
+        others: it is reported in ``WriteResult.failed`` and the rest are written, and the
+        durability wait covers them. The caller commits only the rows whose stream is not
+        in ``failed``."""
         streams: Batches = defaultdict(lambda: defaultdict(list))
         keys: dict[tuple[str, str], tuple[str, str]] = {}
         # In seq order: two codes can share a stream once braces are replaced.
@@ -503,7 +534,9 @@ class Sink:
         return await self._flush(MO_FIELDS, streams)
 
     async def write_dead(self, entries: Sequence[QuarantineEntry]) -> WriteResult:
-        """Write quarantined bodies to the dead-letter streams once each; unknown app: ""."""
+        """Write quarantined bodies to the dead-letter streams once each; unknown app: "".
+
+        Failures are reported as in ``write``."""
         streams: Batches = defaultdict(lambda: defaultdict(list))
         for e in sorted(entries, key=lambda e: e.seq):
             values = (e.reason, e.raw, e.app or "", e.pulled_at, DEAD_SCHEMA)
@@ -514,6 +547,7 @@ class Sink:
     async def _flush(self, fields: Sequence[str], streams: Batches) -> WriteResult:
         written: dict[str, int] = {}
         skipped: dict[str, int] = {}
+        failed: dict[str, str] = {}
         if not streams:
             return WriteResult(written, skipped)
         try:
@@ -522,20 +556,33 @@ class Sink:
             marks: list[str] = []  # the mark keys written: what the durability wait covers
             for key, by_mark in streams.items():
                 written[key] = skipped[key] = 0
-                for mark, rows in by_mark.items():
-                    await self._write_stream(client, key, mark, fields, rows, written, skipped)
-                    marks.append(mark)
+                try:
+                    for mark, rows in by_mark.items():
+                        await self._write_stream(client, key, mark, fields, rows, written, skipped)
+                        marks.append(mark)
+                except ResponseError as exc:
+                    if _server_wide(exc):
+                        raise
+                    failed[key] = self._refused(key, exc)
+                    continue
                 await self._trim(client, key)
             # Grouped after the writes: the Cluster client has followed any MOVED by now.
-            for node_client, node_marks in self._by_node(marks):
-                await self._wait_durable(node_client, node_marks[-1])
+            if marks:
+                for node_client, keys in self._by_node(marks):
+                    await self._wait_durable(node_client, keys[-1])
         except SinkError as exc:
             self._error("write", exc)
             raise
         except REDIS_ERRORS as exc:
             raise self._error("write", exc) from exc
         self._recovered()
-        return WriteResult(written, skipped)
+        return WriteResult(written, skipped, failed)
+
+    def _refused(self, key: str, exc: ResponseError) -> str:
+        """The text for ``WriteResult.failed``; logged at error level, it needs a human."""
+        text = self._scrub(f"{type(exc).__name__}: {exc}")
+        log.error("redis refused a stream; its rows stay in the spool", stream=key, error=text)
+        return text
 
     def _writer(self) -> Redis | RedisCluster:
         """The client for keyed commands (the Cluster client follows MOVED by itself)."""
@@ -583,10 +630,16 @@ class Sink:
             skipped[key] += int(reply[1])
 
     async def _trim(self, client: Redis | RedisCluster, key: str) -> None:
-        if self.trim == "maxlen":
-            await client.xtrim(key, maxlen=self.maxlen, approximate=True)
-        elif self.trim == "acked":
-            await _TRIM_ACKED(client, (key,), ())
+        """Trim after a write; a refusal is logged, the entries are written all the same."""
+        try:
+            if self.trim == "maxlen":
+                await client.xtrim(key, maxlen=self.maxlen, approximate=True)
+            elif self.trim == "acked":
+                await _TRIM_ACKED(client, (key,), ())
+        except ResponseError as exc:
+            if _server_wide(exc):
+                raise
+            log.warning("stream not trimmed", stream=key, error=self._scrub(str(exc)))
 
     async def _wait_durable(self, client: Redis, mark: str) -> None:
         """One WAIT or WAITAOF covering every write of this flush on ``client``'s server.
@@ -654,6 +707,15 @@ class Sink:
             [] if length == 0 and not await client.exists(key) else await client.xinfo_groups(key)
         )
         return StreamInfo(key=key, length=length, groups=[_group(g) for g in groups])
+
+
+def _server_wide(exc: ResponseError) -> bool:
+    """True for a reply that is about the server, not about the key: no stream would fare
+    better, so the whole write fails (and counts as a Redis outage)."""
+    if isinstance(exc, _SERVER_WIDE):
+        return True
+    text = str(exc)
+    return text.startswith(_SERVER_WIDE_CODES) or "unknown command" in text.lower()
 
 
 def _pack(rows: Sequence[Row]) -> bytes:

@@ -522,10 +522,10 @@ def new(i: int, app: str = "app1") -> NewMessage:
 
 
 async def flush(spool: Spool, sink: Sink) -> WriteResult:
-    """What the poll cycle does: write a slice, commit it."""
+    """What the poll cycle does: write a slice, commit the rows of the streams that took it."""
     entries = spool.pending(1000)
     result = await sink.write(entries)
-    spool.commit(entries[-1].seq)
+    spool.commit_seqs(e.seq for e in entries if sink.stream_key(e.app) not in result.failed)
     return result
 
 
@@ -623,6 +623,76 @@ async def test_unreachable_cluster_is_a_sink_error() -> None:
             await sink.stream_info()
     finally:
         await sink.close()
+
+
+async def _wait_calls(client: Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_wait", {}).get("calls", 0))
+
+
+async def test_a_stream_redis_refuses_does_not_block_the_others(
+    make_sink: SinkFactory, redis_client: Redis
+) -> None:
+    # Tried: one application's stream key held a string. WRONGTYPE failed every flush, and
+    # no application's messages reached Redis any more.
+    sink = make_sink(durability="wait", durability_replicas=0, durability_timeout_ms=100)
+    await sink.connect()
+    bad, good = sink.stream_key("bad"), sink.stream_key("good")
+    await redis_client.set(bad, "not a stream")
+    await redis_client.set(sink.dead_key("bad"), "not a stream either")
+    entries = [entry(seq, "bad" if seq % 2 else "good") for seq in range(1, 11)]
+    waits = await _wait_calls(redis_client)
+    result = await sink.write(entries)
+    assert set(result.failed) == {bad}
+    assert "WRONGTYPE" in result.failed[bad]
+    assert result.written[good] == 5
+    assert await redis_client.xlen(good) == 5
+    assert await redis_client.get(bad) == b"not a stream"
+    assert await _wait_calls(redis_client) == waits + 1  # the wait covered what went in
+
+    dead = await sink.write_dead(
+        [
+            QuarantineEntry(1, b"x", "r", "bad", "t"),
+            QuarantineEntry(2, b"y", "r", "good", "t"),
+        ]
+    )
+    assert set(dead.failed) == {sink.dead_key("bad")}
+    assert dead.written[sink.dead_key("good")] == 1
+
+    # Once the key is put right, the same slice writes bad's entries and skips good's.
+    await redis_client.delete(bad)
+    again = await sink.write(entries)
+    assert again.failed == {}
+    assert (again.written[bad], again.skipped[good]) == (5, 5)
+    assert await redis_client.xlen(good) == 5
+
+
+async def test_a_stream_an_acl_forbids_does_not_block_the_others(
+    redis_url: str, key_template: str, redis_client: Redis
+) -> None:
+    user = f"poller-{uuid.uuid4().hex[:8]}"
+    probe = Sink(url=redis_url, key_template=key_template, instance_id="acl")
+    bad, good = probe.stream_key("bad"), probe.stream_key("good")
+    await redis_client.acl_setuser(
+        user, enabled=True, passwords=["+aclpw"], keys=[f"{good}*"], commands=["+@all"]
+    )
+    sink = Sink(
+        url=redis_url.replace("redis://", f"redis://{user}:aclpw@"),
+        key_template=key_template,
+        instance_id="acl",
+    )
+    try:
+        await sink.connect()
+        result = await sink.write([entry(1, "bad"), entry(2, "good"), entry(3, "bad")])
+        assert set(result.failed) == {bad}
+        assert "NoPermissionError" in result.failed[bad]
+        assert "aclpw" not in result.failed[bad]
+        assert result.written[good] == 1
+        assert await redis_client.xlen(good) == 1
+        assert not await redis_client.exists(bad)
+    finally:
+        await sink.close()
+        await redis_client.acl_deluser(user)
 
 
 async def test_a_late_connect_checks_durability_before_writing() -> None:
