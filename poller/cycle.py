@@ -14,7 +14,13 @@ from typing import Any
 import structlog
 
 from poller import metrics
-from poller.infobip import InfobipClient, InfobipError, MalformedResponseError, PullResponse
+from poller.infobip import (
+    AuthError,
+    InfobipClient,
+    InfobipError,
+    MalformedResponseError,
+    PullResponse,
+)
 from poller.sink import Sink, SinkError
 from poller.spool import NewMessage, NewQuarantine, Spool, SpoolError
 
@@ -40,6 +46,7 @@ class CycleResult:
     pending_reported: int | None = None
     backpressure: bool = False
     pull_error: str | None = None
+    auth_failed: bool = False
     flush_error: str | None = None
     seconds: float = 0.0
 
@@ -56,6 +63,7 @@ class FlushResult:
     written: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
     dead_lettered: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # stream key -> Redis's refusal
 
     @property
     def total_written(self) -> int:
@@ -151,6 +159,7 @@ class PollCycle:
         self.pull_limit = pull_limit
         self.max_pulls = max_pulls
         self._flush_lock = asyncio.Lock()
+        self._flushes: set[asyncio.Task[FlushResult]] = set()
         self.last_success: float | None = None
         self.backpressure = False
         # Set while a pulled batch waits in memory because the spool refused it.
@@ -186,6 +195,7 @@ class PollCycle:
                 continue
             except InfobipError as exc:
                 result.pull_error = str(exc)
+                result.auth_failed = isinstance(exc, AuthError)
                 metrics.PULLS.labels(outcome="error").inc()
                 log.warning("pull failed; will try again at the next tick", error=str(exc))
                 break
@@ -326,38 +336,89 @@ class PollCycle:
             return False
         result.written += flushed.total_written
         result.skipped += flushed.skipped
+        if flushed.failed:
+            # Redis works, one stream does not: the others flow, the cycle reports the rest.
+            result.flush_error = "; ".join(f"{k}: {v}" for k, v in flushed.failed.items())
         return True
 
     async def flush(self) -> FlushResult:
-        """Write everything the spool holds to Redis, committing each confirmed slice."""
+        """Write everything the spool holds to Redis, committing each confirmed slice.
+
+        A caller that is cancelled stops waiting, but the flush itself runs on to a clean end
+        (holding the lock, so two flushes never overlap); `settle()` waits for it."""
+        task = asyncio.ensure_future(self._locked_flush())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+        return await asyncio.shield(task)
+
+    async def _locked_flush(self) -> FlushResult:
         async with self._flush_lock:
-            return await asyncio.shield(self._flush())
+            return await self._flush()
+
+    async def settle(self, grace: float) -> None:
+        """Wait for flushes still running (a caller gave up on them), then cancel the rest."""
+        if not self._flushes:
+            return
+        pending = set(self._flushes)
+        _done, late = await asyncio.wait(pending, timeout=grace)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+        for task in pending:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.warning("background flush failed", error=str(task.exception()))
 
     async def _flush(self) -> FlushResult:
         total = FlushResult()
+        # Applications whose stream Redis refused (WRONGTYPE, NOPERM): their rows stay in the
+        # spool and are left out of the next slices, so they do not hold the others back.
+        parked: set[str] = set()
         while True:
-            entries = await asyncio.to_thread(self.spool.pending, FLUSH_ROWS)
+            entries = await asyncio.to_thread(self.spool.pending, FLUSH_ROWS, parked)
             if not entries:
                 break
             started = time.monotonic()
             written = await self.sink.write(entries)
-            await asyncio.to_thread(self.spool.commit, entries[-1].seq)
+            if written.failed:
+                refused = {e.app for e in entries if self.sink.stream_key(e.app) in written.failed}
+                parked |= refused
+                total.failed.update(written.failed)
+                done = [e for e in entries if e.app not in refused]
+                await asyncio.to_thread(self.spool.commit_seqs, [e.seq for e in done])
+            else:
+                done = entries
+                await asyncio.to_thread(self.spool.commit, entries[-1].seq)
             metrics.FLUSH_SECONDS.observe(time.monotonic() - started)
             total.skipped += written.total_skipped
-            self._count_written(entries, written.written, total)
+            self._count_written(done, written.written, total)
             if written.total_skipped:
                 metrics.DUPLICATES_SKIPPED.inc(written.total_skipped)
-            if len(entries) < FLUSH_ROWS:
+            if len(entries) < FLUSH_ROWS and not written.failed:
                 break
+        parked_dead: set[str] = set()
         while True:
-            dead = await asyncio.to_thread(self.spool.quarantine_pending, FLUSH_ROWS)
+            dead = await asyncio.to_thread(self.spool.quarantine_pending, FLUSH_ROWS, parked_dead)
             if not dead:
                 break
-            await self.sink.write_dead(dead)
+            result = await self.sink.write_dead(dead)
+            if result.failed:
+                refused = {q.app or "" for q in dead if self.sink.dead_key(q.app) in result.failed}
+                parked_dead |= refused
+                total.failed.update(result.failed)
+                done_dead = [q.seq for q in dead if (q.app or "") not in refused]
+                await asyncio.to_thread(self.spool.mark_dead_lettered_seqs, done_dead)
+                total.dead_lettered += len(done_dead)
+                continue
             await asyncio.to_thread(self.spool.mark_dead_lettered, dead[-1].seq)
             total.dead_lettered += len(dead)
             if len(dead) < FLUSH_ROWS:
                 break
+        for stream, error in total.failed.items():
+            metrics.REDIS_ERRORS.inc()
+            log.error(
+                "redis refused a stream; its messages wait in the spool", stream=stream, error=error
+            )
         self._update_gauges()
         return total
 

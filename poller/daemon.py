@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +22,7 @@ from poller.cycle import CycleResult, PollCycle
 from poller.health import HealthServer, Readiness
 from poller.infobip import AuthError, InfobipClient, InfobipError
 from poller.settings import Settings
-from poller.sink import Sink, SinkError, redact_url
+from poller.sink import Sink, SinkConfigError, SinkError, redact_url
 from poller.spool import Spool, SpoolError
 
 log = structlog.get_logger(__name__)
@@ -108,12 +108,16 @@ class Runtime:
         metrics.set_info(__version__, spool.instance_id)
         try:
             runtime.redis_server = await sink.connect()
+        except SinkConfigError:
+            await runtime.close()
+            raise
         except SinkError as exc:
             log.warning("redis not reachable at start; messages wait in the spool", error=str(exc))
         return runtime
 
     async def close(self) -> None:
         """Close everything; safe to call once at the end."""
+        await self.cycle.settle(grace=5.0)
         with contextlib.suppress(Exception):
             await self.client.aclose()
         with contextlib.suppress(Exception):
@@ -201,6 +205,8 @@ class Daemon:
         self.readiness: Readiness | None = None
         self.health: HealthServer | None = None
         self.runtime: Runtime | None = None
+        self._ready = False
+        self._exit_code = 0
 
     @property
     def stopping(self) -> bool:
@@ -215,18 +221,34 @@ class Daemon:
                 self.readiness.stopping = True
             if self.runtime is not None:
                 self.runtime.cycle.stopping = True
+                self.runtime.client.stopping = True
             self._stop.set()
 
     async def run(self) -> int:
         """Run until stopped; 0 on a clean stop."""
         s = self.settings
-        try:
-            rt = await Runtime.open(s)
-        except SpoolError as exc:
-            log.error("cannot open the spool", error=str(exc))
-            return 1
-        self.runtime = rt
+        # Signals first: a SIGTERM while Redis is being reached must stop us gracefully too.
         remove_signals = _install_signals(self.request_stop)
+        extender = asyncio.create_task(self._extend_start_timeout(), name="systemd-extend")
+        try:
+            try:
+                rt = await Runtime.open(s)
+            except SpoolError as exc:
+                log.error("cannot open the spool", error=str(exc))
+                return 1
+            except SinkConfigError as exc:
+                log.error("redis cannot honour the settings", error=str(exc))
+                return 1
+            self.runtime = rt
+            if self._stop.is_set():
+                rt.cycle.stopping = rt.client.stopping = True
+            return await self._run(rt)
+        finally:
+            extender.cancel()
+            remove_signals()
+
+    async def _run(self, rt: Runtime) -> int:
+        s = self.settings
         scheduler: AsyncIOScheduler | None = None
         watchdog: asyncio.Task[None] | None = None
         try:
@@ -235,25 +257,29 @@ class Daemon:
                 max_poll_age=s.max_poll_age(),
                 redis_check=rt.sink.ping,
                 spool_problem=lambda: rt.cycle.spool_error,
+                stopping=self._stop.is_set(),
             )
+            rt.cycle.on_progress = self.readiness.poll_succeeded
             if s.health.enabled:
                 self.health = HealthServer(self.readiness, s.health.host, s.health.port)
                 await self.health.start()
                 log.info("health server listening", host=s.health.host, port=self.health.port)
-            await rt.flush_leftovers()
+            if not self._stop.is_set():
+                await rt.flush_leftovers()
             try:
-                await self._bootstrap(rt)
+                await self._until_stopped(self._bootstrap(rt))
             except AuthError as exc:
                 log.error("infobip refused the credentials; stopping", error=str(exc))
                 return 1
-            scheduler = self._scheduler(rt)
-            scheduler.start()
-            systemd.ready("polling")
-            watchdog = self._start_watchdog()
-            await self._stop.wait()
+            if not self._stop.is_set():
+                scheduler = self._scheduler(rt)
+                scheduler.start()
+                self._ready = True
+                systemd.ready("polling")
+                watchdog = self._start_watchdog()
+                await self._stop.wait()
             return await self._shutdown(rt, scheduler)
         finally:
-            remove_signals()
             if watchdog is not None:
                 watchdog.cancel()
             if scheduler is not None and scheduler.running:
@@ -270,6 +296,28 @@ class Daemon:
                 quarantined=rt.totals.quarantined,
                 spool_rows=rows,
             )
+
+    async def _until_stopped(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run a start-up step unless a stop comes first (then the step is cancelled)."""
+        task = asyncio.ensure_future(step)
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return
+        task.result()
+
+    async def _extend_start_timeout(self) -> None:
+        # A big spool left from before, or a slow bootstrap, must not make systemd kill a start
+        # that is progressing (TimeoutStartSec). Ends when the daemon is ready or stopping.
+        while not self._ready and not self._stop.is_set():
+            systemd.extend_timeout(60)
+            await asyncio.sleep(20)
 
     async def _bootstrap(self, rt: Runtime) -> None:
         assert self.readiness is not None
@@ -326,6 +374,11 @@ class Daemon:
         result = await rt.cycle.run()
         rt.totals.add(result)
         self.readiness.spool_full = result.backpressure
+        if result.auth_failed and self.readiness.last_poll_ok is None:
+            # Never pulled with these credentials: nothing will work until they are fixed.
+            log.error("infobip refused the credentials; stopping", error=result.pull_error)
+            self._exit_code = 1
+            self.request_stop()
         stats = rt.spool.stats()
         systemd.status(
             f"pulled {rt.totals.pulled}, written {rt.totals.written}, spool {stats.rows} rows"
@@ -348,11 +401,12 @@ class Daemon:
 
         return asyncio.create_task(ping(), name="systemd-watchdog")
 
-    async def _shutdown(self, rt: Runtime, scheduler: AsyncIOScheduler) -> int:
+    async def _shutdown(self, rt: Runtime, scheduler: AsyncIOScheduler | None) -> int:
         grace = self.settings.schedule.grace_period
         deadline = time.monotonic() + grace
         systemd.stopping("finishing the cycle in flight")
-        scheduler.pause()
+        if scheduler is not None:
+            scheduler.pause()
         inflight = self._inflight
         if inflight is not None and not inflight.done():
             log.info("waiting for the cycle in flight", grace_seconds=grace)
@@ -364,19 +418,20 @@ class Daemon:
                 inflight.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await inflight
-        scheduler.shutdown(wait=False)
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
         remaining = max(0.5, deadline - time.monotonic())
         try:
             async with asyncio.timeout(remaining):
                 await rt.cycle.flush()
-        except (SinkError, TimeoutError) as exc:
+        except (SinkError, SpoolError, TimeoutError) as exc:
             rows = rt.spool.stats().rows
             log.warning(
                 "final flush incomplete; the spool keeps the rest for the next start",
                 error=str(exc) or type(exc).__name__,
                 spool_rows=rows,
             )
-        return 0
+        return self._exit_code
 
 
 async def run_daemon(settings: Settings) -> int:
@@ -390,6 +445,9 @@ async def run_once(settings: Settings, *, bootstrap: bool = True) -> int:
         rt = await Runtime.open(settings)
     except SpoolError as exc:
         log.error("cannot open the spool", error=str(exc))
+        return 1
+    except SinkConfigError as exc:
+        log.error("redis cannot honour the settings", error=str(exc))
         return 1
     stop = asyncio.Event()
 

@@ -384,3 +384,58 @@ def test_a_pull_body_nested_too_deeply_is_malformed_not_a_crash() -> None:
     with pytest.raises(MalformedResponseError) as info:
         parse_pull(body)
     assert info.value.body == body
+
+
+async def test_a_stream_redis_refuses_does_not_hold_back_the_other_applications(
+    configured_simulator: Simulator,
+    redis_url: str,
+    redis_client: Redis,
+    key_template: str,
+    tmp_path: Path,
+) -> None:
+    # Tried: app-beta's stream key already exists as a plain string (WRONGTYPE) while 6,000
+    # messages of app-alpha and 50 of app-beta arrive; more than one flush slice of rows.
+    settings = make_settings(
+        configured_simulator,
+        redis_url,
+        tmp_path,
+        key_template,
+        infobip={"rate_limit": 100},
+    )
+    await redis_client.set(settings.stream_key("app-beta"), "not a stream")
+    configured_simulator.inject_raw([message("app-beta", n) for n in range(50)])
+    configured_simulator.inject("app-alpha", 6000)
+    rt = await Runtime.open(settings)
+    try:
+        result = await rt.cycle.run()
+        assert result.flush_error is not None
+        assert settings.stream_key("app-beta") in result.flush_error
+        assert rt.spool.stats().rows == 50
+        assert await redis_client.xlen(settings.stream_key("app-alpha")) == 6000
+
+        await redis_client.delete(settings.stream_key("app-beta"))
+        result = await rt.cycle.run()
+        assert result.flush_error is None
+        assert rt.spool.stats().rows == 0
+    finally:
+        await rt.close()
+    assert await redis_client.xlen(settings.stream_key("app-beta")) == 50
+
+
+async def test_durability_the_server_cannot_give_fails_the_start_naming_the_setting(
+    configured_simulator: Simulator,
+    key_template: str,
+    tmp_path: Path,
+) -> None:
+    # Tried: POLLER_REDIS__DURABILITY=waitaof against a server running without an AOF.
+    with EmbeddedRedis(appendonly=False) as server:
+        settings = make_settings(
+            configured_simulator,
+            server.url,
+            tmp_path,
+            key_template,
+            redis={"durability": "waitaof", "durability_replicas": 0},
+        )
+        assert await run_once(settings, bootstrap=False) == 1
+    spool_lock_free = Spool.open(settings.spool.path, max_rows=10, max_bytes=10**6)
+    spool_lock_free.close()

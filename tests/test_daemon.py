@@ -446,3 +446,79 @@ async def test_sigterm_while_the_answer_of_a_pull_is_on_its_way_keeps_its_messag
         await redis.aclose()
     assert len(sim.ledger.ids()) == 40
     assert set(counts) == set(sim.ledger.ids())
+
+
+async def test_sigterm_during_a_slow_bootstrap_stops_at_once_and_never_says_ready(
+    simulator_factory: SimulatorFactory,
+    redis_url: str,
+    key_template: str,
+    tmp_path: Path,
+) -> None:
+    # Tried: Infobip's configuration API answers after 8 s; SIGTERM 1 s into the bootstrap.
+    import socket
+
+    notify_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.setblocking(False)
+    sim = await simulator_factory(applications=APPS)
+    sim.add_fault("latency", rate=1.0, path="/push/1/applications", delay=8.0)
+    settings = daemon_settings(
+        sim,
+        redis_url,
+        tmp_path,
+        key_template,
+        infobip={"read_timeout": 10.0},
+        schedule={"grace_period": 20.0},
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *poller_command("run"),
+        env={**settings_env(settings), "NOTIFY_SOCKET": str(notify_path)},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        async with asyncio.timeout(15):
+            assert await proc.wait() == 0
+        assert time.monotonic() - started < 3
+        messages = []
+        while True:
+            try:
+                messages.append(notify.recv(4096).decode())
+            except BlockingIOError:
+                break
+        assert not any("READY=1" in m for m in messages)
+        assert any("EXTEND_TIMEOUT_USEC" in m for m in messages)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        notify.close()
+
+
+async def test_wrong_credentials_without_applications_stop_the_daemon(
+    simulator_factory: SimulatorFactory,
+    redis_url: str,
+    key_template: str,
+    tmp_path: Path,
+) -> None:
+    # Tried: no applications to bootstrap, so the first pull is the first call; wrong key.
+    sim = await simulator_factory(applications=APPS, auto_configure=True)
+    settings = make_settings(
+        sim, redis_url, tmp_path, key_template, infobip={"api_key": "not-the-key"}
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *poller_command("run"),
+        env=settings_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(20):
+        out, err = await proc.communicate()
+    assert proc.returncode == 1
+    text = (out + err).decode()
+    assert "refused the credentials" in text
+    assert "not-the-key" not in text
