@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,10 +225,6 @@ async def test_bad_limit_is_a_usage_error(
 
 def test_config_show_masks_a_redis_password_in_the_url_in_both_forms() -> None:
     # Tried: a password as the URL's userinfo and as a ?password= query parameter.
-    import os
-    import subprocess
-    import sys
-
     url = "redis://default:S3cretPass@redis.internal:6379/0?password=S3cretPass&db=1"
     env = {**os.environ, "POLLER_REDIS__URL": url}
     for extra in ([], ["--json"]):
@@ -241,3 +238,35 @@ def test_config_show_masks_a_redis_password_in_the_url_in_both_forms() -> None:
         )
         assert "S3cretPass" not in done.stdout + done.stderr
         assert "redis.internal:6379" in done.stdout
+
+
+async def test_a_garbled_pull_by_hand_keeps_the_bytes_in_a_file(
+    configured_simulator: Simulator, tmp_path: Path
+) -> None:
+    # Tried: `poller infobip pull` while Infobip answers with a body that is not JSON.
+    configured_simulator.inject("app-alpha", 5)
+    configured_simulator.add_fault("invalid_json", count=1, path="/push/1/inbox/reports")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("POLLER_")},
+        "POLLER_INFOBIP__BASE_URL": configured_simulator.base_url,
+        "POLLER_INFOBIP__API_KEY": "sim-api-key",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "poller",
+        "infobip",
+        "pull",
+        "--limit",
+        "10",
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await proc.communicate()
+    assert proc.returncode == 1
+    saved = list(tmp_path.glob("infobip-pull-*.raw"))
+    assert len(saved) == 1
+    assert str(saved[0]) in err.decode()
+    assert saved[0].read_bytes()

@@ -18,7 +18,7 @@ from poller.infobip import (
     InfobipClient,
     NotFoundError,
 )
-from poller.infobip.errors import InfobipError
+from poller.infobip.errors import InfobipError, MalformedResponseError
 from poller.settings import CREDENTIAL_SETTINGS, Settings, env_name
 
 EXIT_USAGE = 2
@@ -211,11 +211,23 @@ def _action_table(actions: list[Action]) -> None:
 
 
 async def _pull(client: InfobipClient, args: argparse.Namespace) -> int:
-    response = await client.pull(args.limit)
+    try:
+        response = await client.pull(args.limit)
+    except MalformedResponseError as exc:
+        # Whatever arrived may be the only copy of messages Infobip handed out: keep it.
+        saved = await asyncio.to_thread(_save_raw, exc.body)
+        raise InfobipError(f"{exc}; the {len(exc.body)} bytes received are in {saved}") from None
     pulled_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     if args.out:
         # Written and fsynced before anything is printed: these messages exist nowhere else.
-        await asyncio.to_thread(_append_jsonl, args.out, response.results)
+        try:
+            await asyncio.to_thread(_append_jsonl, args.out, response.results)
+        except OSError as exc:
+            # Could not keep them in the file: print them all, so they are not lost.
+            emit_json({"results": response.results, "pulledAt": pulled_at})
+            raise InfobipError(
+                f"could not append to {args.out} ({exc}); the messages are printed above"
+            ) from None
     if args.json:
         emit_json(
             {
@@ -238,6 +250,16 @@ async def _pull(client: InfobipClient, args: argparse.Namespace) -> int:
     if response.results and not args.out:
         warn("pulled messages are consumed: Infobip will not hand them out again (see --out)")
     return 0
+
+
+def _save_raw(body: bytes) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    path = os.path.abspath(f"infobip-pull-{stamp}.raw")
+    with open(path, "wb") as out:
+        out.write(body)
+        out.flush()
+        os.fsync(out.fileno())
+    return path
 
 
 def _append_jsonl(path: str, items: list[Any]) -> None:
