@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 
 from poller.cli.output import emit_json, table
-from poller.daemon import make_sink
 from poller.health import check, failing, local_url
+from poller.runtime import make_sink
 from poller.settings import Settings
 from poller.sink import SinkError, StreamInfo
 from poller.spool import Spool, SpoolError, SpoolStats

@@ -101,3 +101,12 @@ async def ids_in_streams(redis: Redis, key_template: str) -> Counter[str]:
         for entry in await stream_entries(redis, key.decode()):
             counts[entry["id"]] += 1
     return counts
+
+
+async def ids_at(url: str, key_template: str) -> Counter[str]:
+    """`ids_in_streams` on a fresh connection to the server at url."""
+    client = Redis.from_url(url)
+    try:
+        return await ids_in_streams(client, key_template)
+    finally:
+        await client.aclose()

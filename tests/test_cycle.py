@@ -9,12 +9,13 @@ import pytest
 from redis.asyncio import Redis
 
 from poller.cycle import PollCycle
-from poller.daemon import Runtime, make_sink, run_once
+from poller.daemon import run_once
 from poller.embedded import EmbeddedRedis
 from poller.infobip import InfobipClient
+from poller.runtime import Runtime, make_sink
 from poller.simulator import Simulator
 from poller.spool import Spool
-from tests.support import ids_in_streams, make_settings, stream_entries
+from tests.support import ids_at, ids_in_streams, make_settings, stream_entries
 
 APPS = ["app-alpha", "app-beta", "app-gamma"]
 
@@ -151,11 +152,7 @@ async def test_redis_down_keeps_messages_in_spool_until_it_returns(
         assert rt.spool.stats().rows == 0
     finally:
         await rt.close()
-    client = Redis.from_url(own_redis.url)
-    try:
-        counts = await ids_in_streams(client, key_template)
-    finally:
-        await client.aclose()
+    counts = await ids_at(own_redis.url, key_template)
     assert set(counts) == set(configured_simulator.ledger.ids())
     assert set(counts.values()) == {1}
 
@@ -196,11 +193,7 @@ async def test_spool_cap_pauses_pulling_and_pulling_resumes(
         assert rt.spool.stats().rows == 0
     finally:
         await rt.close()
-    client = Redis.from_url(own_redis.url)
-    try:
-        counts = await ids_in_streams(client, key_template)
-    finally:
-        await client.aclose()
+    counts = await ids_at(own_redis.url, key_template)
     assert len(counts) == 1000
     assert set(counts.values()) == {1}
 

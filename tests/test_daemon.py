@@ -18,7 +18,7 @@ from poller.embedded import EmbeddedRedis, free_port
 from poller.settings import Settings
 from poller.simulator import Simulator
 from tests.fixtures_sim import SimulatorFactory
-from tests.support import ids_in_streams, make_settings, poller_command, settings_env
+from tests.support import ids_at, ids_in_streams, make_settings, poller_command, settings_env
 
 APPS = ["app-alpha", "app-beta", "app-gamma"]
 
@@ -153,11 +153,7 @@ async def test_readiness_follows_redis_and_turns_503_on_sigterm_before_exit(
     assert body["checks"]["shutdown"]["ok"] is False  # type: ignore[index]
     assert await poller.wait(timeout=20) == 0
 
-    redis = Redis.from_url(own_redis.url)
-    try:
-        counts = await ids_in_streams(redis, key_template)
-    finally:
-        await redis.aclose()
+    counts = await ids_at(own_redis.url, key_template)
     assert set(counts) == set(sim.ledger.ids())
     assert len(counts) == 100
     assert set(counts.values()) == {1}
@@ -406,11 +402,7 @@ async def test_sigterm_while_draining_a_large_inbox_stops_after_the_current_pull
     assert await poller.wait(timeout=20) == 0
     assert time.monotonic() - stopped_at < 5
     assert sim.inbox_depth > 0  # the drain was cut short, as asked
-    redis = Redis.from_url(redis_url)
-    try:
-        counts = await ids_in_streams(redis, key_template)
-    finally:
-        await redis.aclose()
+    counts = await ids_at(redis_url, key_template)
     assert set(counts) == set(sim.ledger.ids())
     assert set(counts.values()) == {1}
 
@@ -439,11 +431,7 @@ async def test_sigterm_while_the_answer_of_a_pull_is_on_its_way_keeps_its_messag
     assert sim.inbox_depth == 0  # handed out; the answer is still on its way
     poller.signal(signal.SIGTERM)
     assert await poller.wait(timeout=20) == 0
-    redis = Redis.from_url(redis_url)
-    try:
-        counts = await ids_in_streams(redis, key_template)
-    finally:
-        await redis.aclose()
+    counts = await ids_at(redis_url, key_template)
     assert len(sim.ledger.ids()) == 40
     assert set(counts) == set(sim.ledger.ids())
 
