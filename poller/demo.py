@@ -31,8 +31,10 @@ async def run_demo(args: argparse.Namespace) -> int:
     apps = [a.strip() for a in str(args.applications).split(",") if a.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="poller-demo-"))
     live = not args.plain and sys.stdout.isatty()
-    log_file = (workdir / "poller.log").open("w", encoding="utf-8") if live else None
-    logs.configure("INFO", "json" if live else "auto", stream=log_file)
+    # The daemon's log lines go to a file that outlives the demo; the screen shows the view.
+    log_path = Path(tempfile.gettempdir()) / f"{workdir.name}.log"
+    log_file = log_path.open("w", encoding="utf-8")
+    logs.configure("INFO", "json", stream=log_file)
     redis_server = EmbeddedRedis(data_dir=workdir / "redis")
     simulator = Simulator(applications=apps, rate=float(args.rate))
     try:
@@ -72,11 +74,9 @@ async def run_demo(args: argparse.Namespace) -> int:
     finally:
         await simulator.stop()
         await asyncio.to_thread(redis_server.close)
-        if log_file is not None:
-            log_file.close()
-            print(f"demo: daemon log kept in {workdir / 'poller.log'}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        log_file.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"demo: the daemon's log is in {log_path}")
 
 
 async def _watch(
@@ -138,9 +138,14 @@ async def _view(
             latest.append((entry_id, app, _text_of(fields.get("payload", "{}"))))
     lines.append("")
     lines.append("latest messages:")
-    for entry_id, app, text in sorted(latest, reverse=True)[:6]:
+    for entry_id, app, text in sorted(latest, key=_entry_order, reverse=True)[:6]:
         lines.append(f"  {entry_id}  {app:<14} {text}")
     return lines
+
+
+def _entry_order(row: tuple[str, str, str]) -> tuple[int, ...]:
+    # Stream ids are "<ms>-<seq>": compare them as numbers ("-12" comes after "-2").
+    return tuple(int(part) for part in row[0].split("-") if part.isdigit())
 
 
 def _text_of(payload: str) -> str:
