@@ -109,7 +109,7 @@ def split_results(
                 NewMessage(
                     app=item["applicationCode"],
                     message_id=item["messageId"],
-                    received_at=received if isinstance(received, str) else "",
+                    received_at=received if _is_text(received) else "",
                     pulled_at=pulled_at,
                     payload=payload,
                 )
@@ -120,11 +120,22 @@ def split_results(
                 NewQuarantine(
                     raw=payload.encode(),
                     reason=problem,
-                    app=app if isinstance(app, str) and app else None,
+                    app=app if _is_text(app) and app else None,
                     pulled_at=pulled_at,
                 )
             )
     return messages, quarantined
+
+
+def _is_text(value: Any) -> bool:
+    """A str that UTF-8 can store (JSON allows lone surrogates; SQLite and Redis do not)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _problem(item: Any) -> str | None:
@@ -134,9 +145,7 @@ def _problem(item: Any) -> str | None:
         value = item.get(name)
         if not isinstance(value, str) or not value:
             return f"result item has no {name}"
-        try:
-            value.encode()
-        except UnicodeEncodeError:
+        if not _is_text(value):
             return f"result item's {name} is not valid Unicode text"
     return None
 
@@ -166,6 +175,10 @@ class PollCycle:
         self.spool_error: str | None = None
         # Set by a graceful stop: the cycle in flight ends after its current pull and flush.
         self.stopping = False
+        # time.monotonic() by which a stop must be done (set with stopping).
+        self.stop_deadline: float | None = None
+        # Set when a stop had to give up a pulled batch the spool would not take (it is logged).
+        self.abandoned = 0
         # Called after every successful pull (readiness: the last good poll is now).
         self.on_progress: Callable[[], None] | None = None
 
@@ -194,15 +207,19 @@ class PollCycle:
                     break
                 continue
             except InfobipError as exc:
+                if self.stopping:
+                    break  # the pull was not sent (or was cut short) because of the stop
                 result.pull_error = str(exc)
                 result.auth_failed = isinstance(exc, AuthError)
                 metrics.PULLS.labels(outcome="error").inc()
                 log.warning("pull failed; will try again at the next tick", error=str(exc))
                 break
             malformed_in_a_row = 0
-            self._progress()
             if not redis_failed:
                 redis_failed = not await self._try_flush(result)
+            if not redis_failed and not result.flush_error:
+                # Pulled, spooled and delivered: the poller is doing its whole job.
+                self._progress()
             result.pending_reported = response.pending_message_count
             if response.pending_message_count <= 0 or not response.results:
                 break
@@ -227,7 +244,7 @@ class PollCycle:
         return result
 
     def _progress(self) -> None:
-        """A pull succeeded and its messages are on disk: the poller is doing its job."""
+        """A pull succeeded and what the spool held reached Redis."""
         self.last_success = time.monotonic()
         metrics.LAST_SUCCESSFUL_POLL.set(time.time())
         if self.on_progress is not None:
@@ -242,12 +259,24 @@ class PollCycle:
         except asyncio.CancelledError:
             if not unit.done():
                 log.warning("stop during a pull: finishing the pull and its spool write first")
-                limit = self.client.settings.read_timeout + self.client.settings.connect_timeout
-                await asyncio.wait({unit}, timeout=limit + 5)
-                if not unit.done():
-                    unit.cancel()
-                    await asyncio.wait({unit})
+                await self._finish_unit(unit)
             raise
+
+    async def _finish_unit(self, unit: asyncio.Future[PullResponse]) -> None:
+        """Let a pull unit end by the stop deadline, whatever cancels arrive meanwhile."""
+        settings = self.client.settings
+        deadline = time.monotonic() + settings.connect_timeout + settings.read_timeout + 5
+        if self.stop_deadline is not None:
+            deadline = min(deadline, self.stop_deadline - 1.0)
+        while not unit.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                unit.cancel()  # a hold on a refusing spool then logs the batch before it goes
+                left = 5.0
+            try:
+                await asyncio.wait({unit}, timeout=left)
+            except asyncio.CancelledError:
+                continue  # a second cancel: the unit still owns messages, keep waiting
 
     async def _pull_and_spool_unit(self, result: CycleResult) -> PullResponse:
         started = time.monotonic()
@@ -272,7 +301,15 @@ class PollCycle:
             metrics.PULLS.labels(outcome="malformed").inc()
             return response
         # Nothing happens between the pull and this append: it is what makes a crash safe.
-        await self._append(messages, quarantined)
+        try:
+            await self._append(messages, quarantined)
+        except Exception as exc:  # not a refusal of the spool (held and retried): the batch
+            log.exception("pulled batch could not be spooled; quarantining the body whole")
+            result.pulls += 1
+            result.quarantined += 1
+            await self._quarantine_body(response.body, f"unspoolable: {type(exc).__name__}")
+            metrics.PULLS.labels(outcome="malformed").inc()
+            return response
         result.pulls += 1
         result.pulled += len(messages)
         result.quarantined += len(quarantined)
@@ -314,6 +351,7 @@ class PollCycle:
                     await asyncio.sleep(delay)
                 except asyncio.CancelledError:
                     # Last resort before the process goes: the batch into the log, whole.
+                    self.abandoned += len(messages) + len(quarantined)
                     log.critical(
                         "stopping with a batch the spool never took; its messages follow",
                         payloads=[m.payload for m in messages],
@@ -380,14 +418,14 @@ class PollCycle:
                 break
             started = time.monotonic()
             written = await self.sink.write(entries)
-            if written.failed:
-                refused = {e.app for e in entries if self.sink.stream_key(e.app) in written.failed}
-                parked |= refused
-                total.failed.update(written.failed)
-                done = [e for e in entries if e.app not in refused]
+            refused = {e.app for e in entries if self.sink.stream_key(e.app) in written.failed}
+            parked |= refused
+            total.failed.update(written.failed)
+            done = [e for e in entries if e.app not in refused]
+            if parked:
+                # Parked rows lie below this slice's last seq: delete exactly what was written.
                 await asyncio.to_thread(self.spool.commit_seqs, [e.seq for e in done])
             else:
-                done = entries
                 await asyncio.to_thread(self.spool.commit, entries[-1].seq)
             metrics.FLUSH_SECONDS.observe(time.monotonic() - started)
             total.skipped += written.total_skipped
@@ -402,17 +440,17 @@ class PollCycle:
             if not dead:
                 break
             result = await self.sink.write_dead(dead)
-            if result.failed:
-                refused = {q.app or "" for q in dead if self.sink.dead_key(q.app) in result.failed}
-                parked_dead |= refused
-                total.failed.update(result.failed)
-                done_dead = [q.seq for q in dead if (q.app or "") not in refused]
+            refused = {q.app or "" for q in dead if self.sink.dead_key(q.app) in result.failed}
+            parked_dead |= refused
+            total.failed.update(result.failed)
+            done_dead = [q.seq for q in dead if (q.app or "") not in refused]
+            if parked_dead:
+                # Parked bodies lie below this slice's last seq: flag exactly what was written.
                 await asyncio.to_thread(self.spool.mark_dead_lettered_seqs, done_dead)
-                total.dead_lettered += len(done_dead)
-                continue
-            await asyncio.to_thread(self.spool.mark_dead_lettered, dead[-1].seq)
-            total.dead_lettered += len(dead)
-            if len(dead) < FLUSH_ROWS:
+            else:
+                await asyncio.to_thread(self.spool.mark_dead_lettered, dead[-1].seq)
+            total.dead_lettered += len(done_dead)
+            if len(dead) < FLUSH_ROWS and not result.failed:
                 break
         for stream, error in total.failed.items():
             metrics.REDIS_ERRORS.inc()

@@ -20,7 +20,7 @@ from poller.cycle import CycleResult
 from poller.health import HealthServer, Readiness
 from poller.infobip import AuthError, InfobipError
 from poller.runtime import Runtime
-from poller.settings import Settings
+from poller.settings import Settings, SettingsError
 from poller.sink import SinkError
 from poller.spool import SpoolError
 
@@ -56,6 +56,7 @@ class Daemon:
         self.runtime: Runtime | None = None
         self._ready = False
         self._exit_code = 0
+        self._stop_deadline: float | None = None
 
     @property
     def stopping(self) -> bool:
@@ -66,11 +67,11 @@ class Daemon:
         """Begin the graceful stop (signal handler)."""
         if not self._stop.is_set():
             log.info("stop requested", signal=sig.name if sig else None)
+            self._stop_deadline = time.monotonic() + self.settings.schedule.grace_period
             if self.readiness is not None:
                 self.readiness.stopping = True
             if self.runtime is not None:
-                self.runtime.cycle.stopping = True
-                self.runtime.client.stopping = True
+                self.runtime.begin_stop(self._stop_deadline)
             self._stop.set()
 
     async def run(self) -> int:
@@ -84,8 +85,8 @@ class Daemon:
             if rt is None:
                 return 1
             self.runtime = rt
-            if self._stop.is_set():
-                rt.cycle.stopping = rt.client.stopping = True
+            if self._stop_deadline is not None:
+                rt.begin_stop(self._stop_deadline)
             return await self._run(rt)
         finally:
             extender.cancel()
@@ -108,8 +109,8 @@ class Daemon:
                 self.health = HealthServer(self.readiness, s.health.host, s.health.port)
                 await self.health.start()
                 log.info("health server listening", host=s.health.host, port=self.health.port)
-            if not self._stop.is_set():
-                await rt.flush_leftovers()
+            # The flush itself runs on if a stop comes (the final flush waits for it).
+            await self._until_stopped(rt.flush_leftovers())
             try:
                 await self._until_stopped(self._bootstrap(rt))
             except AuthError as exc:
@@ -246,17 +247,16 @@ class Daemon:
         return asyncio.create_task(ping(), name="systemd-watchdog")
 
     async def _shutdown(self, rt: Runtime, scheduler: AsyncIOScheduler | None) -> int:
-        grace = self.settings.schedule.grace_period
-        deadline = time.monotonic() + grace
+        # One deadline, taken when the stop was asked for: what start-up used of it is gone.
+        deadline = self._stop_deadline or time.monotonic() + self.settings.schedule.grace_period
         systemd.stopping("finishing the cycle in flight")
         if scheduler is not None:
             scheduler.pause()
         inflight = self._inflight
         if inflight is not None and not inflight.done():
-            log.info("waiting for the cycle in flight", grace_seconds=grace)
+            log.info("waiting for the cycle in flight", seconds_left=round(rt.remaining(), 1))
             # Keep a few seconds of the grace period for the final flush.
-            budget = max(0.5, grace - 5.0)
-            done, _ = await asyncio.wait({inflight}, timeout=budget)
+            done, _ = await asyncio.wait({inflight}, timeout=max(0.5, rt.remaining() - 5.0))
             if not done:
                 log.warning("cycle in flight did not finish within the grace period; cancelling")
                 inflight.cancel()
@@ -264,9 +264,8 @@ class Daemon:
                     await inflight
         if scheduler is not None:
             scheduler.shutdown(wait=False)
-        remaining = max(0.5, deadline - time.monotonic())
         try:
-            async with asyncio.timeout(remaining):
+            async with asyncio.timeout(max(0.5, deadline - time.monotonic() - 1.0)):
                 await rt.cycle.flush()
         except (SinkError, SpoolError, TimeoutError) as exc:
             rows = rt.spool.stats().rows
@@ -275,11 +274,20 @@ class Daemon:
                 error=str(exc) or type(exc).__name__,
                 spool_rows=rows,
             )
+        if rt.cycle.abandoned:
+            log.critical(
+                "stopped with pulled messages the spool never took; they are in the log above",
+                messages=rt.cycle.abandoned,
+            )
+            return 1
         return self._exit_code
 
 
 async def run_daemon(settings: Settings) -> int:
     """`poller run`."""
+    problems = settings.stop_problems()
+    if problems:
+        raise SettingsError(problems)
     return await Daemon(settings).run()
 
 
@@ -292,7 +300,7 @@ async def run_once(settings: Settings, *, bootstrap: bool = True) -> int:
 
     def request_stop(_sig: signal.Signals) -> None:
         stop.set()
-        rt.cycle.stopping = True
+        rt.begin_stop(time.monotonic() + settings.schedule.grace_period)
 
     remove_signals = _install_signals(request_stop)
     failed = False
@@ -312,9 +320,10 @@ async def run_once(settings: Settings, *, bootstrap: bool = True) -> int:
                 break
             if not result.pending_reported:
                 break
-        with contextlib.suppress(SinkError):
+        with contextlib.suppress(SinkError, SpoolError):
             await rt.cycle.flush()
         stats = rt.spool.stats()
+        failed = failed or rt.cycle.abandoned > 0
         if stats.rows or stats.quarantine_pending:
             log.error(
                 "messages remain in the spool; they will be flushed by the next run",

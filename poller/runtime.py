@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 
 import structlog
@@ -104,6 +105,18 @@ class Runtime:
             log.warning("redis not reachable at start; messages wait in the spool", error=str(exc))
         return runtime
 
+    def begin_stop(self, deadline: float) -> None:
+        """No new pull from now on; what is in flight must end by `deadline` (monotonic)."""
+        self.cycle.stopping = True
+        self.cycle.stop_deadline = deadline
+        self.client.stopping = True
+
+    def remaining(self) -> float:
+        """Seconds left before the stop deadline (the grace period when none is set)."""
+        if self.cycle.stop_deadline is None:
+            return self.settings.schedule.grace_period
+        return max(0.0, self.cycle.stop_deadline - time.monotonic())
+
     @classmethod
     async def open_or_report(cls, settings: Settings) -> Runtime | None:
         """`open`, or None after one clear log line when the spool or Redis cannot be used."""
@@ -117,7 +130,8 @@ class Runtime:
 
     async def close(self) -> None:
         """Close everything; safe to call once at the end."""
-        await self.cycle.settle(grace=5.0)
+        # Whatever flush a stop gave up on may finish in the time the grace period has left.
+        await self.cycle.settle(grace=max(0.5, self.remaining() - 0.5))
         with contextlib.suppress(Exception):
             await self.client.aclose()
         with contextlib.suppress(Exception):
@@ -153,7 +167,7 @@ class Runtime:
         log.info("flushing what the spool holds from before", rows=stats.rows)
         try:
             result = await self.cycle.flush()
-        except SinkError as exc:
+        except (SinkError, SpoolError) as exc:
             log.warning("could not flush the spool yet", error=str(exc))
             return
         log.info(

@@ -302,20 +302,21 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
 
-    @model_validator(mode="after")
-    def _check_grace(self) -> Settings:
-        # A stop lets the pull in flight finish (its messages exist nowhere else): the grace
-        # period must leave room for the longest pull and the final flush.
+    def stop_problems(self) -> list[str]:
+        """Why a graceful stop could not finish a pull in flight; checked by `poller run`.
+
+        A stop lets the pull in flight finish (its messages exist nowhere else), so the grace
+        period must leave room for the longest pull and the final flush."""
         needed = self.infobip.connect_timeout + self.infobip.read_timeout + 5
-        if self.schedule.grace_period < needed:
-            grace = self.schedule.grace_period
-            raise ValueError(
-                f"{ENV_PREFIX}SCHEDULE{ENV_DELIMITER}GRACE_PERIOD ({grace:g} s)"
-                f" must be at least {ENV_PREFIX}INFOBIP{ENV_DELIMITER}CONNECT_TIMEOUT"
-                f" + {ENV_PREFIX}INFOBIP{ENV_DELIMITER}READ_TIMEOUT + 5 s ({needed:g} s), so that"
-                " a pull in flight at a stop can finish"
-            )
-        return self
+        grace = self.schedule.grace_period
+        if grace >= needed:
+            return []
+        return [
+            f"schedule.grace_period ({env_name(('schedule', 'grace_period'))}): {grace:g} s"
+            f" is shorter than {env_name(('infobip', 'connect_timeout'))}"
+            f" + {env_name(('infobip', 'read_timeout'))} + 5 s ({needed:g} s); a pull in"
+            " flight at a stop could not finish"
+        ]
 
     def stream_key(self, app: str) -> str:
         """The stream key for one application."""

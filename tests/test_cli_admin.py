@@ -270,3 +270,37 @@ async def test_a_garbled_pull_by_hand_keeps_the_bytes_in_a_file(
     assert len(saved) == 1
     assert str(saved[0]) in err.decode()
     assert saved[0].read_bytes()
+
+
+async def test_pull_out_keeps_a_message_with_half_an_emoji(
+    configured_simulator: Simulator, tmp_path: Path
+) -> None:
+    # Tried: `poller infobip pull --out` when one message's text ends in a lone surrogate.
+    configured_simulator.inject("app-alpha", 2, extra={"text": "cut \ud83d"})
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("POLLER_")},
+        "POLLER_INFOBIP__BASE_URL": configured_simulator.base_url,
+        "POLLER_INFOBIP__API_KEY": "sim-api-key",
+    }
+    out_file = tmp_path / "pulled.jsonl"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "poller",
+        "infobip",
+        "pull",
+        "--limit",
+        "10",
+        "--out",
+        str(out_file),
+        "--json",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    lines = out_file.read_text().splitlines()
+    assert len(lines) == 2
+    assert {json.loads(line)["text"] for line in lines} == {"cut \ud83d"}
+    assert len(json.loads(out)["results"]) == 2

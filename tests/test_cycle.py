@@ -432,3 +432,137 @@ async def test_durability_the_server_cannot_give_fails_the_start_naming_the_sett
         assert await run_once(settings, bootstrap=False) == 1
     spool_lock_free = Spool.open(settings.spool.path, max_rows=10, max_bytes=10**6)
     spool_lock_free.close()
+
+
+async def test_rows_of_a_parked_stream_survive_later_slices_of_other_streams(
+    configured_simulator: Simulator,
+    redis_url: str,
+    redis_client: Redis,
+    key_template: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Tried: a refused stream (WRONGTYPE) whose rows come first, then more slices of another
+    # application: a later slice's commit must not delete the parked rows below it. Slices of
+    # 4 rows stand in for the real 5,000 so that a few messages cross several slices.
+    import poller.cycle
+
+    monkeypatch.setattr(poller.cycle, "FLUSH_ROWS", 4)
+    settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
+    await redis_client.set(settings.stream_key("app-beta"), "not a stream")
+    configured_simulator.inject_raw([message("app-beta", n) for n in range(10)])
+    configured_simulator.inject_raw([message("app-alpha", n) for n in range(13)])
+    configured_simulator.inject_raw(
+        [{"applicationCode": "app-beta", "text": "no id"}, {"text": "no app either"}]
+    )
+    await redis_client.set(settings.stream_key("app-beta") + ":dead", "not a stream")
+    rt = await Runtime.open(settings)
+    try:
+        await rt.cycle.run()
+        stats = rt.spool.stats()
+        assert stats.rows == 10  # app-beta's, every one of them
+        assert stats.quarantine_pending == 1  # app-beta's dead letter waits too
+        assert await redis_client.xlen(settings.stream_key("app-alpha")) == 13
+
+        await redis_client.delete(settings.stream_key("app-beta"))
+        await redis_client.delete(settings.stream_key("app-beta") + ":dead")
+        await rt.cycle.run()
+        assert rt.spool.stats().rows == 0
+        assert rt.spool.stats().quarantine_pending == 0
+    finally:
+        await rt.close()
+    beta = await stream_entries(redis_client, settings.stream_key("app-beta"))
+    assert [e["id"] for e in beta] == [f"app-beta-msg-{n:05d}" for n in range(10)]
+
+
+async def test_unstorable_text_in_any_field_loses_no_message(
+    configured_simulator: Simulator,
+    redis_url: str,
+    redis_client: Redis,
+    key_template: str,
+    tmp_path: Path,
+) -> None:
+    # Tried: lone surrogates in receivedAt (a message) and in applicationCode (not routable:
+    # quarantined), among ordinary messages.
+    odd_time = message("app-alpha", 2)
+    odd_time["receivedAt"] = "2026-11-26T14:48:46.123+0000\udc80"
+    odd_app = message("app-alpha", 3)
+    odd_app["applicationCode"] = "app-\ud800"
+    configured_simulator.inject_raw([message("app-alpha", 1), odd_time, odd_app])
+    settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
+    assert await run_once(settings, bootstrap=False) == 0
+    entries = await stream_entries(redis_client, settings.stream_key("app-alpha"))
+    assert [e["id"] for e in entries] == ["app-alpha-msg-00001", "app-alpha-msg-00002"]
+    assert json.loads(entries[1]["payload"])["receivedAt"] == odd_time["receivedAt"]
+    dead = await stream_entries(redis_client, settings.stream_key("unknown") + ":dead")
+    assert len(dead) == 1
+    assert "applicationCode" in dead[0]["reason"]
+
+
+async def test_last_good_poll_is_not_stamped_while_redis_refuses_the_writes(
+    configured_simulator: Simulator,
+    own_redis: EmbeddedRedis,
+    key_template: str,
+    tmp_path: Path,
+) -> None:
+    # Tried: pulls work but Redis is gone: readiness must not keep saying all is well.
+    settings = make_settings(
+        configured_simulator,
+        own_redis.url,
+        tmp_path,
+        key_template,
+        redis={"socket_timeout": 1.0},
+    )
+    rt = await Runtime.open(settings)
+    try:
+        configured_simulator.inject("app-alpha", 5)
+        await rt.cycle.run()
+        first = rt.cycle.last_success
+        assert first is not None
+        own_redis.kill()
+        configured_simulator.inject("app-alpha", 5)
+        result = await rt.cycle.run()
+        assert result.pulled == 5
+        assert rt.cycle.last_success == first
+    finally:
+        await rt.close()
+
+
+async def test_a_stop_gives_up_a_batch_the_spool_refuses_by_the_deadline_and_logs_it(
+    configured_simulator: Simulator,
+    redis_url: str,
+    key_template: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Tried: disk full while a pulled batch waits in memory, then a stop with 3 s left: the
+    # cycle must end by the deadline (the supervisor's SIGKILL comes next) with the batch in
+    # the log, and say so.
+    import asyncio
+    import time
+
+    settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
+    rt = await Runtime.open(settings)
+    try:
+        conn = rt.spool._conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        configured_simulator.inject("app-alpha", 7)
+        task = asyncio.create_task(rt.cycle.run())
+        for _ in range(100):
+            if rt.cycle.spool_error:
+                break
+            await asyncio.sleep(0.05)
+        assert rt.cycle.spool_error is not None
+        rt.begin_stop(time.monotonic() + 3.0)
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - started < 3.0
+        assert rt.cycle.abandoned == 7
+    finally:
+        await rt.close()
+    logged = capsys.readouterr().out
+    for message_id in configured_simulator.ledger.ids():
+        assert message_id in logged

@@ -510,3 +510,24 @@ async def test_wrong_credentials_without_applications_stop_the_daemon(
     text = (out + err).decode()
     assert "refused the credentials" in text
     assert "not-the-key" not in text
+
+
+async def test_run_refuses_a_grace_period_too_short_for_a_pull(tmp_path: Path) -> None:
+    # Tried: POLLER_SCHEDULE__GRACE_PERIOD=10 with a 30 s read timeout: a stop could not let
+    # the pull in flight finish, so `poller run` refuses to start (exit 2, naming both).
+    proc = await asyncio.create_subprocess_exec(
+        *poller_command("run"),
+        env={
+            "PATH": "/usr/bin:/bin",
+            "POLLER_SCHEDULE__GRACE_PERIOD": "10",
+            "POLLER_INFOBIP__READ_TIMEOUT": "30",
+            "POLLER_INFOBIP__API_KEY": "k",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    _out, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert "POLLER_SCHEDULE__GRACE_PERIOD" in err.decode()
+    assert "POLLER_INFOBIP__READ_TIMEOUT" in err.decode()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import base64
 import os
+import sys
+import tempfile
 from datetime import UTC, datetime
 from typing import Any
 
 from poller.cli.output import emit_json, error, table, warn
+from poller.cycle import encode_item
 from poller.infobip import (
     Action,
     ActionRequest,
@@ -222,7 +225,7 @@ async def _pull(client: InfobipClient, args: argparse.Namespace) -> int:
         # Written and fsynced before anything is printed: these messages exist nowhere else.
         try:
             await asyncio.to_thread(_append_jsonl, args.out, response.results)
-        except OSError as exc:
+        except Exception as exc:  # any failure: the messages must still reach the user
             # Could not keep them in the file: print them all, so they are not lost.
             emit_json({"results": response.results, "pulledAt": pulled_at})
             raise InfobipError(
@@ -253,19 +256,26 @@ async def _pull(client: InfobipClient, args: argparse.Namespace) -> int:
 
 
 def _save_raw(body: bytes) -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    path = os.path.abspath(f"infobip-pull-{stamp}.raw")
-    with open(path, "wb") as out:
-        out.write(body)
-        out.flush()
-        os.fsync(out.fileno())
-    return path
+    name = f"infobip-pull-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.raw"
+    for folder in (os.getcwd(), tempfile.gettempdir()):
+        path = os.path.join(folder, name)
+        try:
+            with open(path, "wb") as out:
+                out.write(body)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError:
+            continue
+        return path
+    # Nowhere to write: the bytes go to the terminal, so they are not lost.
+    sys.stdout.write(base64.b64encode(body).decode("ascii") + "\n")
+    return "the base64 text printed above"
 
 
 def _append_jsonl(path: str, items: list[Any]) -> None:
     with open(path, "a", encoding="utf-8") as out:
         for item in items:
-            out.write(json.dumps(item, ensure_ascii=False) + "\n")
+            out.write(encode_item(item) + "\n")
         out.flush()
         os.fsync(out.fileno())
 

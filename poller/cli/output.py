@@ -26,8 +26,13 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO | N
 
 
 def emit_json(value: Any, out: TextIO | None = None) -> None:
-    """Print one JSON document."""
-    (out or sys.stdout).write(json.dumps(value, ensure_ascii=False, indent=2, default=str) + "\n")
+    """Print one JSON document (escaped ASCII where text has no UTF-8 form)."""
+    text = json.dumps(value, ensure_ascii=False, indent=2, default=str)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = json.dumps(value, indent=2, default=str)
+    (out or sys.stdout).write(text + "\n")
 
 
 def error(message: str) -> None:

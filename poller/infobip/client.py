@@ -433,7 +433,12 @@ class InfobipClient:
         else:
             ceiling = min(self.settings.backoff_max, self.settings.backoff_base * 2**attempt)
             delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-        await asyncio.sleep(delay)
+        # A stop cuts the wait short: nothing is in flight, and the grace period is short.
+        until = time.monotonic() + delay
+        while (left := until - time.monotonic()) > 0:
+            if self.stopping:
+                raise TransportError("not retried: the poller is stopping")
+            await asyncio.sleep(min(left, 0.25))
 
     @staticmethod
     def _model(model: type[M], body: bytes, operation: str) -> M:
