@@ -241,66 +241,30 @@ def test_config_show_masks_a_redis_password_in_the_url_in_both_forms() -> None:
 
 
 async def test_a_garbled_pull_by_hand_keeps_the_bytes_in_a_file(
-    configured_simulator: Simulator, tmp_path: Path
+    configured_simulator: Simulator, run: Any, tmp_path: Path
 ) -> None:
     # Tried: `poller infobip pull` while Infobip answers with a body that is not JSON.
     configured_simulator.inject("app-alpha", 5)
     configured_simulator.add_fault("invalid_json", count=1, path="/push/1/inbox/reports")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("POLLER_")},
-        "POLLER_INFOBIP__BASE_URL": configured_simulator.base_url,
-        "POLLER_INFOBIP__API_KEY": "sim-api-key",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "poller",
-        "infobip",
-        "pull",
-        "--limit",
-        "10",
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _out, err = await proc.communicate()
-    assert proc.returncode == 1
+    result = await run(configured_simulator, "infobip", "pull", "--limit", "10")
+    assert result.code == 1
     saved = list(tmp_path.glob("infobip-pull-*.raw"))
     assert len(saved) == 1
-    assert str(saved[0]) in err.decode()
+    assert str(saved[0]) in result.err
     assert saved[0].read_bytes()
 
 
 async def test_pull_out_keeps_a_message_with_half_an_emoji(
-    configured_simulator: Simulator, tmp_path: Path
+    configured_simulator: Simulator, run: Any, tmp_path: Path
 ) -> None:
     # Tried: `poller infobip pull --out` when one message's text ends in a lone surrogate.
     configured_simulator.inject("app-alpha", 2, extra={"text": "cut \ud83d"})
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("POLLER_")},
-        "POLLER_INFOBIP__BASE_URL": configured_simulator.base_url,
-        "POLLER_INFOBIP__API_KEY": "sim-api-key",
-    }
     out_file = tmp_path / "pulled.jsonl"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "poller",
-        "infobip",
-        "pull",
-        "--limit",
-        "10",
-        "--out",
-        str(out_file),
-        "--json",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    result = await run(
+        configured_simulator, "infobip", "pull", "--limit", "10", "--out", str(out_file), "--json"
     )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
+    assert result.code == 0, result.err
     lines = out_file.read_text().splitlines()
     assert len(lines) == 2
     assert {json.loads(line)["text"] for line in lines} == {"cut \ud83d"}
-    assert len(json.loads(out)["results"]) == 2
+    assert len(result.json()["results"]) == 2

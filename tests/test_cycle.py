@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from poller.cycle import PollCycle
+from poller.cycle import CycleResult, PollCycle
 from poller.daemon import run_once
 from poller.embedded import EmbeddedRedis
 from poller.infobip import InfobipClient
@@ -18,6 +19,24 @@ from poller.spool import Spool
 from tests.support import ids_at, ids_in_streams, make_settings, stream_entries
 
 APPS = ["app-alpha", "app-beta", "app-gamma"]
+
+
+async def cycle_held_by_a_full_disk(
+    rt: Runtime, sim: Simulator, count: int
+) -> asyncio.Task[CycleResult]:
+    """Start a cycle that pulls `count` messages into a spool that may not grow (SQLite's own
+    "database or disk is full", from a capped page count); return once it holds them."""
+    conn = rt.spool._conn
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    sim.inject("app-alpha", count)
+    task = asyncio.create_task(rt.cycle.run())
+    for _ in range(100):
+        if rt.cycle.spool_error:
+            break
+        await asyncio.sleep(0.05)
+    assert rt.cycle.spool_error is not None
+    return task
 
 
 def message(app: str, n: int) -> dict[str, object]:
@@ -321,26 +340,15 @@ async def test_disk_full_holds_the_pulled_batch_until_the_spool_takes_it(
 ) -> None:
     # Tried: the spool file may not grow (SQLite's own "database or disk is full", produced by
     # capping the page count) when a pull returns 200 messages; then space comes back.
-    import asyncio
-
     settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
     rt = await Runtime.open(settings)
     try:
-        conn = rt.spool._conn
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        conn.execute(f"PRAGMA max_page_count = {pages}")
-        configured_simulator.inject("app-alpha", 200)
-        task = asyncio.create_task(rt.cycle.run())
-        for _ in range(100):
-            if rt.cycle.spool_error:
-                break
-            await asyncio.sleep(0.05)
-        assert rt.cycle.spool_error is not None
+        task = await cycle_held_by_a_full_disk(rt, configured_simulator, 200)
         assert "full" in rt.cycle.spool_error
         assert configured_simulator.inbox_depth == 0  # handed out: only our memory has them
         assert not task.done()
 
-        conn.execute("PRAGMA max_page_count = 1073741823")
+        rt.spool._conn.execute("PRAGMA max_page_count = 1073741823")
         result = await asyncio.wait_for(task, timeout=30)
         assert result.pulled == 200
         assert rt.cycle.spool_error is None
@@ -538,22 +546,12 @@ async def test_a_stop_gives_up_a_batch_the_spool_refuses_by_the_deadline_and_log
     # Tried: disk full while a pulled batch waits in memory, then a stop with 3 s left: the
     # cycle must end by the deadline (the supervisor's SIGKILL comes next) with the batch in
     # the log, and say so.
-    import asyncio
     import time
 
     settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
     rt = await Runtime.open(settings)
     try:
-        conn = rt.spool._conn
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        conn.execute(f"PRAGMA max_page_count = {pages}")
-        configured_simulator.inject("app-alpha", 7)
-        task = asyncio.create_task(rt.cycle.run())
-        for _ in range(100):
-            if rt.cycle.spool_error:
-                break
-            await asyncio.sleep(0.05)
-        assert rt.cycle.spool_error is not None
+        task = await cycle_held_by_a_full_disk(rt, configured_simulator, 7)
         rt.begin_stop(time.monotonic() + 3.0)
         started = time.monotonic()
         task.cancel()
