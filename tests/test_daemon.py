@@ -531,3 +531,30 @@ async def test_run_refuses_a_grace_period_too_short_for_a_pull(tmp_path: Path) -
     assert proc.returncode == 2
     assert "POLLER_SCHEDULE__GRACE_PERIOD" in err.decode()
     assert "POLLER_INFOBIP__READ_TIMEOUT" in err.decode()
+
+
+async def test_a_cron_schedule_runs_its_first_cycle_at_start(
+    simulator_factory: SimulatorFactory,
+    redis_url: str,
+    key_template: str,
+    tmp_path: Path,
+    processes: list[PollerProcess],
+) -> None:
+    # Tried: POLLER_SCHEDULE__CRON set to an hourly expression: the daemon must not wait for
+    # the hour to drain what is already waiting.
+    sim = await simulator_factory(applications=APPS, auto_configure=True)
+    sim.inject("app-gamma", 25)
+    settings = daemon_settings(
+        sim, redis_url, tmp_path, key_template, schedule={"cron": "0 * * * *"}
+    )
+    poller = PollerProcess(settings, tmp_path / "poller.log")
+    processes.append(poller)
+    await poller.start()
+    await poller.wait_ready(200)
+
+    async def drained() -> bool:
+        return len(await ids_at(redis_url, key_template)) == 25
+
+    await wait_for(drained, timeout=15)
+    poller.signal(signal.SIGTERM)
+    assert await poller.wait() == 0
