@@ -76,9 +76,20 @@ class PollerProcess:
             await self.proc.wait()
 
 
+class Processes(list[PollerProcess]):
+    """The pollers a test started; all are killed after it."""
+
+    async def start(self, settings: Settings, log_path: Path) -> PollerProcess:
+        """Start `poller run` with these settings and track it."""
+        poller = PollerProcess(settings, log_path)
+        self.append(poller)
+        await poller.start()
+        return poller
+
+
 @pytest.fixture
-async def processes() -> AsyncIterator[list[PollerProcess]]:
-    started: list[PollerProcess] = []
+async def processes() -> AsyncIterator[Processes]:
+    started = Processes()
     yield started
     for p in started:
         await p.kill()
@@ -113,15 +124,13 @@ async def test_readiness_follows_redis_and_turns_503_on_sigterm_before_exit(
     own_redis: EmbeddedRedis,
     key_template: str,
     tmp_path: Path,
-    processes: list[PollerProcess],
+    processes: Processes,
 ) -> None:
     # Tried as an operator would: Redis stopped and restarted under a running daemon, then a
     # SIGTERM while a slow pull is in flight.
     sim = await simulator_factory(applications=APPS)
     settings = daemon_settings(sim, own_redis.url, tmp_path, key_template)
-    poller = PollerProcess(settings, tmp_path / "poller.log")
-    processes.append(poller)
-    await poller.start()
+    poller = await processes.start(settings, tmp_path / "poller.log")
     await poller.wait_ready(200)
 
     sim.inject("app-alpha", 50)
@@ -200,7 +209,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
     redis_url: str,
     key_template: str,
     tmp_path: Path,
-    processes: list[PollerProcess],
+    processes: Processes,
 ) -> None:
     # Tried: a steadily producing Infobip (150 msg/s over three applications), `poller run`
     # SIGKILLed five times at random moments and restarted each time, then drained.
@@ -209,17 +218,13 @@ async def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
     settings = daemon_settings(sim, redis_url, tmp_path, key_template, infobip={"pull_limit": 100})
     kills: list[float] = []
     for _round in range(5):
-        poller = PollerProcess(settings, tmp_path / "poller.log")
-        processes.append(poller)
-        await poller.start()
+        poller = await processes.start(settings, tmp_path / "poller.log")
         await asyncio.sleep(rng.uniform(1.0, 3.0))
         kills.append(time.time())
         await poller.kill()
 
     sim.set_rate(0)
-    poller = PollerProcess(settings, tmp_path / "poller.log")
-    processes.append(poller)
-    await poller.start()
+    poller = await processes.start(settings, tmp_path / "poller.log")
     await poller.wait_ready(200, timeout=30)
     redis = Redis.from_url(redis_url)
     try:
@@ -284,7 +289,7 @@ async def test_operator_view_metrics_check_status_and_systemd_notify_agree(
     own_redis: EmbeddedRedis,
     key_template: str,
     tmp_path: Path,
-    processes: list[PollerProcess],
+    processes: Processes,
 ) -> None:
     # Tried as an operator would: the daemon under a notify socket; /metrics, `poller check`
     # and `poller status` read while it works and while Redis is stopped.
@@ -385,16 +390,14 @@ async def test_sigterm_while_draining_a_large_inbox_stops_after_the_current_pull
     redis_url: str,
     key_template: str,
     tmp_path: Path,
-    processes: list[PollerProcess],
+    processes: Processes,
 ) -> None:
     # Tried: 3,000 messages pulled 10 at a time (a 30 s drain at 10 requests/s), SIGTERM after
     # 2 s: the stop must not wait for the drain, and what was handed out must be in Redis.
     sim = await simulator_factory(applications=APPS, auto_configure=True)
     sim.inject("app-alpha", 3000)
     settings = daemon_settings(sim, redis_url, tmp_path, key_template, infobip={"pull_limit": 10})
-    poller = PollerProcess(settings, tmp_path / "poller.log")
-    processes.append(poller)
-    await poller.start()
+    poller = await processes.start(settings, tmp_path / "poller.log")
     await poller.wait_ready(200)
     await asyncio.sleep(2.0)
     stopped_at = time.monotonic()
@@ -412,15 +415,13 @@ async def test_sigterm_while_the_answer_of_a_pull_is_on_its_way_keeps_its_messag
     redis_url: str,
     key_template: str,
     tmp_path: Path,
-    processes: list[PollerProcess],
+    processes: Processes,
 ) -> None:
     # Tried: Infobip has taken 40 messages out of the inbox for a pull whose answer arrives
     # 2.5 s later (a slow network); SIGTERM lands in between. The stop must wait for it.
     sim = await simulator_factory(applications=APPS, auto_configure=True)
     settings = daemon_settings(sim, redis_url, tmp_path, key_template)
-    poller = PollerProcess(settings, tmp_path / "poller.log")
-    processes.append(poller)
-    await poller.start()
+    poller = await processes.start(settings, tmp_path / "poller.log")
     await poller.wait_ready(200)
     sim.add_fault("slow_answer", count=1, path="/push/1/inbox/reports", delay=2.5)
     sim.inject("app-beta", 40)
@@ -538,7 +539,7 @@ async def test_a_cron_schedule_runs_its_first_cycle_at_start(
     redis_url: str,
     key_template: str,
     tmp_path: Path,
-    processes: list[PollerProcess],
+    processes: Processes,
 ) -> None:
     # Tried: POLLER_SCHEDULE__CRON set to an hourly expression: the daemon must not wait for
     # the hour to drain what is already waiting.
@@ -547,9 +548,7 @@ async def test_a_cron_schedule_runs_its_first_cycle_at_start(
     settings = daemon_settings(
         sim, redis_url, tmp_path, key_template, schedule={"cron": "0 * * * *"}
     )
-    poller = PollerProcess(settings, tmp_path / "poller.log")
-    processes.append(poller)
-    await poller.start()
+    poller = await processes.start(settings, tmp_path / "poller.log")
     await poller.wait_ready(200)
 
     async def drained() -> bool:
