@@ -482,6 +482,157 @@ async def test_throttle_can_be_disabled(simulator_factory: SimulatorFactory) -> 
     assert {r.status_code for r in responses} == {200}
 
 
+# --- pull delay and bulk backlogs ---------------------------------------------------------
+
+
+async def test_pull_delay_takes_the_messages_then_answers_late(
+    simulator_factory: SimulatorFactory,
+) -> None:
+    sim = await simulator_factory(auto_configure=True, throttle_rps=0, pull_delay=0.4)
+    ids = sim.inject("app-alpha", 3)
+    async with connect(sim) as client:
+        started = time.monotonic()
+        pull = asyncio.create_task(client.get(PULL))
+        await asyncio.sleep(0.2)
+        # Taken when the request arrived, still on its way back.
+        assert not pull.done()
+        assert sim.inbox_depth == 0
+        assert sim.ledger.handed_out == 3
+        body = (await pull).json()
+        assert time.monotonic() - started >= 0.4
+        # Only the pull endpoint is slowed, not the others, nor the control endpoints.
+        started = time.monotonic()
+        assert (await client.get(configs("app-alpha"))).status_code == 200
+        assert (await client.get("/_sim/state")).json()["pullDelay"] == 0.4
+        assert time.monotonic() - started < 0.3
+    assert [m["messageId"] for m in body["results"]] == ids
+
+
+async def test_concurrent_pulls_overlap_their_delays(simulator_factory: SimulatorFactory) -> None:
+    sim = await simulator_factory(auto_configure=True, throttle_rps=0, pull_delay=0.5)
+    ids = sim.inject("app-alpha", 20)
+    async with connect(sim) as client:
+        started = time.monotonic()
+        first, second = await asyncio.gather(
+            client.get(PULL, params={"limit": 10}), client.get(PULL, params={"limit": 10})
+        )
+        elapsed = time.monotonic() - started
+    # Each connection is served by its own task: two pulls take one delay, not two.
+    assert 0.5 <= elapsed < 0.9
+    got = [m["messageId"] for r in (first, second) for m in r.json()["results"]]
+    assert sorted(got) == sorted(ids)
+
+
+async def test_pull_delay_applies_to_refused_pulls_and_can_change(
+    simulator_factory: SimulatorFactory,
+) -> None:
+    sim = await simulator_factory(auto_configure=True, throttle_rps=1, pull_delay=0.3)
+    async with connect(sim) as client:
+        assert (await client.get(PULL)).status_code == 200
+        started = time.monotonic()
+        assert (await client.get(PULL)).status_code == 429  # a round trip all the same
+        assert time.monotonic() - started >= 0.3
+        control = await client.post("/_sim/pull-delay", json={"delay": 0})
+        assert control.json() == {"delay": 0.0}
+        for bad in (-1, "1", True, None):
+            assert (await client.post("/_sim/pull-delay", json={"delay": bad})).status_code == 400
+        await asyncio.sleep(1.0)
+        started = time.monotonic()
+        assert (await client.get(PULL)).status_code == 200
+        assert time.monotonic() - started < 0.3
+    with pytest.raises(ValueError, match="negative"):
+        Simulator(pull_delay=-0.1)
+    with pytest.raises(ValueError, match="negative"):
+        sim.set_pull_delay(-1)
+
+
+def test_simulate_command_takes_a_pull_delay() -> None:
+    parser = argparse.ArgumentParser()
+    simulate_cli.add_arguments(parser)
+    assert parser.parse_args([]).pull_delay == 0.0
+    assert parser.parse_args(["--pull-delay", "0.15"]).pull_delay == 0.15
+    for bad in ("-1", "nan", "inf", "soon"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--pull-delay", bad])
+
+
+async def test_bulk_backlog_serves_documented_messages(
+    configured_simulator: Simulator, openapi: OpenApi
+) -> None:
+    sim = configured_simulator
+    assert sim.inject_bulk("app-alpha", 2500) == 2500
+    plain = sim.inject("app-beta", 2)
+    async with connect(sim) as client:
+        bodies = [(await client.get(PULL, params={"limit": 1000})).json() for _ in range(4)]
+    assert [(b["messageCount"], b["pendingMessageCount"]) for b in bodies] == [
+        (1000, 1502),
+        (1000, 502),
+        (502, 0),
+        (0, 0),
+    ]
+    messages = [m for body in bodies for m in body["results"]]
+    for body in bodies:
+        openapi.validate("receive-push-messages", 200, body)
+    assert len({m["messageId"] for m in messages}) == 2502
+    assert [m["messageId"] for m in messages[-2:]] == plain  # dicts and bytes in one answer
+    for message in messages[:2500]:
+        assert message["applicationCode"] == "app-alpha"
+        assert all(isinstance(message[field], str) and message[field] for field in REQUIRED)
+        assert RECEIVED_AT.fullmatch(message["receivedAt"])
+        uuid.UUID(message["messageId"])
+    assert len({m["text"] for m in messages}) > 5  # several shapes, not one
+    await settled(sim)
+    assert sim.ledger.delivered_ids() == {m["messageId"] for m in messages}
+    state = sim.state()
+    assert state["injected"] == 2502
+    assert state["pullResponses"] == 3
+    assert state["firstPullAt"] <= state["lastPullAt"] <= time.time()
+
+
+async def test_backlog_control_endpoint(simulator: Simulator) -> None:
+    sim = simulator
+    sim.account.configure_pull("app-alpha", callback_data="cb")
+    async with connect(sim, headers={}) as client:
+        made = await client.post("/_sim/backlog", json={"applicationCode": "app-alpha", "count": 7})
+        assert made.json() == {"injected": 7, "inboxDepth": 7}
+        unrouted = await client.post(
+            "/_sim/backlog", json={"applicationCode": "app-beta", "count": 5}
+        )
+        assert unrouted.json() == {"injected": 0, "inboxDepth": 7}
+        missing = await client.post("/_sim/backlog", json={"applicationCode": "nope", "count": 1})
+        assert missing.status_code == 404
+        for bad in ({"count": 1}, {"applicationCode": "app-alpha", "count": -1}):
+            assert (await client.post("/_sim/backlog", json=bad)).status_code == 400
+        body = (await client.get(PULL, headers=AUTH)).json()
+    assert [m["callbackData"] for m in body["results"]] == ["cb"] * 7
+    assert sim.state()["notRouted"] == 5
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
+async def test_a_million_message_backlog_fits(simulator_factory: SimulatorFactory) -> None:
+    sim = await simulator_factory(auto_configure=True, throttle_rps=0)
+    before = _rss_bytes()
+    started = time.monotonic()
+    for app in ("app-alpha", "app-beta", "app-gamma"):
+        sim.inject_bulk(app, 1_000_000 // 3 + (app == "app-alpha"))
+    assert time.monotonic() - started < 30
+    assert sim.inbox_depth == 1_000_000
+    assert _rss_bytes() - before < 1_200_000_000
+    async with connect(sim) as client:
+        started = time.monotonic()
+        for expected in (999_000, 998_000, 997_000):
+            body = (await client.get(PULL, params={"limit": 1000})).json()
+            assert body["pendingMessageCount"] == expected
+        assert time.monotonic() - started < 2
+
+
 # --- faults -------------------------------------------------------------------------------
 
 

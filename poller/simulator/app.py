@@ -18,7 +18,7 @@ from poller.simulator.faults import REFUSING, FaultSet, delay_of, make_fault, re
 from poller.simulator.ledger import Ledger
 from poller.simulator.messages import MessageFactory
 from poller.simulator.replies import forbidden, too_many_requests, unauthorized
-from poller.simulator.routes import TOKEN_PATH, InfobipApi
+from poller.simulator.routes import INBOX_PATH, TOKEN_PATH, InfobipApi
 from poller.simulator.state import Account
 
 log = structlog.get_logger(__name__)
@@ -45,8 +45,13 @@ class Simulator:
         auto_configure: bool = False,
         rate: float = 0.0,
         throttle_rps: float = 10.0,
+        pull_delay: float = 0.0,
         seed: int | None = None,
     ) -> None:
+        """pull_delay: seconds added to every answer of the pull endpoint, as a network
+        round trip would; the messages leave the inbox when the request arrives."""
+        if pull_delay < 0:
+            raise ValueError("pull_delay must not be negative")
         seeds = random.Random(seed)
         self.account = Account(applications, MessageFactory(random.Random(seeds.getrandbits(64))))
         self.ledger = Ledger()
@@ -59,6 +64,7 @@ class Simulator:
         self.throttle = TokenBucket(throttle_rps)
         self.api = InfobipApi(self.account, self.ledger, self.auth)
         self.rate = rate
+        self.pull_delay = pull_delay
         self.auto_configure = auto_configure
         self._server: HttpServer | None = None
         self._generator: asyncio.Task[None] | None = None
@@ -101,6 +107,20 @@ class Simulator:
                 ids.append(str(message["messageId"]))
         return ids
 
+    def inject_bulk(self, app: str, count: int) -> int:
+        """Create count messages for app at once, for a large backlog; returns how many
+        entered the pull inbox (0 when the application has no PULL action).
+
+        The messages are kept as JSON bytes, spliced from a few dozen shapes, so a backlog of
+        1,000,000 takes seconds and well under 1 GB; ids are not returned (the ledger records
+        every id handed out)."""
+        if app not in self.account.applications:
+            raise ValueError(f"application {app!r} does not exist")
+        if count < 0:
+            raise ValueError("count must not be negative")
+        self.account.counters.injected += count
+        return self.account.deliver_bulk(app, count)
+
     def inject_raw(self, messages: list[dict[str, Any]]) -> list[str]:
         """Put messages into the inbox exactly as given (no routing); returns their ledger ids.
 
@@ -136,6 +156,12 @@ class Simulator:
         """Change the background generator's messages per second (0 stops it)."""
         self.rate = max(0.0, rate)
 
+    def set_pull_delay(self, delay: float) -> None:
+        """Change the seconds added to every pull answer (0 for none)."""
+        if delay < 0:
+            raise ValueError("delay must not be negative")
+        self.pull_delay = delay
+
     def revoke_tokens(self) -> int:
         """Invalidate every OAuth2 token; returns how many were live."""
         return self.auth.revoke_all()
@@ -157,6 +183,11 @@ class Simulator:
             faults=self.faults.snapshot(),
             faultsFired=self.faults.fired,
             generatorRate=self.rate,
+            pullDelay=self.pull_delay,
+            throttleRps=self.throttle.rate,
+            pullResponses=self.ledger.responses,
+            firstPullAt=self.ledger.first_at,
+            lastPullAt=self.ledger.last_at,
             tokensIssued=self.auth.issued,
             tokensRevoked=self.auth.revoked,
         )
@@ -165,6 +196,14 @@ class Simulator:
     async def _handle(self, request: Request) -> Response:
         if request.path.startswith(PREFIX):
             return await handle_control(self, request)
+        response = await self._answer(request)
+        if self.pull_delay > 0 and request.path == INBOX_PATH:
+            # The round trip: what the answer holds has left the inbox already. Each connection
+            # is served by its own task, so one pull's wait holds back no other request.
+            await asyncio.sleep(self.pull_delay)
+        return response
+
+    async def _answer(self, request: Request) -> Response:
         self.account.counters.requests += 1
         if request.path != TOKEN_PATH:
             status = self.auth.check(request.headers.get("authorization"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import signal
 
 from poller.simulator.app import Simulator
@@ -15,6 +16,16 @@ def _applications(text: str) -> list[str]:
     if not codes:
         raise argparse.ArgumentTypeError("give at least one application code")
     return codes
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError("give a number of seconds >= 0")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="requests per second before 429, 0 for none (default: %(default)s)",
     )
+    parser.add_argument(
+        "--pull-delay",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="added to every pull answer, as a network round trip; the messages leave the"
+        " inbox when the request arrives (default: %(default)s)",
+    )
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -59,6 +78,7 @@ async def run(args: argparse.Namespace) -> int:
         auto_configure=args.auto_configure,
         rate=args.rate,
         throttle_rps=args.throttle_rps,
+        pull_delay=args.pull_delay,
         seed=args.seed,
     )
     try:

@@ -4,6 +4,9 @@ No auth, no throttle, no faults. Errors answer {"error": "..."} with 400, 404 or
 
 POST   /_sim/messages       {"applicationCode": str, "count": int = 1, "extra": {...}?}
                             or {"messages": [{...}, ...]}           -> {"messageIds": [...]}
+POST   /_sim/backlog        {"applicationCode": str, "count": int}
+                            -> {"injected": int, "inboxDepth": int} (a large backlog at once,
+                            see Simulator.inject_bulk; ids are not listed)
 GET    /_sim/ledger         -> {"responses": [{"n", "messageIds", "completed", "written",
                                                "fault", "at"}], "handedOut": int}
 POST   /_sim/faults         {"kind", "count"? | "rate"?, "path"?, ...params} -> {"faults": [...]}
@@ -12,6 +15,7 @@ GET    /_sim/faults         -> {"faults": [...]}
 DELETE /_sim/faults         -> 204
 GET    /_sim/state          -> Simulator.state()
 POST   /_sim/generator      {"rate": float}                         -> {"rate": float}
+POST   /_sim/pull-delay     {"delay": float}                        -> {"delay": float}
 POST   /_sim/tokens/revoke  -> {"revoked": int}
 POST   /_sim/applications   {"applicationCode": str}                -> {"applicationCode": str}
 """
@@ -36,6 +40,8 @@ async def handle_control(sim: Simulator, request: Request) -> Response:
     try:
         if route == ("POST", "/_sim/messages"):
             return _post_messages(sim, _json_object(request))
+        if route == ("POST", "/_sim/backlog"):
+            return _post_backlog(sim, _json_object(request))
         if route == ("GET", "/_sim/ledger"):
             return json_response(200, sim.ledger.to_json())
         if route == ("POST", "/_sim/faults"):
@@ -53,6 +59,12 @@ async def handle_control(sim: Simulator, request: Request) -> Response:
                 return control_error(400, "rate must be a number >= 0")
             sim.set_rate(float(rate))
             return json_response(200, {"rate": sim.rate})
+        if route == ("POST", "/_sim/pull-delay"):
+            delay = _json_object(request).get("delay")
+            if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+                return control_error(400, "delay must be a number >= 0")
+            sim.set_pull_delay(float(delay))
+            return json_response(200, {"delay": sim.pull_delay})
         if route == ("POST", "/_sim/tokens/revoke"):
             return json_response(200, {"revoked": sim.revoke_tokens()})
         if route == ("POST", "/_sim/applications"):
@@ -93,6 +105,18 @@ def _post_messages(sim: Simulator, body: dict[str, Any]) -> Response:
     if app not in sim.account.applications:
         return control_error(404, f"application {app!r} does not exist")
     return json_response(200, {"messageIds": sim.inject(app, count, extra=extra)})
+
+
+def _post_backlog(sim: Simulator, body: dict[str, Any]) -> Response:
+    app, count = body.get("applicationCode"), body.get("count")
+    if not isinstance(app, str):
+        return control_error(400, "applicationCode is required")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        return control_error(400, "count must be an integer >= 0")
+    if app not in sim.account.applications:
+        return control_error(404, f"application {app!r} does not exist")
+    injected = sim.inject_bulk(app, count)
+    return json_response(200, {"injected": injected, "inboxDepth": sim.inbox_depth})
 
 
 def _post_fault(sim: Simulator, body: dict[str, Any]) -> Response:

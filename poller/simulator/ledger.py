@@ -70,6 +70,21 @@ class Ledger:
         """How many messages left the inbox through the pull endpoint."""
         return self._handed_out
 
+    @property
+    def responses(self) -> int:
+        """How many responses carried messages."""
+        return len(self._entries)
+
+    @property
+    def first_at(self) -> float | None:
+        """Wall-clock time (time.time()) of the first response that carried messages."""
+        return self._entries[0].at if self._entries else None
+
+    @property
+    def last_at(self) -> float | None:
+        """Wall-clock time of the latest response that carried messages."""
+        return self._entries[-1].at if self._entries else None
+
     def ids(self) -> list[str]:
         """Every handed-out message id, in the order they left."""
         return [mid for entry in self._entries for mid in entry.message_ids]

@@ -8,15 +8,19 @@ from typing import Any
 from poller.httpserver import Response
 
 
-def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response; non-ASCII text is sent as UTF-8, as Infobip does."""
+def json_bytes(payload: Any) -> bytes:
+    """Compact JSON; non-ASCII text as UTF-8, as Infobip sends it."""
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     try:
-        body = text.encode()
+        return text.encode()
     except UnicodeEncodeError:
         # A lone surrogate (half an emoji) has no UTF-8 form; JSON's \u escape carries it.
-        body = json.dumps(payload, separators=(",", ":")).encode()
-    return Response(status, body, headers=dict(headers or {}))
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response; non-ASCII text is sent as UTF-8, as Infobip does."""
+    return Response(status, json_bytes(payload), headers=dict(headers or {}))
 
 
 def service_error(

@@ -15,8 +15,21 @@ from poller.httpserver import Request, Response
 from poller.simulator.auth import Authenticator
 from poller.simulator.faults import SPOILING, Fault
 from poller.simulator.ledger import Ledger
-from poller.simulator.replies import bad_request, json_response, no_content, service_error
-from poller.simulator.state import HTTP_FORWARD, PULL, Account, ApiError, invalid_action
+from poller.simulator.replies import (
+    bad_request,
+    json_bytes,
+    json_response,
+    no_content,
+    service_error,
+)
+from poller.simulator.state import (
+    HTTP_FORWARD,
+    PULL,
+    Account,
+    ApiError,
+    InboxMessage,
+    invalid_action,
+)
 
 INBOX_PATH = "/push/1/inbox/reports"
 TOKEN_PATH = "/auth/1/oauth2/token"  # noqa: S105 (a path, not a secret)
@@ -77,14 +90,7 @@ class InfobipApi:
             # Nobody would read the answer (e.g. the client timed out during a latency fault).
             return bad_request("client went away")
         taken = self.account.take(limit)
-        response = json_response(
-            200,
-            {
-                "results": [message for _, message in taken],
-                "messageCount": len(taken),
-                "pendingMessageCount": len(self.account.inbox),
-            },
-        )
+        response = Response(200, _pull_body([m for _, m in taken], len(self.account.inbox)))
         if taken:
             kind = fault.kind if fault is not None and fault.kind in SPOILING else None
             entry = self.ledger.record([ledger_id for ledger_id, _ in taken], kind)
@@ -146,6 +152,17 @@ class InfobipApi:
         return json_response(
             200, {"access_token": token, "expires_in": expires_in, "token_type": "Bearer"}
         )
+
+
+def _pull_body(messages: list[InboxMessage], pending: int) -> bytes:
+    """The pull answer's JSON: messages kept as bytes go in as they are."""
+    if not any(isinstance(message, bytes) for message in messages):
+        return json_bytes(
+            {"results": messages, "messageCount": len(messages), "pendingMessageCount": pending}
+        )
+    results = b",".join(m if isinstance(m, bytes) else json_bytes(m) for m in messages)
+    counts = f'"messageCount":{len(messages)},"pendingMessageCount":{pending}'.encode()
+    return b'{"results":[' + results + b"]," + counts + b"}"
 
 
 def _basic_credentials(header: str) -> tuple[str, str] | None:

@@ -9,6 +9,9 @@ from typing import Any
 
 from poller.simulator.messages import MessageFactory
 
+# A message in the inbox: a dict, or its JSON bytes (bulk backlogs keep them pre-encoded).
+InboxMessage = dict[str, Any] | bytes
+
 PULL = "PULL"
 HTTP_FORWARD = "HTTP_FORWARD"
 ACTION_TYPES = frozenset({PULL, HTTP_FORWARD})
@@ -108,7 +111,7 @@ class Account:
         }
         # Each entry is (ledger id, message): the ledger id is the messageId, or a stand-in
         # for raw test messages that lack one.
-        self.inbox: deque[tuple[str, dict[str, Any]]] = deque()
+        self.inbox: deque[tuple[str, InboxMessage]] = deque()
         self.counters = Counters()
 
     def add_application(self, code: str) -> bool:
@@ -182,13 +185,24 @@ class Account:
         self.inbox.append((str(message["messageId"]), message))
         return True
 
+    def deliver_bulk(self, code: str, count: int) -> int:
+        """Route count new messages of the application at once, pre-encoded; how many entered
+        the inbox (0 when the application has no PULL action)."""
+        application = self.applications.get(code)
+        action = application.pull_action() if application is not None else None
+        if action is None:
+            self.counters.not_routed += count
+            return 0
+        self.inbox.extend(self.factory.encoded(code, count, callback_data=action.callback_data))
+        return count
+
     def new_message(self, code: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """A message for the application, carrying its PULL action's callbackData."""
         action = self.application(code).pull_action()
         callback_data = action.callback_data if action is not None else None
         return self.factory.make(code, callback_data=callback_data, extra=extra)
 
-    def take(self, limit: int) -> list[tuple[str, dict[str, Any]]]:
+    def take(self, limit: int) -> list[tuple[str, InboxMessage]]:
         """The destructive read: remove and return up to limit messages, oldest first."""
         count = min(limit, len(self.inbox))
         return [self.inbox.popleft() for _ in range(count)]
