@@ -1,4 +1,4 @@
-"""The daemon's lifecycle: start, schedule poll cycles, stop gracefully; and burst mode (`once`)."""
+"""The daemon's lifecycle: start, schedule pull drains, stop gracefully; and burst mode (`once`)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,12 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from poller import systemd
-from poller.cycle import CycleResult
 from poller.health import HealthServer, Readiness
 from poller.infobip import AuthError, InfobipError
 from poller.runtime import Runtime
 from poller.settings import Settings, SettingsError
-from poller.sink import SinkError
-from poller.spool import SpoolError
+from poller.sources.pull import DrainResult
+from poller.stop import Stop
 
 log = structlog.get_logger(__name__)
 
@@ -43,12 +42,12 @@ def _install_signals(handler: Callable[[signal.Signals], None]) -> Callable[[], 
 
 
 class Daemon:
-    """`poller run`: bootstrap, then one poll cycle per tick until SIGTERM/SIGINT."""
+    """`poller run`: bootstrap, then one pull drain per tick until SIGTERM/SIGINT."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._stop = asyncio.Event()
-        self._inflight: asyncio.Task[CycleResult] | None = None
+        self.stop = Stop(settings.schedule.grace_period)
+        self._inflight: asyncio.Task[DrainResult] | None = None
         self._failed_apps: list[str] = list(settings.infobip.applications)
         self._last_bootstrap = 0.0
         self.readiness: Readiness | None = None
@@ -56,37 +55,29 @@ class Daemon:
         self.runtime: Runtime | None = None
         self._ready = False
         self._exit_code = 0
-        self._stop_deadline: float | None = None
 
     @property
     def stopping(self) -> bool:
         """True once a stop was requested."""
-        return self._stop.is_set()
+        return self.stop.requested
 
     def request_stop(self, sig: signal.Signals | None = None) -> None:
         """Begin the graceful stop (signal handler)."""
-        if not self._stop.is_set():
+        if self.stop.request(sig.name if sig else None):
             log.info("stop requested", signal=sig.name if sig else None)
-            self._stop_deadline = time.monotonic() + self.settings.schedule.grace_period
             if self.readiness is not None:
                 self.readiness.stopping = True
-            if self.runtime is not None:
-                self.runtime.begin_stop(self._stop_deadline)
-            self._stop.set()
 
     async def run(self) -> int:
         """Run until stopped; 0 on a clean stop."""
-        s = self.settings
         # Signals first: a SIGTERM while Redis is being reached must stop us gracefully too.
         remove_signals = _install_signals(self.request_stop)
         extender = asyncio.create_task(self._extend_start_timeout(), name="systemd-extend")
         try:
-            rt = await Runtime.open_or_report(s)
+            rt = await Runtime.open_or_report(self.settings, self.stop)
             if rt is None:
                 return 1
             self.runtime = rt
-            if self._stop_deadline is not None:
-                rt.begin_stop(self._stop_deadline)
             return await self._run(rt)
         finally:
             extender.cancel()
@@ -101,28 +92,27 @@ class Daemon:
             self.readiness = Readiness(
                 max_poll_age=s.max_poll_age(),
                 redis_check=rt.sink.ping,
-                spool_problem=lambda: rt.cycle.spool_error,
-                stopping=self._stop.is_set(),
+                spool_problem=lambda: rt.source.spool_error,
+                stopping=self.stop.requested,
             )
-            rt.cycle.on_progress = self.readiness.poll_succeeded
+            rt.source.on_progress = self.readiness.poll_succeeded
             if s.health.enabled:
                 self.health = HealthServer(self.readiness, s.health.host, s.health.port)
                 await self.health.start()
                 log.info("health server listening", host=s.health.host, port=self.health.port)
-            # The flush itself runs on if a stop comes (the final flush waits for it).
-            await self._until_stopped(rt.flush_leftovers())
+            rt.start_flushing()
             try:
                 await self._until_stopped(self._bootstrap(rt))
             except AuthError as exc:
                 log.error("infobip refused the credentials; stopping", error=str(exc))
                 return 1
-            if not self._stop.is_set():
+            if not self.stop.requested:
                 scheduler = self._scheduler(rt)
                 scheduler.start()
                 self._ready = True
                 systemd.ready("polling")
                 watchdog = self._start_watchdog()
-                await self._stop.wait()
+                await self.stop.wait()
             return await self._shutdown(rt, scheduler)
         finally:
             if watchdog is not None:
@@ -131,21 +121,13 @@ class Daemon:
                 scheduler.shutdown(wait=False)
             if self.health is not None:
                 await self.health.stop()
-            rows = rt.spool.stats().rows
+            rt.stop_line()
             await rt.close()
-            log.info(
-                "poller stopped",
-                cycles=rt.totals.cycles,
-                pulled=rt.totals.pulled,
-                written=rt.totals.written,
-                quarantined=rt.totals.quarantined,
-                spool_rows=rows,
-            )
 
     async def _until_stopped(self, step: Coroutine[Any, Any, None]) -> None:
         """Run a start-up step unless a stop comes first (then the step is cancelled)."""
         task = asyncio.ensure_future(step)
-        stopped = asyncio.ensure_future(self._stop.wait())
+        stopped = asyncio.ensure_future(self.stop.wait())
         try:
             await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -160,7 +142,7 @@ class Daemon:
     async def _extend_start_timeout(self) -> None:
         # A big spool left from before, or a slow bootstrap, must not make systemd kill a start
         # that is progressing (TimeoutStartSec). Ends when the daemon is ready or stopping.
-        while not self._ready and not self._stop.is_set():
+        while not self._ready and not self.stop.requested:
             systemd.extend_timeout(60)
             await asyncio.sleep(20)
 
@@ -192,7 +174,7 @@ class Daemon:
             trigger,
             args=(rt,),
             id="poll",
-            name="poll cycle",
+            name="pull drain",
             next_run_time=datetime.now(UTC),
             max_instances=1,
             coalesce=True,
@@ -201,22 +183,22 @@ class Daemon:
         return scheduler
 
     async def _tick(self, rt: Runtime) -> None:
-        if self._stop.is_set():
+        if self.stop.requested:
             return
-        # APScheduler cancels its job tasks on shutdown; the cycle runs in a task of our own
+        # APScheduler cancels its job tasks on shutdown; the drain runs in a task of our own
         # so that a stop waits for it instead of cutting it between pull and spool.
-        self._inflight = asyncio.create_task(self._cycle(rt), name="poll-cycle")
+        self._inflight = asyncio.create_task(self._drain(rt), name="pull-drain")
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(self._inflight)
 
-    async def _cycle(self, rt: Runtime) -> CycleResult:
+    async def _drain(self, rt: Runtime) -> DrainResult:
         assert self.readiness is not None
         if self._failed_apps and time.monotonic() - self._last_bootstrap > BOOTSTRAP_RETRY:
             try:
                 await self._bootstrap(rt)
             except AuthError as exc:
                 log.error("infobip refused the credentials", error=str(exc))
-        result = await rt.cycle.run()
+        result = await rt.source.drain()
         rt.totals.add(result)
         self.readiness.spool_full = result.backpressure
         if result.auth_failed and self.readiness.last_poll_ok is None:
@@ -226,9 +208,9 @@ class Daemon:
             self.request_stop()
         stats = rt.spool.stats()
         systemd.status(
-            f"pulled {rt.totals.pulled}, written {rt.totals.written}, spool {stats.rows} rows"
+            f"pulled {rt.totals.pulled}, written {rt.flusher.written}, spool {stats.rows} rows"
             + (", PAUSED: spool full" if result.backpressure else "")
-            + (", redis failing" if result.flush_error else "")
+            + (", redis failing" if rt.flusher.error else "")
         )
         return result
 
@@ -248,36 +230,21 @@ class Daemon:
 
     async def _shutdown(self, rt: Runtime, scheduler: AsyncIOScheduler | None) -> int:
         # One deadline, taken when the stop was asked for: what start-up used of it is gone.
-        deadline = self._stop_deadline or time.monotonic() + self.settings.schedule.grace_period
-        systemd.stopping("finishing the cycle in flight")
+        systemd.stopping("finishing the pulls in flight")
         if scheduler is not None:
             scheduler.pause()
         inflight = self._inflight
         if inflight is not None and not inflight.done():
-            log.info("waiting for the cycle in flight", seconds_left=round(rt.remaining(), 1))
-            # Keep a few seconds of the grace period for the final flush.
-            done, _ = await asyncio.wait({inflight}, timeout=max(0.5, rt.remaining() - 5.0))
-            if not done:
-                log.warning("cycle in flight did not finish within the grace period; cancelling")
-                inflight.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await inflight
+            log.info("waiting for the drain in flight", seconds_left=round(rt.stop.remaining(), 1))
+            # A drain sends no new pull once stopping; its pulls in flight end in rt.finish.
+            await asyncio.wait({inflight}, timeout=max(0.5, rt.stop.remaining() - 5.0))
         if scheduler is not None:
             scheduler.shutdown(wait=False)
-        try:
-            async with asyncio.timeout(max(0.5, deadline - time.monotonic() - 1.0)):
-                await rt.cycle.flush()
-        except (SinkError, SpoolError, TimeoutError) as exc:
-            rows = rt.spool.stats().rows
-            log.warning(
-                "final flush incomplete; the spool keeps the rest for the next start",
-                error=str(exc) or type(exc).__name__,
-                spool_rows=rows,
-            )
-        if rt.cycle.abandoned:
+        await rt.finish()
+        if rt.source.abandoned:
             log.critical(
                 "stopped with pulled messages the spool never took; they are in the log above",
-                messages=rt.cycle.abandoned,
+                messages=rt.source.abandoned,
             )
             return 1
         return self._exit_code
@@ -293,48 +260,45 @@ async def run_daemon(settings: Settings) -> int:
 
 async def run_once(settings: Settings, *, bootstrap: bool = True) -> int:
     """`poller once`: drain the inbox into Redis; 0 only when the spool ends empty."""
-    rt = await Runtime.open_or_report(settings)
+    stop = Stop(settings.schedule.grace_period)
+    rt = await Runtime.open_or_report(settings, stop)
     if rt is None:
         return 1
-    stop = asyncio.Event()
 
-    def request_stop(_sig: signal.Signals) -> None:
-        stop.set()
-        rt.begin_stop(time.monotonic() + settings.schedule.grace_period)
+    def request_stop(sig: signal.Signals) -> None:
+        stop.request(sig.name)
 
     remove_signals = _install_signals(request_stop)
     failed = False
     try:
         rt.start_line()
-        await rt.flush_leftovers()
+        rt.start_flushing()
         if bootstrap:
             reports = await rt.bootstrap(settings.infobip.applications)
             failed = any(not r.ok for r in reports)
-        while not stop.is_set():
-            result = await rt.cycle.run()
+        while not stop.requested:
+            result = await rt.source.drain()
             rt.totals.add(result)
             if result.pull_error:
                 failed = True
                 break
-            if result.flush_error or result.backpressure:
+            if result.backpressure or not result.pending_reported:
                 break
-            if not result.pending_reported:
-                break
-        with contextlib.suppress(SinkError, SpoolError):
-            await rt.cycle.flush()
+        # Done pulling: the same stop a signal gives ends the flusher and the last flush.
+        stop.request("inbox drained")
+        empty = await rt.finish()
+        failed = failed or rt.source.abandoned > 0 or not empty
         stats = rt.spool.stats()
-        failed = failed or rt.cycle.abandoned > 0
-        if stats.rows or stats.quarantine_pending:
+        if not empty:
             log.error(
                 "messages remain in the spool; they will be flushed by the next run",
                 spool_rows=stats.rows,
                 quarantine_pending=stats.quarantine_pending,
             )
-            failed = True
         log.info(
             "once done",
             pulled=rt.totals.pulled,
-            written=rt.totals.written,
+            written=rt.flusher.written,
             quarantined=rt.totals.quarantined,
             spool_rows=stats.rows,
         )

@@ -120,7 +120,7 @@ async def _view(
         f"waiting in its inbox: {simulator.inbox_depth}",
         f"pulled: {totals.pulled if totals else 0}, "
         f"in spool: {spool.rows if spool else 0}, "
-        f"written: {totals.written if totals else 0}, "
+        f"written: {rt.flusher.written if rt is not None else 0}, "
         f"quarantined: {totals.quarantined if totals else 0}",
         "",
     ]

@@ -32,13 +32,13 @@ class Readiness:
     bootstrapped: bool = False
     stopping: bool = False
     spool_full: bool = False
-    last_poll_ok: float | None = None  # time.monotonic() at the end of the last good cycle
+    last_poll_ok: float | None = None  # time.monotonic() of the last good poll
     started: float = field(default_factory=time.monotonic)
     redis_timeout: float = 2.0
     spool_problem: Callable[[], str | None] | None = None  # e.g. disk full while a batch waits
 
     def poll_succeeded(self) -> None:
-        """Record a successful poll cycle now."""
+        """Record a successful poll now."""
         self.last_poll_ok = time.monotonic()
 
     async def evaluate(self) -> dict[str, Check]:

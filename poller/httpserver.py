@@ -42,6 +42,9 @@ class Response:
     truncate_to: int | None = None
     # Send the status line and headers, then close the connection.
     drop_after_headers: bool = False
+    # Send this many body bytes, wait ``pause`` seconds, then send the rest.
+    pause_at: int | None = None
+    pause: float = 0.0
     # Called once: True when the whole response was written and drained, False otherwise.
     on_sent: Callable[[bool], None] | None = None
 
@@ -222,6 +225,11 @@ async def _write(writer: asyncio.StreamWriter, response: Response, keep_alive: b
             writer.write(head)
         elif response.truncate_to is not None:
             writer.write(head + body[: max(0, response.truncate_to)])
+        elif response.pause_at is not None:
+            writer.write(head + body[: response.pause_at])
+            await writer.drain()
+            await asyncio.sleep(response.pause)
+            writer.write(body[response.pause_at :])
         else:
             writer.write(head + body)
         await writer.drain()

@@ -121,6 +121,6 @@ def configure(
     root.setLevel(max(numeric, logging.WARNING) if numeric < logging.WARNING else numeric)
     # httpx logs every request at INFO, with the URL; our own lines say what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    # APScheduler warns at every tick that finds the previous (draining) cycle still running;
-    # the daemon logs each cycle itself.
+    # APScheduler warns at every tick that finds the previous drain still running;
+    # the daemon logs each drain itself.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)

@@ -87,7 +87,9 @@ PULLS = _counter(
     ["outcome"],
 )
 POLL_CYCLE_SECONDS = _histogram(
-    "poller_poll_cycle_seconds", "Duration of one poll cycle (pulls and flushes).", _CYCLE_BUCKETS
+    "poller_poll_cycle_seconds",
+    "Duration of one pull drain (its pulls and their spool appends).",
+    _CYCLE_BUCKETS,
 )
 FLUSH_SECONDS = _histogram(
     "poller_flush_seconds", "Duration of one spool-to-Redis flush.", _LATENCY_BUCKETS
@@ -117,7 +119,7 @@ REDIS_RECONNECTS = _counter("poller_redis_reconnects", "Reconnections to Redis."
 REDIS_ERRORS = _counter("poller_redis_errors", "Failed Redis commands (each retry counts).")
 LAST_SUCCESSFUL_POLL = _gauge(
     "poller_last_successful_poll_timestamp_seconds",
-    "Unix time of the end of the last successful poll cycle.",
+    "Unix time of the last pull that worked and whose rows reached Redis.",
 )
 BACKPRESSURE_ACTIVE = _gauge(
     "poller_backpressure_active", "1 while pulling is paused because the spool is at its cap."

@@ -1,30 +1,33 @@
-"""The components one process runs with (spool, sink, client, poll cycle), opened and closed
-together; shared by the daemon, burst mode and `poller status`."""
+"""The components one process runs with, opened and closed together: spool and its journal,
+sink, Infobip client, flusher and pull source; shared by the daemon, burst mode and status."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from dataclasses import dataclass, field
 
 import structlog
 
 from poller import __version__, metrics
 from poller.bootstrap import AppReport, bootstrap
-from poller.cycle import CycleResult, PollCycle
+from poller.flusher import Flusher
 from poller.infobip import InfobipClient
+from poller.journal import Journal, JournalError
 from poller.settings import Settings
-from poller.sink import Sink, SinkConfigError, SinkError, redact_url
+from poller.sink import SinkConfigError, SinkError
+from poller.sink.redis import RedisSink
+from poller.sources.pull import DrainResult, PullSource, salvage
 from poller.spool import Spool, SpoolError
+from poller.stop import Stop
 
 log = structlog.get_logger(__name__)
 
 
-def make_sink(settings: Settings, instance_id: str) -> Sink:
+def make_sink(settings: Settings, instance_id: str) -> RedisSink:
     """The Redis sink the settings describe."""
     r = settings.redis
-    return Sink(
+    return RedisSink(
         url=r.url,
         password=r.password.get_secret_value() if r.password else None,
         mode=r.mode,
@@ -47,16 +50,14 @@ def make_sink(settings: Settings, instance_id: str) -> Sink:
 class Totals:
     """Counts for the stop line."""
 
-    cycles: int = 0
+    drains: int = 0
     pulled: int = 0
-    written: int = 0
     quarantined: int = 0
 
-    def add(self, result: CycleResult) -> None:
-        """Add one cycle's counts."""
-        self.cycles += 1
+    def add(self, result: DrainResult) -> None:
+        """Add one drain's counts."""
+        self.drains += 1
         self.pulled += result.pulled
-        self.written += result.written
         self.quarantined += result.quarantined
 
 
@@ -65,16 +66,22 @@ class Runtime:
     """The components one process runs with; opened together, closed together."""
 
     settings: Settings
+    stop: Stop
     spool: Spool
-    sink: Sink
+    sink: RedisSink
     client: InfobipClient
-    cycle: PollCycle
+    flusher: Flusher
+    source: PullSource
     totals: Totals = field(default_factory=Totals)
     redis_server: str | None = None
+    _flushing: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, settings: Settings) -> Runtime:
-        """Open the spool (fails on an unusable one), the sink and the client."""
+    async def open(cls, settings: Settings, stop: Stop | None = None) -> Runtime:
+        """Open the spool (fails on an unusable one) and spool what its journal holds from
+        an earlier run; then the sink and the client. ``stop``: the process' stop (a new one
+        with the grace period of the settings when not given)."""
+        stop = stop or Stop(settings.schedule.grace_period)
         spool = await asyncio.to_thread(
             Spool.open,
             settings.spool.path,
@@ -82,19 +89,28 @@ class Runtime:
             max_bytes=settings.spool.max_bytes,
         )
         try:
+            journal = Journal.beside(spool.path)
+            await asyncio.to_thread(salvage, spool, journal)
             sink = make_sink(settings, spool.instance_id)
-            client = InfobipClient(settings.infobip, on_retry=_count_retry)
+            client = InfobipClient(settings.infobip, on_retry=_count_retry, stop=stop)
+        except JournalError as exc:
+            spool.close()
+            raise SpoolError(str(exc)) from exc
         except BaseException:
             spool.close()
             raise
-        cycle = PollCycle(
+        flusher = Flusher(spool, sink, stop)
+        source = PullSource(
             client,
             spool,
-            sink,
+            journal,
+            flusher,
+            stop,
             pull_limit=settings.infobip.pull_limit,
             max_pulls=settings.schedule.max_pulls_per_cycle,
+            in_flight=settings.infobip.pulls_in_flight,
         )
-        runtime = cls(settings, spool, sink, client, cycle)
+        runtime = cls(settings, stop, spool, sink, client, flusher, source)
         metrics.set_info(__version__, spool.instance_id)
         try:
             runtime.redis_server = await sink.connect()
@@ -105,33 +121,57 @@ class Runtime:
             log.warning("redis not reachable at start; messages wait in the spool", error=str(exc))
         return runtime
 
-    def begin_stop(self, deadline: float) -> None:
-        """No new pull from now on; what is in flight must end by `deadline` (monotonic)."""
-        self.cycle.stopping = True
-        self.cycle.stop_deadline = deadline
-        self.client.stopping = True
-
-    def remaining(self) -> float:
-        """Seconds left before the stop deadline (the grace period when none is set)."""
-        if self.cycle.stop_deadline is None:
-            return self.settings.schedule.grace_period
-        return max(0.0, self.cycle.stop_deadline - time.monotonic())
-
     @classmethod
-    async def open_or_report(cls, settings: Settings) -> Runtime | None:
+    async def open_or_report(cls, settings: Settings, stop: Stop) -> Runtime | None:
         """`open`, or None after one clear log line when the spool or Redis cannot be used."""
         try:
-            return await cls.open(settings)
+            return await cls.open(settings, stop)
         except SpoolError as exc:
             log.error("cannot open the spool", error=str(exc))
         except SinkConfigError as exc:
             log.error("redis cannot honour the settings", error=str(exc))
         return None
 
+    def start_flushing(self) -> None:
+        """Start the flusher (it begins with what a previous run left in the spool)."""
+        stats = self.spool.stats()
+        if stats.rows or stats.quarantine_pending:
+            log.info(
+                "flushing what the spool holds from before",
+                rows=stats.rows,
+                quarantined=stats.quarantine_pending,
+            )
+        self._flushing = asyncio.create_task(self.flusher.run(), name="flusher")
+
+    async def finish(self) -> bool:
+        """After a stop was asked for: let the pulls in flight be spooled, end the flusher,
+        then flush what is left, all by the stop deadline. True when the spool is empty."""
+        await self.source.settle(max(0.5, self.stop.remaining() - 3.0))
+        if self._flushing is not None:
+            _done, late = await asyncio.wait({self._flushing}, timeout=self.stop.remaining())
+            for task in late:
+                task.cancel()
+            self._flushing = None
+        try:
+            async with asyncio.timeout(max(0.5, self.stop.remaining() - 1.0)):
+                await self.flusher.flush(retry_parked=True)
+        except (SinkError, SpoolError, TimeoutError) as exc:
+            log.warning(
+                "final flush incomplete; the spool keeps the rest for the next start",
+                error=str(exc) or type(exc).__name__,
+                spool_rows=self.spool.stats().rows,
+            )
+        stats = self.spool.stats()
+        return not stats.rows and not stats.quarantine_pending
+
     async def close(self) -> None:
         """Close everything; safe to call once at the end."""
-        # Whatever flush a stop gave up on may finish in the time the grace period has left.
-        await self.cycle.settle(grace=max(0.5, self.remaining() - 0.5))
+        if self._flushing is not None:
+            self._flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._flushing
+            self._flushing = None
+        await self.source.settle(max(0.5, self.stop.remaining() - 0.5))
         with contextlib.suppress(Exception):
             await self.client.aclose()
         with contextlib.suppress(Exception):
@@ -149,32 +189,25 @@ class Runtime:
             infobip=s.infobip.base_url,
             auth=s.infobip.auth,
             applications=s.infobip.applications,
-            redis=redact_url(s.redis.url),
+            redis=self.sink.describe(),
             redis_server=self.redis_server,
-            redis_mode=s.redis.mode,
             durability=s.redis.durability,
             stream_key_template=s.redis.stream_key_template,
             spool=str(s.spool.path),
             spool_rows=stats.rows,
+            pulls_in_flight=s.infobip.pulls_in_flight,
             schedule=s.schedule.cron or f"every {s.schedule.interval:g}s ±{s.schedule.jitter:g}s",
         )
 
-    async def flush_leftovers(self) -> None:
-        """Flush what a previous run left in the spool."""
-        stats = self.spool.stats()
-        if stats.rows == 0 and stats.quarantine_pending == 0:
-            return
-        log.info("flushing what the spool holds from before", rows=stats.rows)
-        try:
-            result = await self.cycle.flush()
-        except (SinkError, SpoolError) as exc:
-            log.warning("could not flush the spool yet", error=str(exc))
-            return
+    def stop_line(self) -> None:
+        """One line at stop: counts."""
         log.info(
-            "spool flushed",
-            written=result.total_written,
-            skipped_as_already_written=result.skipped,
-            dead_lettered=result.dead_lettered,
+            "poller stopped",
+            drains=self.totals.drains,
+            pulled=self.totals.pulled,
+            written=self.flusher.written,
+            quarantined=self.totals.quarantined,
+            spool_rows=self.spool.stats().rows,
         )
 
     async def bootstrap(self, apps: list[str]) -> list[AppReport]:

@@ -93,6 +93,13 @@ class InfobipSettings(_Section):
         description="Bootstrap deletes an existing HTTP_FORWARD action (else only warns).",
     )
     pull_limit: int = Field(1000, ge=1, le=1000, description="Messages per pull (1..1000).")
+    pulls_in_flight: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="Pulls a drain keeps going at once (overlapping round trips; the rate"
+        " limit still spaces every call).",
+    )
     rate_limit: float = Field(
         10.0, gt=0, le=1000, description="Requests per second to Infobip, all calls together."
     )
@@ -213,13 +220,13 @@ class SpoolSettings(_Section):
 class ScheduleSettings(_Section):
     """When to poll, and how long a stop may take."""
 
-    interval: float = Field(5.0, gt=0, description="Seconds between poll cycles.")
-    jitter: float = Field(1.0, ge=0, description="Random extra delay per cycle, seconds.")
+    interval: float = Field(5.0, gt=0, description="Seconds between pull drains (scheduler ticks).")
+    jitter: float = Field(1.0, ge=0, description="Random extra delay per tick, seconds.")
     cron: str | None = Field(
         None, description="Cron expression (5 fields); replaces interval when set."
     )
     max_pulls_per_cycle: int = Field(
-        1000, ge=1, description="Drain at most this many pulls in one cycle."
+        1000, ge=1, description="Drain at most this many pulls per tick."
     )
     grace_period: float = Field(
         25.0, gt=0, description="Seconds a stop may take (match terminationGracePeriodSeconds)."
@@ -319,8 +326,10 @@ class Settings(BaseSettings):
         ]
 
     def stream_key(self, app: str) -> str:
-        """The stream key for one application."""
-        return self.redis.stream_key_template.replace(APP_PLACEHOLDER, app)
+        """The stream key for one application (the Redis sink's rule)."""
+        from poller.sink.redis import stream_key
+
+        return stream_key(self.redis.stream_key_template, app)
 
     def max_poll_age(self) -> float:
         """Age of the last good poll past which readiness fails."""

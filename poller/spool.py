@@ -28,7 +28,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
@@ -57,8 +57,12 @@ CREATE TABLE quarantine (
     writer        TEXT NOT NULL
 );
 CREATE INDEX quarantine_pending ON quarantine (seq) WHERE dead_lettered = 0;
+CREATE TABLE journals (
+    id TEXT PRIMARY KEY
+) WITHOUT ROWID;
 """
-_TABLES = frozenset({"meta", "messages", "quarantine", "sqlite_sequence"})
+_TABLES = frozenset({"meta", "messages", "quarantine", "journals", "sqlite_sequence"})
+_JOURNALS = "CREATE TABLE IF NOT EXISTS journals (id TEXT PRIMARY KEY) WITHOUT ROWID"
 _SELECT_MESSAGES = (
     "SELECT seq, app, message_id, received_at, pulled_at, payload, writer FROM messages"
 )
@@ -66,15 +70,16 @@ _SELECT_QUARANTINE = "SELECT seq, raw, reason, app, pulled_at, writer FROM quara
 _MARK_DEAD = "UPDATE quarantine SET dead_lettered = 1 WHERE dead_lettered = 0"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewMessage:
-    """A pulled message about to be spooled; ``payload`` is the message JSON as sent."""
+    """A pulled message about to be spooled; ``payload`` is the message JSON as sent (bytes,
+    or text from older spools)."""
 
     app: str
     message_id: str
     received_at: str
     pulled_at: str
-    payload: str
+    payload: bytes | str
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ class SpoolEntry:
     message_id: str
     received_at: str
     pulled_at: str
-    payload: str
+    payload: bytes | str
     writer: str = ""
 
 
@@ -132,16 +137,12 @@ class SpoolError(Exception):
 
 
 def _size(message: NewMessage) -> int:
-    return sum(
-        len(part.encode())
-        for part in (
-            message.app,
-            message.message_id,
-            message.received_at,
-            message.pulled_at,
-            message.payload,
-        )
-    )
+    """Bytes of a row's text fields, as UTF-8."""
+    payload = message.payload
+    size = len(payload) if isinstance(payload, bytes) else len(payload.encode())
+    for part in (message.app, message.message_id, message.received_at, message.pulled_at):
+        size += len(part.encode())
+    return size
 
 
 class Spool:
@@ -252,6 +253,10 @@ class Spool:
         self.instance_id = str(row[0])
         if version == 1:
             self._migrate_v1()
+        if version in (1, 2):
+            with self._transaction():
+                self._conn.execute(_JOURNALS)
+                self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._rows, self._bytes = conn.execute(
             "SELECT count(*), coalesce(sum(size), 0) FROM messages"
         ).fetchone()
@@ -280,10 +285,20 @@ class Spool:
         return SpoolError(f"spool {self._path}: {action} failed: {exc}")
 
     def append(
-        self, messages: Sequence[NewMessage], quarantine: Sequence[NewQuarantine] = ()
+        self,
+        messages: Sequence[NewMessage],
+        quarantine: Sequence[NewQuarantine] = (),
+        *,
+        journal: str | None = None,
+        forget: Collection[str] = (),
     ) -> None:
-        """Store messages and quarantined bodies in one fsynced transaction."""
-        if not messages and not quarantine:
+        """Store messages and quarantined bodies in one fsynced transaction.
+
+        ``journal``: the id of the journal entry these rows come from, recorded in the same
+        transaction (a journal file found at start whose id is recorded was spooled already:
+        salvaging it again would write its messages twice). ``forget``: ids of journal files
+        deleted since, whose records are no longer needed."""
+        if not messages and not quarantine and journal is None and not forget:
             return
         now = time.time()
         writer = self.writer_id
@@ -304,12 +319,41 @@ class Spool:
                         " VALUES (?, ?, ?, ?, ?)",
                         [(q.raw, q.reason, q.app, q.pulled_at, writer) for q in quarantine],
                     )
+                    if forget:
+                        self._conn.executemany(
+                            "DELETE FROM journals WHERE id = ?", [(i,) for i in forget]
+                        )
+                    if journal is not None:
+                        self._conn.execute(
+                            "INSERT OR IGNORE INTO journals (id) VALUES (?)", (journal,)
+                        )
             except sqlite3.Error as exc:
                 raise self._fail("append", exc) from exc
             self._rows += len(rows)
             self._bytes += sum(row[5] for row in rows)
             self._quarantined += len(quarantine)
             self._quarantine_pending += len(quarantine)
+
+    def spooled_journals(self, ids: Collection[str]) -> set[str]:
+        """Which of these journal ids were recorded by an append (their rows are spooled)."""
+        with self._lock:
+            try:
+                return {
+                    str(row[0])
+                    for row in self._conn.execute("SELECT id FROM journals")
+                    if row[0] in ids
+                }
+            except sqlite3.Error as exc:
+                raise self._fail("read journals", exc) from exc
+
+    def forget_journals(self) -> None:
+        """Drop every journal record (at start, once every journal file was dealt with)."""
+        with self._lock:
+            try:
+                with self._transaction():
+                    self._conn.execute("DELETE FROM journals")
+            except sqlite3.Error as exc:
+                raise self._fail("forget journals", exc) from exc
 
     def pending(self, limit: int, exclude_apps: Collection[str] = ()) -> list[SpoolEntry]:
         """Messages not yet confirmed by Redis, lowest sequence first.
@@ -431,6 +475,10 @@ class Spool:
                 quarantine_pending=self._quarantine_pending,
                 instance_id=self.instance_id or None,
             )
+
+    def has_room(self, incoming: int = 0) -> bool:
+        """True while the spool is below its caps with ``incoming`` more rows counted."""
+        return self._rows + incoming < self.max_rows and self._bytes < self.max_bytes
 
     @property
     def full(self) -> bool:

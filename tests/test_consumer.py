@@ -8,7 +8,8 @@ import json
 from redis.asyncio import Redis
 
 from poller.consumer import StreamConsumer, parse_entry
-from poller.sink import MO_SCHEMA, Sink
+from poller.sink import MO_SCHEMA
+from poller.sink.redis import RedisSink
 from poller.spool import SpoolEntry
 
 
@@ -20,7 +21,7 @@ def entry(seq: int) -> SpoolEntry:
 
 
 async def fill(redis_url: str, key_template: str, count: int) -> str:
-    sink = Sink(url=redis_url, key_template=key_template, instance_id="c")
+    sink = RedisSink(url=redis_url, key_template=key_template, instance_id="c")
     try:
         await sink.connect()
         await sink.write([entry(seq) for seq in range(1, count + 1)])

@@ -22,20 +22,18 @@ from redis.crc import key_slot
 from poller.embedded import EmbeddedRedis, free_port
 from poller.sink import (
     DEAD_SCHEMA,
-    HWM_TTL_SECONDS,
     MO_SCHEMA,
     DurabilityError,
-    Sink,
     SinkConfigError,
     SinkError,
     WriteResult,
-    redact_url,
 )
+from poller.sink.redis import HWM_TTL_SECONDS, RedisSink, redact_url
 from poller.spool import NewMessage, QuarantineEntry, Spool, SpoolEntry
 from tests.fixtures_redis import has_waitaof
 from tests.test_spool import make_v1_spool
 
-SinkFactory = Callable[..., Sink]
+SinkFactory = Callable[..., RedisSink]
 
 
 def entry(seq: int, app: str = "app1") -> SpoolEntry:
@@ -59,16 +57,16 @@ def entry(seq: int, app: str = "app1") -> SpoolEntry:
 @pytest.fixture
 async def make_sink(redis_url: str, key_template: str) -> AsyncIterator[SinkFactory]:
     """Build connected-later sinks on the shared server; all are closed after the test."""
-    made: list[Sink] = []
+    made: list[RedisSink] = []
 
-    def factory(**overrides: object) -> Sink:
+    def factory(**overrides: object) -> RedisSink:
         options: dict[str, object] = {
             "url": redis_url,
             "key_template": key_template,
             "instance_id": "inst-a",
         }
         options.update(overrides)
-        sink = Sink(**options)  # type: ignore[arg-type]
+        sink = RedisSink(**options)  # type: ignore[arg-type]
         made.append(sink)
         return sink
 
@@ -96,7 +94,7 @@ async def test_write_across_apps_once_with_every_field(
         key = sink.stream_key(app)
         rows = await stream(redis_client, key)
         expected = [e for e in entries if e.app == app]
-        assert result.written[key] == len(expected)
+        assert result.written[app] == len(expected)
         assert [r["id"].decode() for r in rows] == [e.message_id for e in expected]
         first, source = rows[0], expected[0]
         assert first == {
@@ -117,8 +115,8 @@ async def test_replay_writes_nothing(make_sink: SinkFactory, redis_client: Redis
     await sink.write(entries)
     again = await sink.write(entries)
     key = sink.stream_key("app1")
-    assert again.written == {key: 0}
-    assert again.skipped == {key: 50}
+    assert again.written == {"app1": 0}
+    assert again.skipped == {"app1": 50}
     assert await redis_client.xlen(key) == 50
 
 
@@ -130,7 +128,7 @@ async def test_overlapping_replay_writes_only_new(
     await sink.write([entry(seq) for seq in range(1, 41)])
     result = await sink.write([entry(seq) for seq in range(21, 61)])
     key = sink.stream_key("app1")
-    assert (result.written[key], result.skipped[key]) == (20, 20)
+    assert (result.written["app1"], result.skipped["app1"]) == (20, 20)
     ids = [r["id"].decode() for r in await stream(redis_client, key)]
     assert ids == [f"m{seq}" for seq in range(1, 61)]
 
@@ -145,7 +143,7 @@ async def test_other_instance_keeps_its_own_mark(
     # Another process with its own spool numbers its rows from 1 too.
     result = await b.write([entry(seq) for seq in range(1, 6)])
     key = a.stream_key("app1")
-    assert result.written[key] == 5
+    assert result.written["app1"] == 5
     assert await redis_client.xlen(key) == 15
     assert await redis_client.get(a.hwm_key(key)) == b"10"
     assert await redis_client.get(b.hwm_key(key)) == b"5"
@@ -175,7 +173,7 @@ async def test_dead_letter_entries(make_sink: SinkFactory, redis_client: Redis) 
     unknown = sink.dead_key(None)
     assert unknown.endswith(":dead")
     assert "unknown" in unknown
-    assert result.written == {unknown: 1, sink.dead_key("app1"): 1}
+    assert result.written == {"": 1, "app1": 1}
     (row,) = await stream(redis_client, unknown)
     assert row == {
         "reason": b"invalid JSON",
@@ -196,12 +194,12 @@ async def test_empty_write_touches_nothing(make_sink: SinkFactory) -> None:
 
 
 def test_hwm_key_formula_and_slots() -> None:
-    tagged = Sink(url="redis://x", key_template="infobip:push:{${app}}:mo", instance_id="i1")
+    tagged = RedisSink(url="redis://x", key_template="infobip:push:{${app}}:mo", instance_id="i1")
     key = tagged.stream_key("myapp")
     assert key == "infobip:push:{myapp}:mo"
     assert tagged.hwm_key(key) == "infobip:push:{myapp}:mo:hwm:i1"
     assert tagged.dead_key("myapp") == "infobip:push:{myapp}:mo:dead"
-    untagged = Sink(url="redis://x", key_template="mo:${app}", instance_id="i1")
+    untagged = RedisSink(url="redis://x", key_template="mo:${app}", instance_id="i1")
     key = untagged.stream_key("myapp")
     assert untagged.hwm_key(key) == "{mo:myapp}:hwm:i1"
     for sink in (tagged, untagged):
@@ -212,9 +210,9 @@ def test_hwm_key_formula_and_slots() -> None:
 
 def test_template_that_cannot_share_a_slot_is_refused() -> None:
     with pytest.raises(ValueError, match="slot"):
-        Sink(url="redis://x", key_template="a}b:${app}", instance_id="i1")
+        RedisSink(url="redis://x", key_template="a}b:${app}", instance_id="i1")
     with pytest.raises(ValueError, match=r"\$\{app\}"):
-        Sink(url="redis://x", key_template="no-placeholder", instance_id="i1")
+        RedisSink(url="redis://x", key_template="no-placeholder", instance_id="i1")
 
 
 def test_redact_url() -> None:
@@ -236,7 +234,7 @@ async def test_errors_never_carry_the_password(make_sink: SinkFactory) -> None:
 
 
 async def test_redis_killed_then_restarted(own_redis: EmbeddedRedis) -> None:
-    sink = Sink(url=own_redis.url, instance_id="inst-a", socket_timeout=1.0)
+    sink = RedisSink(url=own_redis.url, instance_id="inst-a", socket_timeout=1.0)
     try:
         await sink.connect()
         await sink.write([entry(seq) for seq in range(1, 11)])
@@ -254,7 +252,7 @@ async def test_redis_killed_then_restarted(own_redis: EmbeddedRedis) -> None:
             result = await sink.write([entry(seq) for seq in range(1, 21)])
         # The mark survived the crash (AOF, fsync always): the first ten are not written again.
         key = sink.stream_key("app1")
-        assert (result.written[key], result.skipped[key]) == (10, 10)
+        assert (result.written["app1"], result.skipped["app1"]) == (10, 10)
         recovered = [line for line in logs if "recovered" in line["event"]]
         assert len(recovered) == 1
         assert recovered[0]["tries"] == 2
@@ -303,7 +301,9 @@ async def test_waitaof_local_with_fsync_always(
 async def test_waitaof_without_appendonly_fails_at_connect(prefer: str) -> None:
     # A setting the server cannot honour is not an outage: the error says which setting.
     with EmbeddedRedis(appendonly=False, prefer=prefer) as server:  # type: ignore[arg-type]
-        sink = Sink(url=server.url, instance_id="i", durability="waitaof", durability_replicas=0)
+        sink = RedisSink(
+            url=server.url, instance_id="i", durability="waitaof", durability_replicas=0
+        )
         try:
             with pytest.raises(SinkConfigError, match=r"POLLER_REDIS__DURABILITY.*appendonly"):
                 await sink.connect()
@@ -394,7 +394,7 @@ async def test_cluster_mode_writes_once_per_node_and_waits(
     redis_cluster: list[EmbeddedRedis], key_template: str
 ) -> None:
     url = redis_cluster[0].url
-    sink = Sink(
+    sink = RedisSink(
         url=url,
         mode="cluster",
         key_template=key_template,
@@ -430,7 +430,7 @@ async def test_cluster_mode_writes_once_per_node_and_waits(
 async def test_sentinel_mode(
     redis_sentinel: str, own_redis: EmbeddedRedis, key_template: str
 ) -> None:
-    sink = Sink(
+    sink = RedisSink(
         url="redis://",
         mode="sentinel",
         sentinels=[redis_sentinel],
@@ -454,10 +454,10 @@ async def test_sentinel_mode(
 
 
 def test_braces_in_an_app_code_cannot_break_the_hash_tag() -> None:
-    tagged = Sink(url="redis://x", key_template="infobip:push:{${app}}:mo", instance_id="i1")
+    tagged = RedisSink(url="redis://x", key_template="infobip:push:{${app}}:mo", instance_id="i1")
     assert tagged.stream_key("a}b") == "infobip:push:{a)b}:mo"
     assert tagged.stream_key("") == "infobip:push:{unknown}:mo"
-    untagged = Sink(url="redis://x", key_template="mo:${app}", instance_id="i1")
+    untagged = RedisSink(url="redis://x", key_template="mo:${app}", instance_id="i1")
     for sink in (tagged, untagged):
         for app in ("a}b", "{x}", "}{", ""):
             key = sink.stream_key(app)
@@ -470,7 +470,7 @@ async def test_wait_covers_the_flush_and_notices_a_stalled_replica(
     replica_args = ["--replicaof", "127.0.0.1", str(own_redis.port)]
     with EmbeddedRedis(extra_args=replica_args) as replica:
         replica_client = Redis.from_url(replica.url)
-        sink = Sink(
+        sink = RedisSink(
             url=own_redis.url,
             key_template=key_template,
             instance_id="inst-r",
@@ -521,11 +521,11 @@ def new(i: int, app: str = "app1") -> NewMessage:
     return NewMessage(app, f"m{i}", "r", "p", json.dumps({"messageId": f"m{i}"}))
 
 
-async def flush(spool: Spool, sink: Sink) -> WriteResult:
+async def flush(spool: Spool, sink: RedisSink) -> WriteResult:
     """What the poll cycle does: write a slice, commit the rows of the streams that took it."""
     entries = spool.pending(1000)
     result = await sink.write(entries)
-    spool.commit_seqs(e.seq for e in entries if sink.stream_key(e.app) not in result.failed)
+    spool.commit_seqs(e.seq for e in entries if e.app not in result.failed)
     return result
 
 
@@ -554,7 +554,7 @@ async def test_a_restored_spool_backup_loses_nothing(
         result = await flush(spool, sink)
         assert spool.stats().rows == 0
     # The backup's three leftovers are known to their writer's mark; the five new rows are new.
-    assert (result.written[key], result.skipped[key]) == (5, 3)
+    assert (result.written["app1"], result.skipped["app1"]) == (5, 3)
     ids = Counter(row["id"].decode() for row in await stream(redis_client, key))
     assert ids == Counter(f"m{i}" for i in range(1, 16))
 
@@ -573,7 +573,7 @@ async def test_leftovers_of_a_version_1_spool_dedupe_against_their_old_mark(
     with Spool.open(path, max_rows=10**6, max_bytes=10**9) as spool:
         spool.append([new(3)])
         result = await flush(spool, sink)
-    assert (result.written[key], result.skipped[key]) == (2, 1)
+    assert (result.written["app1"], result.skipped["app1"]) == (2, 1)
     assert [row["id"] for row in await stream(redis_client, key)] == [b"old1", b"old2", b"m3"]
 
 
@@ -603,7 +603,7 @@ async def test_high_water_marks_expire_and_every_write_renews_them(
 async def test_unreachable_cluster_is_a_sink_error() -> None:
     # Tried: mode=cluster with no node answering. redis-py raises RedisClusterException,
     # which is not a RedisError, and it escaped the sink's error handling.
-    sink = Sink(
+    sink = RedisSink(
         url=f"redis://127.0.0.1:{free_port()}",
         mode="cluster",
         instance_id="c",
@@ -643,9 +643,9 @@ async def test_a_stream_redis_refuses_does_not_block_the_others(
     entries = [entry(seq, "bad" if seq % 2 else "good") for seq in range(1, 11)]
     waits = await _wait_calls(redis_client)
     result = await sink.write(entries)
-    assert set(result.failed) == {bad}
-    assert "WRONGTYPE" in result.failed[bad]
-    assert result.written[good] == 5
+    assert set(result.failed) == {"bad"}
+    assert "WRONGTYPE" in result.failed["bad"]
+    assert result.written["good"] == 5
     assert await redis_client.xlen(good) == 5
     assert await redis_client.get(bad) == b"not a stream"
     assert await _wait_calls(redis_client) == waits + 1  # the wait covered what went in
@@ -656,14 +656,14 @@ async def test_a_stream_redis_refuses_does_not_block_the_others(
             QuarantineEntry(2, b"y", "r", "good", "t"),
         ]
     )
-    assert set(dead.failed) == {sink.dead_key("bad")}
-    assert dead.written[sink.dead_key("good")] == 1
+    assert set(dead.failed) == {"bad"}
+    assert dead.written["good"] == 1
 
     # Once the key is put right, the same slice writes bad's entries and skips good's.
     await redis_client.delete(bad)
     again = await sink.write(entries)
     assert again.failed == {}
-    assert (again.written[bad], again.skipped[good]) == (5, 5)
+    assert (again.written["bad"], again.skipped["good"]) == (5, 5)
     assert await redis_client.xlen(good) == 5
 
 
@@ -671,12 +671,12 @@ async def test_a_stream_an_acl_forbids_does_not_block_the_others(
     redis_url: str, key_template: str, redis_client: Redis
 ) -> None:
     user = f"poller-{uuid.uuid4().hex[:8]}"
-    probe = Sink(url=redis_url, key_template=key_template, instance_id="acl")
+    probe = RedisSink(url=redis_url, key_template=key_template, instance_id="acl")
     bad, good = probe.stream_key("bad"), probe.stream_key("good")
     await redis_client.acl_setuser(
         user, enabled=True, passwords=["+aclpw"], keys=[f"{good}*"], commands=["+@all"]
     )
-    sink = Sink(
+    sink = RedisSink(
         url=redis_url.replace("redis://", f"redis://{user}:aclpw@"),
         key_template=key_template,
         instance_id="acl",
@@ -684,10 +684,10 @@ async def test_a_stream_an_acl_forbids_does_not_block_the_others(
     try:
         await sink.connect()
         result = await sink.write([entry(1, "bad"), entry(2, "good"), entry(3, "bad")])
-        assert set(result.failed) == {bad}
-        assert "NoPermissionError" in result.failed[bad]
-        assert "aclpw" not in result.failed[bad]
-        assert result.written[good] == 1
+        assert set(result.failed) == {"bad"}
+        assert "NoPermissionError" in result.failed["bad"]
+        assert "aclpw" not in result.failed["bad"]
+        assert result.written["good"] == 1
         assert await redis_client.xlen(good) == 1
         assert not await redis_client.exists(bad)
     finally:
@@ -700,7 +700,7 @@ async def test_a_late_connect_checks_durability_before_writing() -> None:
     # write must find out (as a configuration error) before it writes anything.
     with EmbeddedRedis(appendonly=False) as server:
         server.kill()
-        sink = Sink(
+        sink = RedisSink(
             url=server.url,
             instance_id="late",
             durability="waitaof",
@@ -726,7 +726,9 @@ async def test_a_late_connect_checks_durability_before_writing() -> None:
 
 async def test_a_late_connect_then_writes(own_redis: EmbeddedRedis, key_template: str) -> None:
     own_redis.kill()
-    sink = Sink(url=own_redis.url, key_template=key_template, instance_id="late", socket_timeout=1)
+    sink = RedisSink(
+        url=own_redis.url, key_template=key_template, instance_id="late", socket_timeout=1
+    )
     try:
         with pytest.raises(SinkError):
             await sink.connect()

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from poller.cli.output import emit_json, error, table, warn
-from poller.cycle import encode_item
 from poller.infobip import (
     Action,
     ActionRequest,
@@ -23,6 +22,7 @@ from poller.infobip import (
 )
 from poller.infobip.errors import InfobipError, MalformedResponseError
 from poller.settings import CREDENTIAL_SETTINGS, Settings, env_name
+from poller.sources.items import encode_item
 
 EXIT_USAGE = 2
 
@@ -221,20 +221,21 @@ async def _pull(client: InfobipClient, args: argparse.Namespace) -> int:
         saved = await asyncio.to_thread(_save_raw, exc.body)
         raise InfobipError(f"{exc}; the {len(exc.body)} bytes received are in {saved}") from None
     pulled_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    results = response.results
     if args.out:
         # Written and fsynced before anything is printed: these messages exist nowhere else.
         try:
-            await asyncio.to_thread(_append_jsonl, args.out, response.results)
+            await asyncio.to_thread(_append_jsonl, args.out, results)
         except Exception as exc:  # any failure: the messages must still reach the user
             # Could not keep them in the file: print them all, so they are not lost.
-            emit_json({"results": response.results, "pulledAt": pulled_at})
+            emit_json({"results": results, "pulledAt": pulled_at})
             raise InfobipError(
                 f"could not append to {args.out} ({exc}); the messages are printed above"
             ) from None
     if args.json:
         emit_json(
             {
-                "results": response.results,
+                "results": results,
                 "messageCount": response.message_count,
                 "pendingMessageCount": response.pending_message_count,
                 "pulledAt": pulled_at,
@@ -243,14 +244,11 @@ async def _pull(client: InfobipClient, args: argparse.Namespace) -> int:
     else:
         table(
             ["message id", "application", "received at", "text"],
-            [_row(item) for item in response.results],
+            [_row(item) for item in results],
         )
         saved = f", appended to {args.out}" if args.out else ""
-        print(
-            f"{len(response.results)} message(s){saved}; "
-            f"{response.pending_message_count} still pending"
-        )
-    if response.results and not args.out:
+        print(f"{len(results)} message(s){saved}; {response.pending_message_count} still pending")
+    if results and not args.out:
         warn("pulled messages are consumed: Infobip will not hand them out again (see --out)")
     return 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import math
 import random
 import time
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from poller import __version__
 from poller.infobip.auth import HeaderAuth, OAuth2ClientCredentials
+from poller.infobip.body import scan_pull
 from poller.infobip.errors import (
     ApiError,
     ConflictError,
@@ -42,6 +42,7 @@ from poller.infobip.models import (
 )
 from poller.infobip.ratelimit import TokenBucket
 from poller.settings import InfobipSettings, SettingsError
+from poller.stop import Stop
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +53,8 @@ M = TypeVar("M", bound=BaseModel)
 
 # Hooks for metrics: called with a reason ("timeout", "5xx", "429", ...) on each retry.
 RetryHook = Callable[[str], None]
+# Called with each piece of a pull answer's body as it arrives.
+ChunkHook = Callable[[bytes], None]
 
 
 class _Ambiguous(Exception):
@@ -124,6 +127,7 @@ class InfobipClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         on_retry: RetryHook | None = None,
+        stop: Stop | None = None,
     ) -> None:
         self.settings = settings
         self._auth = build_auth(settings)
@@ -131,8 +135,8 @@ class InfobipClient:
         # allows can still land 11 calls in one of Infobip's windows.
         self._bucket = TokenBucket(settings.rate_limit, burst=1.0)
         self._on_retry = on_retry
-        # Set by a graceful stop: no new pull is sent (retries included).
-        self.stopping = False
+        # Once a stop is asked for, no new pull is sent (retries included).
+        self.stop = stop
         self._http = httpx.AsyncClient(
             base_url=settings.base_url,
             auth=self._auth,
@@ -146,6 +150,11 @@ class InfobipClient:
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             follow_redirects=False,
         )
+
+    @property
+    def stopping(self) -> bool:
+        """True once the stop this client was given has been asked for."""
+        return self.stop is not None and self.stop.requested
 
     async def __aenter__(self) -> InfobipClient:
         return self
@@ -214,13 +223,21 @@ class InfobipClient:
 
     # -- pull -------------------------------------------------------------------------
 
-    async def pull(self, limit: int | None = None) -> PullResponse:
-        """One destructive pull. Raises MalformedResponseError (with the bytes) on a bad body."""
+    async def pull(
+        self, limit: int | None = None, *, on_chunk: ChunkHook | None = None
+    ) -> PullResponse:
+        """One destructive pull. Raises MalformedResponseError (with the bytes) on a bad body.
+
+        ``on_chunk`` is called with each piece of a 2xx answer's body as it arrives, before
+        the next is read (the pull source journals them: a kill mid-body then loses only
+        what is still in the socket)."""
         limit = self.settings.pull_limit if limit is None else limit
         if not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
         operation = f"GET {PULL_PATH}"
-        body = await self._call("GET", PULL_PATH, params={"limit": limit}, keep_partial=True)
+        body = await self._call(
+            "GET", PULL_PATH, params={"limit": limit}, keep_partial=True, on_chunk=on_chunk
+        )
         return parse_pull(body, operation)
 
     # -- transport --------------------------------------------------------------------
@@ -293,6 +310,7 @@ class InfobipClient:
         json_body: dict[str, Any] | None = None,
         ambiguous_raises: bool = False,
         keep_partial: bool = False,
+        on_chunk: ChunkHook | None = None,
     ) -> bytes:
         operation = f"{method} {path}"
         attempts = self.settings.max_retries + 1
@@ -305,7 +323,7 @@ class InfobipClient:
                 raise TransportError(f"{operation}: not sent, the poller is stopping")
             try:
                 status, headers, body = await self._exchange(
-                    method, path, params, json_body, operation, keep_partial
+                    method, path, params, json_body, operation, keep_partial, on_chunk
                 )
             except httpx.TimeoutException as exc:
                 reason = "connect-timeout" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
@@ -380,14 +398,19 @@ class InfobipClient:
         json_body: dict[str, Any] | None,
         operation: str,
         keep_partial: bool,
+        on_chunk: ChunkHook | None,
     ) -> tuple[int, httpx.Headers, bytes]:
         limit = self.settings.max_body_bytes
         started = time.monotonic()
         async with self._http.stream(method, path, params=params, json=json_body) as response:
             chunks: list[bytes] = []
             size = 0
+            if on_chunk is not None and not 200 <= response.status_code < 300:
+                on_chunk = None
             try:
                 async for chunk in response.aiter_bytes():
+                    if on_chunk is not None:
+                        on_chunk(chunk)
                     size += len(chunk)
                     if size > limit:
                         head = b"".join(chunks) + chunk
@@ -453,31 +476,21 @@ class InfobipClient:
 
 
 def parse_pull(body: bytes, operation: str = f"GET {PULL_PATH}") -> PullResponse:
-    """Read a pull body; keep every result item whole. Malformed -> MalformedResponseError."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedResponseError(f"not JSON ({exc})", body, operation=operation) from None
-    except RecursionError:
-        raise MalformedResponseError("JSON nested too deeply", body, operation=operation) from None
-    if not isinstance(data, dict):
-        raise MalformedResponseError("not a JSON object", body, operation=operation)
-    results = data.get("results")
-    if not isinstance(results, list):
-        raise MalformedResponseError("`results` is not a list", body, operation=operation)
-    counts = {}
-    for name in ("messageCount", "pendingMessageCount"):
-        value = data.get(name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            # The messages are what matter; a bad counter must not lose them.
-            log.warning("pull response has a bad counter", field=name, value=repr(value)[:40])
-            value = len(results) if name == "messageCount" else 0
-        counts[name] = value
+    """Read a pull body; keep every result item whole, its text as sent.
+
+    Malformed -> MalformedResponseError with the bytes (``scan_pull`` reads what is whole)."""
+    scan = scan_pull(body)
+    if scan.error is not None:
+        raise MalformedResponseError(scan.error, body, operation=operation)
+    for name, value in scan.bad_counters.items():
+        # The messages are what matter; a bad counter must not lose them.
+        log.warning("pull response has a bad counter", field=name, value=value)
     return PullResponse(
         body=body,
-        results=results,
-        message_count=counts["messageCount"],
-        pending_message_count=counts["pendingMessageCount"],
+        items=[data for data, _value in scan.items],
+        routes=[value for _data, value in scan.items],
+        message_count=len(scan.items) if scan.message_count is None else scan.message_count,
+        pending_message_count=scan.pending_message_count or 0,
     )
 
 

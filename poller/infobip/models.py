@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,10 +72,19 @@ class MoReport(_Open):
     received_at: str | None = Field(None, alias="receivedAt")
 
 
-class PullResponse(BaseModel):
-    """A pull: the raw body as received, and its results as raw JSON items (kept whole)."""
+@dataclass
+class PullResponse:
+    """A pull: the raw body as received, each result's bytes as sent, and the routing fields
+    of each (``messageId``, ``applicationCode``, ``receivedAt``; an item that is not an
+    object is there whole)."""
 
     body: bytes
-    results: list[Any]
+    items: list[bytes]
+    routes: list[Any]
     message_count: int
     pending_message_count: int
+
+    @property
+    def results(self) -> list[Any]:
+        """Every result item decoded whole (for people and tools; the pipeline keeps bytes)."""
+        return [json.loads(item) for item in self.items]

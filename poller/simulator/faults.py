@@ -15,7 +15,7 @@ from poller.simulator.replies import service_error, too_many_requests
 # Answered instead of the operation: a pull does not touch the inbox.
 REFUSING = frozenset({"500", "503", "429"})
 # The operation runs (a pull takes its messages), then its response is spoiled.
-SPOILING = frozenset({"truncated", "invalid_json", "wrong_types", "drop", "oversized"})
+SPOILING = frozenset({"truncated", "invalid_json", "wrong_types", "drop", "oversized", "stall"})
 # latency: wait, then serve (a pull takes nothing until then); slow_answer: serve (a pull takes
 # its messages), then wait before writing the answer, as a slow network or proxy would.
 KINDS = REFUSING | SPOILING | {"latency", "slow_answer"}
@@ -31,6 +31,7 @@ PARAMS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "wrong_types": {},
     "drop": {},
     "oversized": {"size": int},
+    "stall": {"at": int, "delay": (int, float)},
 }
 DEFAULT_DELAY = 1.0
 DEFAULT_OVERSIZED = 8 << 20
@@ -166,6 +167,10 @@ def spoil(response: Response, fault: Fault) -> Response:
         return replace(response, truncate_to=min(at, max(len(body) - 1, 0)))
     if fault.kind == "drop":
         return replace(response, drop_after_headers=True)
+    if fault.kind == "stall":
+        # Part of the body, then a long wait (a slow network, or a kill landing mid-body).
+        at = min(int(fault.params.get("at", len(body) // 2)), len(body))
+        return replace(response, pause_at=at, pause=delay_of(fault))
     if fault.kind == "invalid_json":
         # Half a document and then junk, as a cut-and-spliced proxy buffer would look.
         garbled = body[: len(body) // 2] + b"\x00<html><body>502 Bad Gateway</body></html>"

@@ -1,4 +1,5 @@
-"""The poll cycle against the simulator and a real Redis/Valkey: nothing lost, nothing twice."""
+"""The pull source, spool and flusher against the simulator and a real Redis/Valkey: nothing
+lost, nothing twice."""
 
 from __future__ import annotations
 
@@ -9,33 +10,47 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from poller.cycle import CycleResult, PollCycle
 from poller.daemon import run_once
 from poller.embedded import EmbeddedRedis
 from poller.infobip import InfobipClient
 from poller.runtime import Runtime, make_sink
 from poller.simulator import Simulator
+from poller.sink import SinkError
+from poller.sources.items import now_rfc3339, rows_from_items
+from poller.sources.pull import DrainResult, PullSource
 from poller.spool import Spool
+from poller.stop import Stop
 from tests.support import ids_at, ids_in_streams, make_settings, stream_entries
 
 APPS = ["app-alpha", "app-beta", "app-gamma"]
+PULL_PATH = "/push/1/inbox/reports"
 
 
-async def cycle_held_by_a_full_disk(
+async def drain_and_flush(rt: Runtime) -> tuple[DrainResult, str | None]:
+    """One drain, then one flush as the flusher would do it; the flush's error, if any."""
+    result = await rt.source.drain()
+    try:
+        await rt.flusher.flush()
+    except SinkError as exc:
+        return result, str(exc)
+    return result, None
+
+
+async def drain_held_by_a_full_disk(
     rt: Runtime, sim: Simulator, count: int
-) -> asyncio.Task[CycleResult]:
-    """Start a cycle that pulls `count` messages into a spool that may not grow (SQLite's own
+) -> asyncio.Task[DrainResult]:
+    """Start a drain that pulls `count` messages into a spool that may not grow (SQLite's own
     "database or disk is full", from a capped page count); return once it holds them."""
     conn = rt.spool._conn
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages}")
     sim.inject("app-alpha", count)
-    task = asyncio.create_task(rt.cycle.run())
+    task = asyncio.create_task(rt.source.drain())
     for _ in range(100):
-        if rt.cycle.spool_error:
+        if rt.source.spool_error:
             break
         await asyncio.sleep(0.05)
-    assert rt.cycle.spool_error is not None
+    assert rt.source.spool_error is not None
     return task
 
 
@@ -116,9 +131,8 @@ async def test_replay_after_crash_between_xadd_and_commit_adds_nothing_twice(
     configured_simulator.inject("app-alpha", 300)
     async with InfobipClient(settings.infobip) as client:
         response = await client.pull(1000)
-    from poller.cycle import now_rfc3339, split_results
-
-    messages, _ = split_results(response, now_rfc3339())
+    items = list(zip(response.items, response.routes, strict=True))
+    messages, _ = rows_from_items(items, now_rfc3339())
     spool = Spool.open(settings.spool.path, max_rows=10_000, max_bytes=10**9)
     spool.append(messages)
     sink = make_sink(settings, spool.instance_id)
@@ -129,7 +143,7 @@ async def test_replay_after_crash_between_xadd_and_commit_adds_nothing_twice(
 
     rt = await Runtime.open(settings)
     try:
-        flushed = await rt.cycle.flush()
+        flushed = await rt.flusher.flush()
         assert flushed.total_written == 0
         assert flushed.skipped == 300
         assert rt.spool.stats().rows == 0
@@ -158,16 +172,16 @@ async def test_redis_down_keeps_messages_in_spool_until_it_returns(
     try:
         own_redis.kill()
         configured_simulator.inject("app-alpha", 400)
-        result = await rt.cycle.run()
+        result, error = await drain_and_flush(rt)
         assert result.pulled == 400
-        assert result.flush_error is not None
+        assert error is not None
         assert rt.spool.stats().rows == 400
         assert configured_simulator.inbox_depth == 0
 
         own_redis.restart()
-        result = await rt.cycle.run()
-        assert result.flush_error is None
-        assert result.written == 400
+        result, error = await drain_and_flush(rt)
+        assert error is None
+        assert rt.flusher.written == 400
         assert rt.spool.stats().rows == 0
     finally:
         await rt.close()
@@ -196,18 +210,21 @@ async def test_spool_cap_pauses_pulling_and_pulling_resumes(
     rt = await Runtime.open(settings)
     try:
         own_redis.kill()
-        result = await rt.cycle.run()
+        result, _ = await drain_and_flush(rt)
         assert result.backpressure
         assert rt.spool.stats().rows == 150
         assert configured_simulator.inbox_depth == 850  # pulling stopped at the cap
-        again = await rt.cycle.run()
+        again, _ = await drain_and_flush(rt)
         assert again.backpressure
         assert again.pulls == 0
         assert configured_simulator.inbox_depth == 850
 
         own_redis.restart()
-        result = await rt.cycle.run()
-        assert not result.backpressure
+        # Each tick drains up to the cap again while the flusher empties the spool.
+        for _ in range(20):
+            if not configured_simulator.inbox_depth:
+                break
+            await drain_and_flush(rt)
         assert configured_simulator.inbox_depth == 0
         assert rt.spool.stats().rows == 0
     finally:
@@ -231,12 +248,12 @@ async def test_garbled_entries_and_bodies_land_in_quarantine_and_dead_letter_str
     settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
     rt = await Runtime.open(settings)
     try:
-        result = await rt.cycle.run()
+        result, _ = await drain_and_flush(rt)
         assert result.pulled == 3
         assert result.quarantined == 1
         configured_simulator.inject("app-alpha", 2)
         configured_simulator.add_fault("invalid_json", count=1, path="/push/1/inbox/reports")
-        result = await rt.cycle.run()
+        result, _ = await drain_and_flush(rt)
         stats = rt.spool.stats()
         assert stats.quarantined == 2
         assert stats.quarantine_pending == 0
@@ -250,9 +267,10 @@ async def test_garbled_entries_and_bodies_land_in_quarantine_and_dead_letter_str
     dead_unknown = await stream_entries(redis_client, settings.stream_key("unknown") + ":dead")
     assert len(dead_unknown) == 1
     assert dead_unknown[0]["reason"].startswith("not JSON")
-    # The garbled body's messages are gone from Infobip; the ledger marks them handed out in a
-    # corrupted response, and the raw bytes are kept for an operator to recover.
-    assert len(await stream_entries(redis_client, settings.stream_key("app-alpha"))) == 3
+    # The garbled answer's first item arrived whole and is kept; the bytes from the first
+    # item that did not are in the dead-letter stream for an operator to recover.
+    assert "1 whole items before it were kept" in dead_unknown[0]["reason"]
+    assert len(await stream_entries(redis_client, settings.stream_key("app-alpha"))) == 4
 
 
 @pytest.mark.parametrize("kind", ["truncated", "drop"])
@@ -272,13 +290,18 @@ async def test_cut_pull_response_is_quarantined_and_draining_goes_on(
     configured_simulator.add_fault(kind, count=1, path="/push/1/inbox/reports")
     rt = await Runtime.open(settings)
     try:
-        await rt.cycle.run()
+        await drain_and_flush(rt)
     finally:
         await rt.close()
-    lost = configured_simulator.ledger.undelivered_ids()
-    assert len(lost) == 40
+    cut = configured_simulator.ledger.undelivered_ids()
+    assert len(cut) == 40
     counts = await ids_in_streams(redis_client, key_template)
-    assert set(counts) == set(configured_simulator.ledger.ids()) - lost
+    handed_out = set(configured_simulator.ledger.ids())
+    assert handed_out - cut <= set(counts) <= handed_out
+    assert set(counts.values()) == {1}
+    # Every item of the cut answer that arrived whole is kept; the rest is in quarantine.
+    salvaged = set(counts) & cut
+    assert (len(salvaged) > 0) == (kind == "truncated")
     assert configured_simulator.inbox_depth == 0
 
 
@@ -321,13 +344,13 @@ async def test_poll_cycle_counts_pulls_and_stops_when_inbox_empty(
     )
     rt = await Runtime.open(settings)
     try:
-        assert isinstance(rt.cycle, PollCycle)
-        result = await rt.cycle.run()
+        assert isinstance(rt.source, PullSource)
+        result, _ = await drain_and_flush(rt)
     finally:
         await rt.close()
     assert result.pulls == 3
     assert result.pulled == 230
-    assert result.written == 230
+    assert rt.flusher.written == 230
     assert result.pending_reported == 0
 
 
@@ -343,15 +366,16 @@ async def test_disk_full_holds_the_pulled_batch_until_the_spool_takes_it(
     settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
     rt = await Runtime.open(settings)
     try:
-        task = await cycle_held_by_a_full_disk(rt, configured_simulator, 200)
-        assert "full" in rt.cycle.spool_error
+        task = await drain_held_by_a_full_disk(rt, configured_simulator, 200)
+        assert "full" in rt.source.spool_error
         assert configured_simulator.inbox_depth == 0  # handed out: only our memory has them
         assert not task.done()
 
         rt.spool._conn.execute("PRAGMA max_page_count = 1073741823")
         result = await asyncio.wait_for(task, timeout=30)
         assert result.pulled == 200
-        assert rt.cycle.spool_error is None
+        assert rt.source.spool_error is None
+        await rt.flusher.flush()
     finally:
         await rt.close()
     counts = await ids_in_streams(redis_client, key_template)
@@ -408,15 +432,19 @@ async def test_a_stream_redis_refuses_does_not_hold_back_the_other_applications(
     configured_simulator.inject("app-alpha", 6000)
     rt = await Runtime.open(settings)
     try:
-        result = await rt.cycle.run()
-        assert result.flush_error is not None
-        assert settings.stream_key("app-beta") in result.flush_error
+        await rt.source.drain()
+        flushed = await rt.flusher.flush()
+        assert set(flushed.failed) == {"app-beta"}
+        assert "WRONGTYPE" in flushed.failed["app-beta"]
         assert rt.spool.stats().rows == 50
         assert await redis_client.xlen(settings.stream_key("app-alpha")) == 6000
 
         await redis_client.delete(settings.stream_key("app-beta"))
-        result = await rt.cycle.run()
-        assert result.flush_error is None
+        # Parked: left out until its backoff has passed (a stop's last flush tries it anyway).
+        assert (await rt.flusher.flush()).failed == {"app-beta": flushed.failed["app-beta"]}
+        assert rt.spool.stats().rows == 50
+        flushed = await rt.flusher.flush(retry_parked=True)
+        assert flushed.failed == {}
         assert rt.spool.stats().rows == 0
     finally:
         await rt.close()
@@ -453,9 +481,6 @@ async def test_rows_of_a_parked_stream_survive_later_slices_of_other_streams(
     # Tried: a refused stream (WRONGTYPE) whose rows come first, then more slices of another
     # application: a later slice's commit must not delete the parked rows below it. Slices of
     # 4 rows stand in for the real 5,000 so that a few messages cross several slices.
-    import poller.cycle
-
-    monkeypatch.setattr(poller.cycle, "FLUSH_ROWS", 4)
     settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
     await redis_client.set(settings.stream_key("app-beta"), "not a stream")
     configured_simulator.inject_raw([message("app-beta", n) for n in range(10)])
@@ -465,8 +490,9 @@ async def test_rows_of_a_parked_stream_survive_later_slices_of_other_streams(
     )
     await redis_client.set(settings.stream_key("app-beta") + ":dead", "not a stream")
     rt = await Runtime.open(settings)
+    rt.flusher.rows = 4
     try:
-        await rt.cycle.run()
+        await drain_and_flush(rt)
         stats = rt.spool.stats()
         assert stats.rows == 10  # app-beta's, every one of them
         assert stats.quarantine_pending == 1  # app-beta's dead letter waits too
@@ -474,7 +500,7 @@ async def test_rows_of_a_parked_stream_survive_later_slices_of_other_streams(
 
         await redis_client.delete(settings.stream_key("app-beta"))
         await redis_client.delete(settings.stream_key("app-beta") + ":dead")
-        await rt.cycle.run()
+        await rt.flusher.flush(retry_parked=True)
         assert rt.spool.stats().rows == 0
         assert rt.spool.stats().quarantine_pending == 0
     finally:
@@ -524,43 +550,144 @@ async def test_last_good_poll_is_not_stamped_while_redis_refuses_the_writes(
     rt = await Runtime.open(settings)
     try:
         configured_simulator.inject("app-alpha", 5)
-        await rt.cycle.run()
-        first = rt.cycle.last_success
+        await drain_and_flush(rt)
+        first = rt.source.last_success
         assert first is not None
         own_redis.kill()
         configured_simulator.inject("app-alpha", 5)
-        result = await rt.cycle.run()
+        result, error = await drain_and_flush(rt)
         assert result.pulled == 5
-        assert rt.cycle.last_success == first
+        assert error is not None
+        assert rt.source.last_success == first
+        # An empty inbox while the sink fails is not a good poll either.
+        result, _ = await drain_and_flush(rt)
+        assert result.pulls == 1
+        assert rt.source.last_success == first
     finally:
         await rt.close()
 
 
-async def test_a_stop_gives_up_a_batch_the_spool_refuses_by_the_deadline_and_logs_it(
+async def test_a_stop_while_the_spool_refuses_a_batch_leaves_it_in_the_journal(
+    configured_simulator: Simulator,
+    redis_url: str,
+    redis_client: Redis,
+    key_template: str,
+    tmp_path: Path,
+) -> None:
+    # Tried: disk full (for the spool file only) while a pulled batch waits in memory, then a
+    # stop with 3 s left: the drain must end by the deadline (the supervisor's SIGKILL comes
+    # next), its answer kept in the journal file, and the next start must spool it.
+    import time
+
+    settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
+    stop = Stop(3.0)
+    rt = await Runtime.open(settings, stop)
+    try:
+        task = await drain_held_by_a_full_disk(rt, configured_simulator, 7)
+        started = time.monotonic()
+        stop.request("test")
+        await asyncio.wait_for(task, timeout=5)
+        assert time.monotonic() - started < 3.0
+        assert rt.source.abandoned == 0
+    finally:
+        await rt.close()
+    journal = settings.spool.path.with_name(settings.spool.path.name + ".journal")
+    assert len(list(journal.iterdir())) == 1
+
+    assert await run_once(settings, bootstrap=False) == 0
+    assert not list(journal.iterdir())
+    counts = await ids_in_streams(redis_client, key_template)
+    assert set(counts) == set(configured_simulator.ledger.ids())
+    assert set(counts.values()) == {1}
+
+
+async def test_a_stop_gives_up_a_batch_neither_spool_nor_journal_took_and_logs_it(
     configured_simulator: Simulator,
     redis_url: str,
     key_template: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # Tried: disk full while a pulled batch waits in memory, then a stop with 3 s left: the
-    # cycle must end by the deadline (the supervisor's SIGKILL comes next) with the batch in
-    # the log, and say so.
+    # Tried: the journal directory is not writable and the spool refuses the batch, then a
+    # stop with 3 s left: the batch goes to the log whole, and the stop says so.
     import time
 
     settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
-    rt = await Runtime.open(settings)
+    stop = Stop(3.0)
+    rt = await Runtime.open(settings, stop)
+    rt.source.journal = None
     try:
-        task = await cycle_held_by_a_full_disk(rt, configured_simulator, 7)
-        rt.begin_stop(time.monotonic() + 3.0)
+        task = await drain_held_by_a_full_disk(rt, configured_simulator, 7)
         started = time.monotonic()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        stop.request("test")
+        await asyncio.wait_for(task, timeout=5)
         assert time.monotonic() - started < 3.0
-        assert rt.cycle.abandoned == 7
+        assert rt.source.abandoned == 7
     finally:
         await rt.close()
     logged = capsys.readouterr().out
     for message_id in configured_simulator.ledger.ids():
         assert message_id in logged
+
+
+async def test_pulls_overlap_within_the_rate_limit_and_keep_infobips_order(
+    configured_simulator: Simulator,
+    redis_url: str,
+    redis_client: Redis,
+    key_template: str,
+    tmp_path: Path,
+) -> None:
+    # Tried: every answer takes 0.4 s to come back (a far-away Infobip), the first one 1.2 s,
+    # so later answers arrive before it; 1,200 messages, 100 per pull, 4 pulls in flight,
+    # the account's real limit of 10 requests/s on both sides.
+    sent = [message("app-alpha", n) for n in range(1200)]
+    configured_simulator.inject_raw(sent)
+    configured_simulator.add_fault("slow_answer", count=1, path=PULL_PATH, delay=1.2)
+    configured_simulator.add_fault("slow_answer", rate=1.0, path=PULL_PATH, delay=0.4)
+    settings = make_settings(
+        configured_simulator,
+        redis_url,
+        tmp_path,
+        key_template,
+        infobip={"pull_limit": 100, "pulls_in_flight": 4, "rate_limit": 10},
+    )
+    rt = await Runtime.open(settings)
+    in_flight_seen = 0
+
+    async def watch() -> None:
+        nonlocal in_flight_seen
+        while True:
+            waiting = [e for e in configured_simulator.ledger.entries if e.written is None]
+            in_flight_seen = max(in_flight_seen, len(waiting))
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        rt.start_flushing()
+        result = await rt.source.drain()
+        assert result.pulled == 1200
+    finally:
+        watcher.cancel()
+        rt.stop.request("test")
+        await rt.finish()
+        await rt.close()
+    assert in_flight_seen >= 3  # answers overlapped instead of waiting for each other
+    assert configured_simulator.account.counters.throttled == 0  # never over 10 requests/s
+    entries = await stream_entries(redis_client, settings.stream_key("app-alpha"))
+    assert [e["id"] for e in entries] == [m["messageId"] for m in sent]
+
+
+async def test_an_empty_inbox_costs_one_pull_per_drain(
+    configured_simulator: Simulator, redis_url: str, key_template: str, tmp_path: Path
+) -> None:
+    # Tried: several pulls allowed in flight, nothing waiting at Infobip.
+    settings = make_settings(
+        configured_simulator, redis_url, tmp_path, key_template, infobip={"pulls_in_flight": 8}
+    )
+    rt = await Runtime.open(settings)
+    try:
+        result = await rt.source.drain()
+    finally:
+        await rt.close()
+    assert result.pulls == 1
+    assert configured_simulator.account.counters.requests == 1

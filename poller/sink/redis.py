@@ -1,4 +1,4 @@
-"""Redis sink: writes spooled messages to streams exactly once, then waits for durability.
+"""The Redis sink: spooled messages into streams exactly once, then a durability wait.
 
 Every Redis command of the poller lives here (and in the consumer helper). A flush groups
 entries by stream and by the spool writer that appended them, and runs one Lua call per
@@ -22,7 +22,6 @@ import importlib.resources
 import inspect
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,12 +45,20 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
+from poller.sink import (
+    DEAD_SCHEMA,
+    MO_SCHEMA,
+    DurabilityError,
+    GroupInfo,
+    SinkConfigError,
+    SinkError,
+    StreamInfo,
+    WriteResult,
+)
 from poller.spool import QuarantineEntry, SpoolEntry
 
 log = structlog.get_logger(__name__)
 
-MO_SCHEMA = "infobip.push.mo.v1"
-DEAD_SCHEMA = "infobip.push.mo.dead.v1"
 APP_PLACEHOLDER = "${app}"
 UNKNOWN_APP = "unknown"
 MO_FIELDS = ("id", "app", "received_at", "pulled_at", "payload", "schema")
@@ -61,7 +68,7 @@ Mode = Literal["standalone", "sentinel", "cluster"]
 Durability = Literal["none", "wait", "waitaof"]
 Trim = Literal["none", "acked", "maxlen"]
 Value = str | bytes
-Row = tuple[int, Sequence[Value]]  # (spool seq, values in field order)
+Row = tuple[int, str, Sequence[Value]]  # (spool seq, application, values in field order)
 Batches = dict[str, dict[str, list[Row]]]  # stream key -> high-water mark key -> rows
 
 # How long a high-water mark outlives its writer's last write.
@@ -93,65 +100,7 @@ _SERVER_WIDE = (
 _SERVER_WIDE_CODES = ("BUSY", "MISCONF", "NOREPLICAS", "MASTERDOWN", "CLUSTERDOWN", "LOADING")
 
 
-class SinkError(Exception):
-    """Redis is unreachable or a command failed; never carries a password."""
-
-
 _PING_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, SinkError)
-
-
-class SinkConfigError(SinkError):
-    """The server cannot honour the configuration (say durability=waitaof without AOF).
-
-    Not a passing outage: retrying will not help until the setting or the server changes.
-    The message names the setting."""
-
-
-class DurabilityError(SinkError):
-    """WAIT/WAITAOF did not confirm the configured durability within the timeout."""
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """Per stream key: entries added, entries skipped as already written, and the streams
-    Redis refused (stream key -> error text).
-
-    A stream in ``failed`` may have got some of its entries (a replay skips them); the
-    caller must keep every row of such a stream and commit only the others."""
-
-    written: dict[str, int]
-    skipped: dict[str, int]
-    failed: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def total_written(self) -> int:
-        """Entries added over all streams."""
-        return sum(self.written.values())
-
-    @property
-    def total_skipped(self) -> int:
-        """Entries skipped over all streams."""
-        return sum(self.skipped.values())
-
-
-@dataclass(frozen=True)
-class GroupInfo:
-    """One consumer group of a stream, as `poller status` shows it."""
-
-    name: str
-    consumers: int
-    pending: int
-    lag: int | None
-    last_delivered_id: str
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    """A stream's length and its consumer groups."""
-
-    key: str
-    length: int
-    groups: list[GroupInfo] = field(default_factory=list)
 
 
 class _Script:
@@ -173,6 +122,14 @@ class _Script:
 
 _WRITE = _Script("write_batch.lua")
 _TRIM_ACKED = _Script("trim_acked.lua")
+
+
+def stream_key(template: str, app: str) -> str:
+    """The stream key of one application under ``template`` (the one rule for it)."""
+    # Braces in an application code would move or break the Cluster hash tag, and the
+    # high-water mark could then land in another slot (CROSSSLOT on every retry).
+    safe = (app or UNKNOWN_APP).replace("{", "(").replace("}", ")")
+    return template.replace(APP_PLACEHOLDER, safe)
 
 
 def has_hash_tag(key: str) -> bool:
@@ -207,8 +164,8 @@ def _url_password(url: str) -> str | None:
         return None
 
 
-class Sink:
-    """Writes spool entries and quarantined bodies to Redis streams."""
+class RedisSink:
+    """Writes spool entries and quarantined bodies to Redis streams (a ``Sink``)."""
 
     def __init__(
         self,
@@ -283,10 +240,7 @@ class Sink:
 
     def stream_key(self, app: str) -> str:
         """The stream of one application."""
-        # Braces in an application code would move or break the Cluster hash tag, and the
-        # high-water mark could then land in another slot (CROSSSLOT on every retry).
-        safe = (app or UNKNOWN_APP).replace("{", "(").replace("}", ")")
-        return self.key_template.replace(APP_PLACEHOLDER, safe)
+        return stream_key(self.key_template, app)
 
     def dead_key(self, app: str | None) -> str:
         """The dead-letter stream of one application (``unknown`` when it is not known)."""
@@ -307,7 +261,7 @@ class Sink:
             "socket_timeout": self._socket_timeout,
             "socket_connect_timeout": self._socket_timeout,
             "health_check_interval": 30,
-            # Few and short: the poll cycle owns the real retry loop (with backoff and logs).
+            # Few and short: the flusher owns the real retry loop (with backoff and logs).
             "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
             "client_name": "infobip-push-poller",
             "decode_responses": False,
@@ -519,8 +473,8 @@ class Sink:
         earlier finds settings the server cannot honour. A stream that Redis refuses on its
         own (WRONGTYPE: the key holds something else; NOPERM: an ACL) does not stop the
         others: it is reported in ``WriteResult.failed`` and the rest are written, and the
-        durability wait covers them. The caller commits only the rows whose stream is not
-        in ``failed``."""
+        durability wait covers them. The caller commits only the rows whose application is
+        not in ``failed``."""
         streams: Batches = defaultdict(lambda: defaultdict(list))
         keys: dict[tuple[str, str], tuple[str, str]] = {}
         # In seq order: two codes can share a stream once braces are replaced.
@@ -530,7 +484,7 @@ class Sink:
             if pair is None:
                 key = self.stream_key(e.app)
                 pair = keys[e.app, e.writer] = (key, self.hwm_key(key, e.writer))
-            streams[pair[0]][pair[1]].append((e.seq, values))
+            streams[pair[0]][pair[1]].append((e.seq, e.app, values))
         return await self._flush(MO_FIELDS, streams)
 
     async def write_dead(self, entries: Sequence[QuarantineEntry]) -> WriteResult:
@@ -541,7 +495,7 @@ class Sink:
         for e in sorted(entries, key=lambda e: e.seq):
             values = (e.reason, e.raw, e.app or "", e.pulled_at, DEAD_SCHEMA)
             key = self.dead_key(e.app)
-            streams[key][self.hwm_key(key, e.writer)].append((e.seq, values))
+            streams[key][self.hwm_key(key, e.writer)].append((e.seq, e.app or "", values))
         return await self._flush(DEAD_FIELDS, streams)
 
     async def _flush(self, fields: Sequence[str], streams: Batches) -> WriteResult:
@@ -555,7 +509,10 @@ class Sink:
             client = self._writer()
             marks: list[str] = []  # the mark keys written: what the durability wait covers
             for key, by_mark in streams.items():
-                written[key] = skipped[key] = 0
+                for rows in by_mark.values():
+                    for _seq, app, _values in rows:
+                        written.setdefault(app, 0)
+                        skipped.setdefault(app, 0)
                 try:
                     for mark, rows in by_mark.items():
                         await self._write_stream(client, key, mark, fields, rows, written, skipped)
@@ -563,7 +520,9 @@ class Sink:
                 except ResponseError as exc:
                     if _server_wide(exc):
                         raise
-                    failed[key] = self._refused(key, exc)
+                    text = self._refused(key, exc)
+                    for rows in by_mark.values():
+                        failed.update((app, text) for _seq, app, _values in rows)
                     continue
                 await self._trim(client, key)
             # Grouped after the writes: the Cluster client has followed any MOVED by now.
@@ -616,18 +575,24 @@ class Sink:
         written: dict[str, int],
         skipped: dict[str, int],
     ) -> None:
-        """One writer's rows into one stream; counts go to ``written``/``skipped`` per batch
-        (a stream that fails half-way still counts what went in)."""
+        """One writer's rows into one stream; per application, counts go to ``written`` and
+        ``skipped`` per batch (a stream that fails half-way still counts what went in)."""
         # Batches go one after the other, never pipelined: if batch k failed while k+1
         # went in, the mark would pass k's sequence numbers and a retry would skip them.
         keys = (key, mark)
         header: list[Value] = [str(len(fields)), *fields]
         ttl = str(self.hwm_ttl)
         for start in range(0, len(rows), self.batch_size):
-            blob = _pack(rows[start : start + self.batch_size])
-            reply = await _WRITE(client, keys, [*header, blob, ttl])
-            written[key] += int(reply[0])
-            skipped[key] += int(reply[1])
+            batch = rows[start : start + self.batch_size]
+            reply = await _WRITE(client, keys, [*header, _pack(batch), ttl])
+            # Rows come in ascending seq, so the ones at or below the mark (skipped) are
+            # the batch's first ones: that tells which application each count belongs to.
+            first_written = int(reply[1])
+            for index, (_seq, app, _values) in enumerate(batch):
+                if index < first_written:
+                    skipped[app] += 1
+                else:
+                    written[app] += 1
 
     async def _trim(self, client: Redis | RedisCluster, key: str) -> None:
         """Trim after a write; a refusal is logged, the entries are written all the same."""
@@ -683,10 +648,18 @@ class Sink:
 
     # -- status -------------------------------------------------------------------------
 
-    async def stream_info(self, keys: Sequence[str] | None = None) -> list[StreamInfo]:
-        """Length and consumer groups of ``keys``, or of every stream matching the template."""
+    def describe(self) -> str:
+        """The Redis URL with its password masked, and the mode."""
+        return f"{redact_url(self.url)} ({self.mode})"
+
+    async def stream_info(self, apps: Sequence[str] | None = None) -> list[StreamInfo]:
+        """Length and consumer groups of these applications' streams, or of every stream
+        matching the template (dead-letter streams included)."""
         try:
-            names = list(keys) if keys is not None else await self._scan_streams()
+            if apps is not None:
+                names = [self.stream_key(app) for app in apps]
+            else:
+                names = await self._scan_streams()
             return [await self._one_stream_info(key) for key in names]
         except REDIS_ERRORS as exc:
             raise self._error("stream info", exc) from exc
@@ -722,7 +695,7 @@ def _pack(rows: Sequence[Row]) -> bytes:
     """Entries as ``<length>:<bytes>`` items (seq, then values), the format the script reads."""
     parts: list[bytes] = []
     append = parts.append
-    for seq, values in rows:
+    for seq, _app, values in rows:
         text = b"%d" % seq
         append(b"%d:%s" % (len(text), text))
         for value in values:
@@ -763,14 +736,4 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-__all__ = [
-    "DEAD_SCHEMA",
-    "MO_SCHEMA",
-    "DurabilityError",
-    "GroupInfo",
-    "Sink",
-    "SinkConfigError",
-    "SinkError",
-    "StreamInfo",
-    "WriteResult",
-]
+__all__ = ["RedisSink", "has_hash_tag", "redact_url", "stream_key"]

@@ -1,0 +1,248 @@
+"""The flusher: moves spool rows to the sink on its own schedule, whoever appended them.
+
+Woken by every append, it reads the spool's oldest rows (``FLUSH_ROWS`` at a time, so rows
+of several pulls go in one write), writes them through the sink and deletes exactly the rows
+the sink confirmed (design invariant 2). Quarantined bodies follow, to the dead-letter
+streams. It never waits for a source, and no source waits for it: a slow Redis holds back
+only the spool's deletes, never a pull.
+
+When the sink fails as a whole (Redis down), the flusher retries with exponential backoff
+and jitter; the rows wait in the spool. When one application's stream refuses (WRONGTYPE,
+NOPERM), that application is parked: its rows stay in the spool and are left out of the
+next reads until its own backoff has passed, and the other applications flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+import structlog
+
+from poller import metrics
+from poller.sink import Sink, SinkError, WriteResult
+from poller.spool import Spool, SpoolError
+from poller.stop import Stop
+
+log = structlog.get_logger(__name__)
+
+# Rows read from the spool per write: bounded memory whatever the backlog.
+FLUSH_ROWS = 5000
+# Backoff of a failed flush and of a parked application: first delay, longest delay.
+RETRY_BASE = 0.5
+RETRY_MAX = 30.0
+
+
+@dataclass
+class FlushResult:
+    """What one flush wrote, per application; ``failed`` names the parked ones."""
+
+    written: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    dead_lettered: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # application -> the refusal
+
+    @property
+    def total_written(self) -> int:
+        """Entries added to streams."""
+        return sum(self.written.values())
+
+
+@dataclass
+class _Parked:
+    until: float  # time.monotonic() of the next try
+    delay: float
+    error: str
+
+
+class Flusher:
+    """Spool -> sink, continuously (``run``) or on demand (``flush``); one flush at a time."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        sink: Sink,
+        stop: Stop,
+        *,
+        rows: int = FLUSH_ROWS,
+        retry_base: float = RETRY_BASE,
+        retry_max: float = RETRY_MAX,
+    ) -> None:
+        self.spool = spool
+        self.sink = sink
+        self.stop = stop
+        self.rows = rows
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        # Messages and dead letters are parked apart: a dead-letter stream can refuse alone.
+        self._parked: dict[str, _Parked] = {}
+        self._parked_dead: dict[str, _Parked] = {}
+        # The last flush failed as a whole (the sink is down): its error, else None.
+        self.error: str | None = None
+        self.failures = 0
+        self.written = 0
+        self.dead_lettered = 0
+        # Called after every flush that left no application parked.
+        self.on_flushed: list[Callable[[], None]] = []
+        stop.on_request(self.wake)
+
+    @property
+    def parked(self) -> dict[str, str]:
+        """Applications whose stream refuses writes -> the refusal."""
+        return {app: p.error for app, p in self._parked.items()}
+
+    def wake(self) -> None:
+        """Rows were appended (or a stop was asked for): flush soon."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Flush whenever woken, until the stop is asked for; back off while the sink fails.
+
+        Returns at a stop (between flushes); the owner then calls ``flush`` once more for
+        what is left."""
+        while not self.stop.requested:
+            self._wake.clear()
+            try:
+                await self.flush()
+            except (SinkError, SpoolError) as exc:
+                delay = self._backoff(self.failures)
+                # Once per outage at warning level; the retries at debug.
+                (log.warning if self.failures == 1 else log.debug)(
+                    "flush failed; the rows wait in the spool",
+                    error=str(exc),
+                    retry_in=round(delay, 2),
+                    failures=self.failures,
+                )
+                await self.stop.sleep(delay)
+                continue
+            await self._idle()
+
+    async def _idle(self) -> None:
+        """Wait for the next append, the next parked application's turn, or the stop."""
+        due = [p.until for p in (*self._parked.values(), *self._parked_dead.values())]
+        timeout = max(0.0, min(due) - time.monotonic()) if due else None
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def flush(self, *, retry_parked: bool = False) -> FlushResult:
+        """Write what the spool holds (parked applications whose turn has not come are left
+        out, unless ``retry_parked``); raises SinkError / SpoolError when the sink or the
+        spool fails as a whole, after which the rows are still in the spool."""
+        async with self._lock:
+            started = time.monotonic()
+            try:
+                result = await self._flush(retry_parked)
+            except (SinkError, SpoolError) as exc:
+                self.failures += 1
+                self.error = str(exc)
+                metrics.REDIS_ERRORS.inc()
+                raise
+            finally:
+                self._update_gauges()
+            if self.failures:
+                log.info("flush works again", failures=self.failures)
+            self.failures = 0
+            self.error = None
+            if not self._parked:
+                for callback in self.on_flushed:
+                    callback()
+            if result.total_written or result.dead_lettered:
+                metrics.FLUSH_SECONDS.observe(time.monotonic() - started)
+            return result
+
+    async def _flush(self, retry_parked: bool) -> FlushResult:
+        total = FlushResult()
+        parked = self._due(self._parked, retry_parked)
+        while True:
+            entries = await asyncio.to_thread(self.spool.pending, self.rows, parked)
+            if not entries:
+                break
+            written = await self.sink.write(entries)
+            refused = self._settle(self._parked, written, {e.app for e in entries}, "stream")
+            parked |= refused
+            done = [e for e in entries if e.app not in refused]
+            if parked:
+                # Parked rows lie below this slice's last seq: delete exactly what was written.
+                await asyncio.to_thread(self.spool.commit_seqs, [e.seq for e in done])
+            else:
+                await asyncio.to_thread(self.spool.commit, entries[-1].seq)
+            self._count(written, total)
+            if len(entries) < self.rows and not refused:
+                break
+        parked_dead = self._due(self._parked_dead, retry_parked)
+        while True:
+            dead = await asyncio.to_thread(self.spool.quarantine_pending, self.rows, parked_dead)
+            if not dead:
+                break
+            result = await self.sink.write_dead(dead)
+            apps = {q.app or "" for q in dead}
+            refused = self._settle(self._parked_dead, result, apps, "dead-letter stream")
+            parked_dead |= refused
+            done_dead = [q.seq for q in dead if (q.app or "") not in refused]
+            if parked_dead:
+                await asyncio.to_thread(self.spool.mark_dead_lettered_seqs, done_dead)
+            else:
+                await asyncio.to_thread(self.spool.mark_dead_lettered, dead[-1].seq)
+            total.dead_lettered += len(done_dead)
+            self.dead_lettered += len(done_dead)
+            total.failed.update(result.failed)
+            if len(dead) < self.rows and not refused:
+                break
+        total.failed.update({app: p.error for app, p in self._parked.items()})
+        return total
+
+    def _due(self, parked: dict[str, _Parked], everything: bool) -> set[str]:
+        """Parked applications to leave out of this flush: those whose turn has not come."""
+        if everything:
+            return set()
+        now = time.monotonic()
+        return {app for app, p in parked.items() if p.until > now}
+
+    def _settle(
+        self, parked: dict[str, _Parked], result: WriteResult, apps: Collection[str], what: str
+    ) -> set[str]:
+        """Park the applications the sink refused (longer each time), release the others."""
+        for app in apps:
+            if app not in result.failed and parked.pop(app, None) is not None:
+                log.info(f"{what} takes writes again", app=app or None)
+        now = time.monotonic()
+        for app, error in result.failed.items():
+            before = parked.get(app)
+            delay = self.retry_base * 2 if before is None else min(self.retry_max, before.delay * 2)
+            parked[app] = _Parked(now + delay, delay, error)
+            log.error(
+                f"{what} refuses writes; its rows wait in the spool",
+                app=app or None,
+                error=error,
+                retry_in=round(delay, 2),
+            )
+        return set(result.failed)
+
+    def _count(self, written: WriteResult, total: FlushResult) -> None:
+        for app, count in written.written.items():
+            total.written[app] = total.written.get(app, 0) + count
+            if count:
+                metrics.MESSAGES_WRITTEN.labels(app=app).inc(count)
+        self.written += written.total_written
+        total.skipped += written.total_skipped
+        if written.total_skipped:
+            metrics.DUPLICATES_SKIPPED.inc(written.total_skipped)
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self.retry_max, self.retry_base * 2.0 ** max(0, failures - 1))
+        return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+    def _update_gauges(self) -> None:
+        stats = self.spool.stats()
+        metrics.SPOOL_ROWS.set(stats.rows)
+        metrics.SPOOL_BYTES.set(stats.bytes)
+        metrics.SPOOL_OLDEST_AGE_SECONDS.set(stats.oldest_age_s or 0.0)
+        metrics.QUARANTINE_ROWS.set(stats.quarantined)

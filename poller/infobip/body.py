@@ -1,0 +1,209 @@
+"""Reading a pull answer item by item, keeping each item's bytes exactly as Infobip sent them.
+
+A pull answer is ``{"results": [item, ...], "messageCount": n, "pendingMessageCount": m}``.
+The poller needs three fields of each item to route it (``messageId``, ``applicationCode``,
+``receivedAt``) and keeps the item's bytes as they came, so the stream's payload is what
+Infobip sent: unknown fields, number spellings and big integers included, no re-encoding.
+
+Two readers, one result:
+- the fast one (msgspec, in C) reads a well-formed answer in two passes over the bytes, one
+  for each item's raw bytes and one for the routing fields, skipping everything else;
+- the careful one walks the document with the standard library's scanner one value at a time,
+  for what msgspec refuses (NaN, a lone surrogate escape, a body cut short, bad JSON). It
+  returns every item that arrived whole, and ``rest`` holds the bytes from the first one that
+  did not, for quarantine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODE = json.JSONDecoder().raw_decode
+
+
+@dataclass
+class PullScan:
+    """What a pull answer held: its whole items (text as sent, decoded value) and counters.
+
+    ``error`` is None when the document was read to its end and is a well-formed answer;
+    otherwise it says what was wrong, and ``rest`` holds the bytes from the point where
+    reading stopped (the items before it are whole and usable)."""
+
+    items: list[tuple[bytes, Any]] = field(default_factory=list)
+    message_count: int | None = None
+    pending_message_count: int | None = None
+    error: str | None = None
+    rest: bytes = b""
+    results_complete: bool = False  # the results array was read to its end
+    bad_counters: dict[str, str] = field(default_factory=dict)
+
+
+class _Raw(msgspec.Struct):
+    results: list[msgspec.Raw]
+    messageCount: Any = None
+    pendingMessageCount: Any = None
+
+
+class _Route(msgspec.Struct):
+    messageId: Any = msgspec.UNSET
+    applicationCode: Any = msgspec.UNSET
+    receivedAt: Any = msgspec.UNSET
+
+
+class _Routes(msgspec.Struct):
+    results: list[_Route]  # an item that is not an object sends the body to the careful reader
+
+
+_RAW = msgspec.json.Decoder(_Raw)
+_ROUTES = msgspec.json.Decoder(_Routes)
+_ROUTE_FIELDS = ("messageId", "applicationCode", "receivedAt")
+
+
+class _Stop(Exception):
+    def __init__(self, reason: str, at: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.at = at
+
+
+def scan_pull(body: bytes) -> PullScan:
+    """Read a pull answer; never raises. See ``PullScan`` for what a bad body gives.
+
+    Each item comes as (its bytes as sent, its decoded value); the value may hold only the
+    routing fields (the fast reader skips the rest: they are in the bytes)."""
+    scan = _fast(body)
+    return scan if scan is not None else _careful(body)
+
+
+def _fast(body: bytes) -> PullScan | None:
+    try:
+        raw = _RAW.decode(body)
+        routes = _ROUTES.decode(body).results
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    scan = PullScan(results_complete=True)
+    items = scan.items
+    unset = msgspec.UNSET
+    for data, route in zip(raw.results, routes, strict=True):
+        value = {n: v for n in _ROUTE_FIELDS if (v := getattr(route, n)) is not unset}
+        items.append((bytes(data), value))
+    for name in ("messageCount", "pendingMessageCount"):
+        _counter(scan, name, getattr(raw, name))
+    return scan
+
+
+def _careful(body: bytes) -> PullScan:
+    scan = PullScan()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Items before the bad byte can still be read; the rest is kept as bytes.
+        text = body[: exc.start].decode("utf-8")
+        tail_error: str | None = f"not JSON (bad UTF-8 at byte {exc.start})"
+    else:
+        tail_error = None
+    cut = len(text.encode()) if tail_error else len(body)
+    try:
+        _walk(text, scan)
+    except _Stop as stop:
+        scan.error = tail_error or stop.reason
+        scan.rest = text[stop.at :].encode() + body[cut:]
+        return scan
+    if tail_error:
+        scan.error = tail_error
+        scan.rest = body[cut:]
+    return scan
+
+
+def _walk(text: str, scan: PullScan) -> None:
+    pos = _skip(text, 0)
+    if not text.startswith("{", pos):
+        try:
+            _DECODE(text, pos)
+        except (ValueError, RecursionError):
+            raise _Stop("not JSON", pos) from None
+        raise _Stop("not a JSON object", pos)
+    pos = _skip(text, pos + 1)
+    seen_results = False
+    first = True
+    while True:
+        if text.startswith("}", pos):
+            end = _skip(text, pos + 1)
+            if end != len(text):
+                raise _Stop("not JSON (data after the document)", end)
+            if not seen_results:
+                raise _Stop("`results` is not a list", 0)
+            return
+        if not first:
+            if not text.startswith(",", pos):
+                raise _Stop("not JSON (expected , or })", pos)
+            pos = _skip(text, pos + 1)
+        first = False
+        key, after = _value(text, pos)
+        if not isinstance(key, str):
+            raise _Stop("not JSON (object key is not a string)", pos)
+        colon = _skip(text, after)
+        if not text.startswith(":", colon):
+            raise _Stop("not JSON (expected :)", colon)
+        pos = _skip(text, colon + 1)
+        if key == "results":
+            if not text.startswith("[", pos):
+                raise _Stop("`results` is not a list", pos)
+            seen_results = True
+            pos = _items(text, _skip(text, pos + 1), scan)
+            scan.results_complete = True
+        else:
+            value, pos = _value(text, pos)
+            if key in ("messageCount", "pendingMessageCount"):
+                _counter(scan, key, value)
+        pos = _skip(text, pos)
+
+
+def _items(text: str, pos: int, scan: PullScan) -> int:
+    """Read the results array from after its ``[``; returns the position after its ``]``."""
+    items = scan.items
+    if text.startswith("]", pos):
+        return pos + 1
+    while True:
+        value, end = _value(text, pos)
+        items.append((text[pos:end].encode(), value))
+        pos = _skip(text, end)
+        if text.startswith(",", pos):
+            pos = _skip(text, pos + 1)
+        elif text.startswith("]", pos):
+            return pos + 1
+        else:
+            raise _Stop("not JSON (expected , or ] in results)", pos)
+
+
+def _value(text: str, pos: int) -> tuple[Any, int]:
+    try:
+        return _DECODE(text, pos)
+    except json.JSONDecodeError as exc:
+        raise _Stop(f"not JSON ({exc.msg} at char {exc.pos})", pos) from None
+    except RecursionError:
+        raise _Stop("JSON nested too deeply", pos) from None
+
+
+def _skip(text: str, pos: int) -> int:
+    match = _WS.match(text, pos)
+    return match.end() if match else pos
+
+
+def _counter(scan: PullScan, name: str, value: Any) -> None:
+    if value is None or value is msgspec.UNSET:
+        scan.bad_counters[name] = "missing"
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        scan.bad_counters[name] = repr(value)[:40]
+        return
+    if name == "messageCount":
+        scan.message_count = value
+    else:
+        scan.pending_message_count = value

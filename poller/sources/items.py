@@ -1,0 +1,90 @@
+"""Result items into spool rows: a message when it can be routed, quarantine when not.
+
+Shared by every source: whatever hands messages over, an item is kept as Infobip sent it,
+and an item that is not a routable message is quarantined on its own, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from poller.spool import NewMessage, NewQuarantine
+
+# One encoder for every item: json.dumps would rebuild it per call.
+_ENCODE_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ENCODE_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+def encode_item(item: Any) -> str:
+    """JSON text of a decoded item on one line, readable UTF-8 when it can be, escaped ASCII
+    otherwise (JSON may carry a lone surrogate, which UTF-8 cannot store)."""
+    text = _ENCODE_UTF8(item)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return _ENCODE_ASCII(item)
+    return text
+
+
+def now_rfc3339() -> str:
+    """The current UTC time as RFC 3339 with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def rows_from_items(
+    items: Sequence[tuple[bytes, Any]], pulled_at: str
+) -> tuple[list[NewMessage], list[NewQuarantine]]:
+    """Spool rows for ``(bytes as sent, decoded value)`` items, in their order; the value
+    needs only the routing fields (messageId, applicationCode, receivedAt)."""
+    messages: list[NewMessage] = []
+    quarantined: list[NewQuarantine] = []
+    for data, item in items:
+        problem = _problem(item)
+        if problem is None:
+            received = item.get("receivedAt")
+            messages.append(
+                NewMessage(
+                    app=item["applicationCode"],
+                    message_id=item["messageId"],
+                    received_at=received if _is_text(received) else "",
+                    pulled_at=pulled_at,
+                    payload=data,
+                )
+            )
+        else:
+            app = item.get("applicationCode") if isinstance(item, dict) else None
+            quarantined.append(
+                NewQuarantine(
+                    raw=data,
+                    reason=problem,
+                    app=app if _is_text(app) and app else None,
+                    pulled_at=pulled_at,
+                )
+            )
+    return messages, quarantined
+
+
+def _is_text(value: Any) -> bool:
+    """A str that UTF-8 can store (JSON allows lone surrogates; SQLite and Redis do not)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _problem(item: Any) -> str | None:
+    if not isinstance(item, dict):
+        return f"result item is a {type(item).__name__}, not an object"
+    for name in ("messageId", "applicationCode"):
+        value = item.get(name)
+        if not isinstance(value, str) or not value:
+            return f"result item has no {name}"
+        if not _is_text(value):
+            return f"result item's {name} is not valid Unicode text"
+    return None

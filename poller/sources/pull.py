@@ -1,0 +1,410 @@
+"""The pull source: drains Infobip's pull inbox into the spool, several pulls in flight.
+
+A drain keeps up to ``in_flight`` pulls going (every call still waits for the account's rate
+limiter) while Infobip reports messages pending and the spool is below its cap. Each pull is
+one unit that a stop does not cut: its answer is written to the journal as its bytes arrive,
+then its items become spool rows in one fsynced append, then the journal file goes
+(design invariant 1). The flusher is woken; the drain never waits for Redis.
+
+Order: rows are appended in the order the pulls were sent, whatever order their answers
+arrive in, so each application's stream keeps Infobip's order across answers as well as
+within one. An answer that completes before an earlier one is fsynced in its journal file
+while it waits for its turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from poller import metrics
+from poller.flusher import Flusher
+from poller.infobip import AuthError, InfobipClient, InfobipError, MalformedResponseError
+from poller.infobip.body import scan_pull
+from poller.journal import Journal, JournalEntry
+from poller.sources.items import now_rfc3339, rows_from_items
+from poller.spool import NewMessage, NewQuarantine, Spool, SpoolError
+from poller.stop import Stop
+
+log = structlog.get_logger(__name__)
+
+# Malformed answers in a row after which a drain stops pulling until the next tick.
+MAX_MALFORMED_IN_A_ROW = 3
+_CUT_BY_A_STOP = "answer cut short by the end of an earlier run"
+# Longest pause between attempts to append a pulled batch that the spool refused (disk full).
+SPOOL_RETRY_MAX = 30.0
+
+
+@dataclass
+class DrainResult:
+    """What one drain did."""
+
+    pulls: int = 0
+    pulled: int = 0
+    quarantined: int = 0
+    pending_reported: int | None = None
+    backpressure: bool = False
+    pull_error: str | None = None
+    auth_failed: bool = False
+    seconds: float = 0.0
+
+
+@dataclass
+class _Unit:
+    """What one pull and its append did."""
+
+    pulled: int = 0
+    quarantined: int = 0
+    results: int = 0
+    pending: int | None = None
+    error: str | None = None
+    auth_failed: bool = False
+    malformed: bool = False
+    sent: bool = True
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Spool rows made from one body."""
+
+    messages: list[NewMessage]
+    quarantined: list[NewQuarantine]
+
+
+def rows_from_body(body: bytes, pulled_at: str, reason: str | None = None) -> Rows:
+    """Every whole item of a pull answer (or of what arrived of it) as rows; what is not
+    whole goes to quarantine: the whole body when no item could be read, else the rest from
+    the first item that could not. ``reason`` says why the body is suspect, if it is."""
+    scan = scan_pull(body)
+    messages, quarantined = rows_from_items(scan.items, pulled_at)
+    problem = scan.error or (reason if scan.items else None)
+    # Once every item was read, what is missing is only the counters: nothing to keep.
+    if problem is not None and not scan.results_complete:
+        whole = not scan.items
+        raw = body if whole else scan.rest
+        if raw.strip() or whole:
+            why = reason or problem
+            if not whole:
+                why = f"{why}; {len(scan.items)} whole items before it were kept"
+            quarantined.append(NewQuarantine(raw=raw, reason=why, app=None, pulled_at=pulled_at))
+    return Rows(messages, quarantined)
+
+
+class PullSource:
+    """Drains the pull inbox into the spool; one drain per scheduler tick."""
+
+    def __init__(
+        self,
+        client: InfobipClient,
+        spool: Spool,
+        journal: Journal | None,
+        flusher: Flusher,
+        stop: Stop,
+        *,
+        pull_limit: int,
+        max_pulls: int,
+        in_flight: int,
+    ) -> None:
+        self.client = client
+        self.spool = spool
+        self.journal = journal
+        self.flusher = flusher
+        self.stop = stop
+        self.pull_limit = pull_limit
+        self.max_pulls = max_pulls
+        self.in_flight = in_flight
+        self._units: set[asyncio.Task[_Unit]] = set()
+        self._last_turn: asyncio.Future[None] | None = None
+        self._forget: list[str] = []  # journal files deleted since the last append
+        self.last_success: float | None = None
+        self.backpressure = False
+        # Set while a pulled batch waits in memory because the spool refused it.
+        self.spool_error: str | None = None
+        # Messages a stop had to give up because neither the spool nor the journal held them.
+        self.abandoned = 0
+        # Called when a pull worked and what it spooled reached the sink (readiness).
+        self.on_progress: Callable[[], None] | None = None
+        self._unconfirmed = False  # spooled rows of a good pull the sink has not taken yet
+        flusher.on_flushed.append(self._confirmed)
+
+    async def drain(self) -> DrainResult:
+        """Pull and spool while messages are pending, with up to ``in_flight`` pulls at once."""
+        result = DrainResult()
+        started = time.monotonic()
+        pending: int | None = None  # as the latest answer reported; None: not asked yet
+        running: set[asyncio.Task[_Unit]] = set()
+        malformed = 0
+        halt = False
+        while True:
+            while not halt and self._want(result, pending, len(running)):
+                running.add(self._start())
+                result.pulls += 1
+            if not running:
+                break
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                unit = task.result()
+                result.pulled += unit.pulled
+                result.quarantined += unit.quarantined
+                if not unit.sent:
+                    result.pulls -= 1
+                    halt = True
+                    continue
+                if unit.error is not None:
+                    halt = True
+                    if unit.malformed:
+                        malformed += 1
+                        halt = malformed >= MAX_MALFORMED_IN_A_ROW
+                        if halt:
+                            result.pull_error = unit.error
+                        continue
+                    result.pull_error = unit.error
+                    result.auth_failed = result.auth_failed or unit.auth_failed
+                    continue
+                malformed = 0
+                pending = unit.pending if unit.results else 0
+                result.pending_reported = unit.pending
+        self._set_backpressure(result.backpressure)
+        result.seconds = time.monotonic() - started
+        metrics.POLL_CYCLE_SECONDS.observe(result.seconds)
+        log.info(
+            "drain done",
+            pulls=result.pulls,
+            pulled=result.pulled,
+            quarantined=result.quarantined,
+            pending=result.pending_reported,
+            backpressure=result.backpressure or None,
+            pull_error=result.pull_error,
+            seconds=round(result.seconds, 3),
+        )
+        return result
+
+    def _want(self, result: DrainResult, pending: int | None, running: int) -> bool:
+        """Whether to send one more pull now."""
+        if self.stop.requested or result.pulls >= self.max_pulls or running >= self.in_flight:
+            return False
+        if not self.spool.has_room(self.pull_limit * running):
+            # At the cap, counting what the pulls on their way will add.
+            self.flusher.wake()
+            result.backpressure = running == 0
+            return False
+        if pending is None:
+            return running == 0  # the first answer tells how much is waiting
+        # What the latest answer left, less what the pulls already on their way will take.
+        return pending - self.pull_limit * running > 0
+
+    def _start(self) -> asyncio.Task[_Unit]:
+        previous = self._last_turn
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._last_turn = turn
+        task = asyncio.create_task(self._unit(previous, turn), name="pull")
+        self._units.add(task)
+        task.add_done_callback(self._units.discard)
+        return task
+
+    async def settle(self, seconds: float) -> bool:
+        """Wait for the pulls in flight to be spooled (a stop); True when none is left."""
+        if not self._units:
+            return True
+        _done, late = await asyncio.wait(set(self._units), timeout=max(0.0, seconds))
+        if late:
+            log.warning("pulls still in flight at the stop deadline", pulls=len(late))
+        return not late
+
+    async def _unit(
+        self, previous: asyncio.Future[None] | None, turn: asyncio.Future[None]
+    ) -> _Unit:
+        try:
+            return await self._pull_and_spool(previous)
+        finally:
+            if not turn.done():
+                turn.set_result(None)
+
+    async def _pull_and_spool(self, previous: asyncio.Future[None] | None) -> _Unit:
+        pulled_at = now_rfc3339()
+        entry = self.journal.open_entry(pulled_at) if self.journal is not None else None
+        started = time.monotonic()
+        unit = _Unit()
+        try:
+            response = await self.client.pull(
+                self.pull_limit, on_chunk=entry.write if entry is not None else None
+            )
+        except MalformedResponseError as exc:
+            # The body may hold messages that Infobip will never hand out again: keep them.
+            rows = rows_from_body(exc.body, pulled_at, exc.reason)
+            unit.error = str(exc)
+            unit.malformed = True
+            metrics.PULLS.labels(outcome="malformed").inc()
+            log.error(
+                "pull answer malformed; whole items kept, the rest quarantined",
+                reason=exc.reason,
+                bytes=len(exc.body),
+                kept=len(rows.messages),
+            )
+        except InfobipError as exc:
+            if entry is not None:
+                entry.discard()
+            if self.stop.requested:
+                unit.sent = False  # not sent (or cut short before an answer) because of the stop
+                return unit
+            unit.error = str(exc)
+            unit.auth_failed = isinstance(exc, AuthError)
+            metrics.PULLS.labels(outcome="error").inc()
+            log.warning("pull failed; will try again at the next tick", error=str(exc))
+            return unit
+        else:
+            messages, quarantined = rows_from_items(
+                list(zip(response.items, response.routes, strict=True)), pulled_at
+            )
+            rows = Rows(messages, quarantined)
+            unit.results = len(response.items)
+            unit.pending = response.pending_message_count
+            metrics.PULLS.labels(outcome="ok" if response.items else "empty").inc()
+            metrics.INFOBIP_PENDING_MESSAGES.set(response.pending_message_count)
+        finally:
+            metrics.PULL_REQUEST_SECONDS.observe(time.monotonic() - started)
+        if previous is not None and not previous.done():
+            # An earlier pull is still on its way: this answer waits, on disk, for its turn.
+            if entry is not None:
+                await asyncio.to_thread(entry.sync)
+            await previous
+        if await self._append(rows, entry):
+            unit.pulled = len(rows.messages)
+            unit.quarantined = len(rows.quarantined)
+            self._count(rows)
+            if unit.error is None:
+                if unit.pulled or unit.quarantined:
+                    self._unconfirmed = True  # stamped once the flusher has written them
+                elif self.flusher.error is None and not self.flusher.parked:
+                    self._progress()  # an empty inbox, and the sink was fine last time
+            self.flusher.wake()
+        return unit
+
+    def _confirmed(self) -> None:
+        if self._unconfirmed:
+            self._unconfirmed = False
+            self._progress()
+
+    def _count(self, rows: Rows) -> None:
+        for app, count in Counter(m.app for m in rows.messages).items():
+            metrics.MESSAGES_PULLED.labels(app=app).inc(count)
+        for item in rows.quarantined:
+            metrics.MESSAGES_QUARANTINED.labels(app=item.app or "unknown").inc()
+            log.error("pulled item quarantined", reason=item.reason, app=item.app)
+
+    def _progress(self) -> None:
+        self.last_success = time.monotonic()
+        metrics.LAST_SUCCESSFUL_POLL.set(time.time())
+        if self.on_progress is not None:
+            self.on_progress()
+
+    async def _append(self, rows: Rows, entry: JournalEntry | None) -> bool:
+        """Spool one answer's rows; while the spool refuses (disk full, I/O error), hold them
+        and try again: Infobip will not hand them out again. At the stop deadline, give up:
+        the journal file keeps the answer for the next start when it could be written, else
+        the messages go to the log whole. True when spooled."""
+        journal_id = entry.id if entry is not None and entry.ok else None
+        delay = 0.5
+        attempts = 0
+        while True:
+            forget, self._forget = self._forget, []
+            try:
+                await asyncio.to_thread(
+                    self.spool.append,
+                    rows.messages,
+                    rows.quarantined,
+                    journal=journal_id,
+                    forget=forget,
+                )
+            except SpoolError as exc:
+                self._forget.extend(forget)
+                attempts += 1
+                self.spool_error = str(exc)
+                log.error(
+                    "spool refused a pulled batch; holding it and retrying",
+                    error=str(exc),
+                    messages=len(rows.messages),
+                    attempt=attempts,
+                )
+                if self.stop.requested and self.stop.remaining() <= 1.0:
+                    self._give_up(rows, entry)
+                    return False
+                wait = delay
+                if self.stop.requested:
+                    wait = min(delay, max(0.05, self.stop.remaining() - 1.0))
+                await asyncio.sleep(wait)
+                delay = min(SPOOL_RETRY_MAX, delay * 2)
+                continue
+            if attempts:
+                log.info(
+                    "spool took the held batch", attempts=attempts, messages=len(rows.messages)
+                )
+            self.spool_error = None
+            if entry is not None:
+                entry.discard()
+                self._forget.append(entry.id)
+            return True
+
+    def _give_up(self, rows: Rows, entry: JournalEntry | None) -> None:
+        if entry is not None and entry.ok and entry.sync():
+            log.error(
+                "stopping with a pulled answer the spool never took; it stays in the journal"
+                " and is spooled at the next start",
+                path=str(entry.path),
+                messages=len(rows.messages),
+            )
+            return
+        # Last resort before the process goes: the batch into the log, whole.
+        self.abandoned += len(rows.messages) + len(rows.quarantined)
+        log.critical(
+            "stopping with a batch the spool never took; its messages follow",
+            payloads=[m.payload for m in rows.messages],
+            quarantined=[q.raw.decode("utf-8", "replace") for q in rows.quarantined],
+        )
+
+    def _set_backpressure(self, on: bool) -> None:
+        if on != self.backpressure:
+            self.backpressure = on
+            stats = self.spool.stats()
+            if on:
+                log.warning(
+                    "spool is full: pulling paused until redis drains it",
+                    rows=stats.rows,
+                    bytes=stats.bytes,
+                )
+            else:
+                log.info("spool has room again: pulling resumed", rows=stats.rows)
+        metrics.BACKPRESSURE_ACTIVE.set(1 if on else 0)
+
+
+def salvage(spool: Spool, journal: Journal) -> tuple[int, int]:
+    """Spool what a killed run left in the journal; (messages, quarantined) salvaged.
+
+    A file whose id the spool recorded was spooled already and is only deleted. Runs at
+    start, before any pull, in a thread (it reads files and appends)."""
+    leftovers = journal.leftovers()
+    if not leftovers:
+        spool.forget_journals()
+        return 0, 0
+    spooled = spool.spooled_journals({left.id for left in leftovers})
+    messages = quarantined = 0
+    for left in leftovers:
+        if left.id not in spooled and left.body.strip():
+            rows = rows_from_body(left.body, left.pulled_at or now_rfc3339(), _CUT_BY_A_STOP)
+            spool.append(rows.messages, rows.quarantined, journal=left.id)
+            messages += len(rows.messages)
+            quarantined += len(rows.quarantined)
+            log.warning(
+                "answer left in the journal by an earlier run spooled",
+                path=str(left.path),
+                messages=len(rows.messages),
+                quarantined=len(rows.quarantined),
+            )
+        left.path.unlink(missing_ok=True)
+    spool.forget_journals()
+    return messages, quarantined

@@ -1,0 +1,135 @@
+"""The body journal: a kill while an answer arrives loses only what was still in the socket.
+
+Also the item-by-item reading of answers that it relies on: text kept as sent, and every
+whole item of a cut answer found, wherever the cut falls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from poller.infobip.body import scan_pull
+from poller.simulator import Simulator
+from poller.sources.pull import rows_from_body
+from tests.support import (
+    ids_in_streams,
+    make_settings,
+    poller_command,
+    settings_env,
+    stream_entries,
+)
+
+PULL_PATH = "/push/1/inbox/reports"
+
+
+def item(n: int, app: str = "app-alpha", size: int = 0) -> dict[str, object]:
+    return {
+        "messageId": f"m-{n:05d}",
+        "applicationCode": app,
+        "receivedAt": "2026-11-30T10:00:00.000+0000",
+        "text": f"message {n} " + "x" * size,
+        "customPayload": {"n": n, "nested": [1, {"deep": "é"}]},
+    }
+
+
+def test_items_keep_the_text_infobip_sent() -> None:
+    # Tried: odd spacing, number spellings JSON allows but a re-encoder would change, an
+    # unknown field, a big integer: the kept text must be byte for byte what arrived.
+    raw_items = [
+        '{"messageId":"a","applicationCode":"x","price":1.50,"big":123456789012345678901234567890}',
+        '{ "messageId" : "b" , "applicationCode" : "x", "exp": 1E+2, "unknown": [ ] }',
+    ]
+    body = ('{"results": [' + ",\n ".join(raw_items) + '], "messageCount": 2,'
+            ' "pendingMessageCount": 7}').encode()  # fmt: skip
+    scan = scan_pull(body)
+    assert scan.error is None
+    assert [data.decode() for data, _value in scan.items] == raw_items
+    assert (scan.message_count, scan.pending_message_count) == (2, 7)
+
+
+def test_a_cut_answer_gives_every_whole_item_wherever_the_cut_falls() -> None:
+    # Tried: the same answer cut after every one of its bytes.
+    items = [item(n) for n in range(6)]
+    body = json.dumps({"results": items, "messageCount": 6, "pendingMessageCount": 0}).encode()
+    texts = [json.dumps(i) for i in items]
+    for cut in range(len(body)):
+        prefix = body[:cut]
+        rows = rows_from_body(prefix, "t", "cut")
+        whole = [i["messageId"] for i, t in zip(items, texts, strict=True)
+                 if prefix.find(t.encode()) != -1]  # fmt: skip
+        assert [m.message_id for m in rows.messages] == whole, cut
+        # What is not whole is quarantined, never dropped: the bytes from the first cut item.
+        kept = b"".join(q.raw for q in rows.quarantined)
+        if len(whole) == len(items):
+            assert not rows.quarantined, cut
+        elif cut:
+            assert prefix.endswith(kept), cut
+            if items[len(whole)]["messageId"].encode() in prefix:  # type: ignore[union-attr]
+                assert items[len(whole)]["messageId"].encode() in kept  # type: ignore[union-attr]
+
+
+async def test_a_kill_while_a_large_answer_arrives_loses_no_item_that_had_arrived(
+    configured_simulator: Simulator, redis_url: str, redis_client: Redis, key_template: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    # Tried: a 1,000-message answer (~600 KB) whose server stops sending after 400,000
+    # bytes; `poller once` is SIGKILLed while it waits for the rest; then started again.
+    sent = [item(n, size=500) for n in range(1000)]
+    configured_simulator.inject_raw(sent)
+    configured_simulator.add_fault("stall", count=1, path=PULL_PATH, at=400_000, delay=60)
+    settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
+    journal = settings.spool.path.with_name(settings.spool.path.name + ".journal")
+    proc = await asyncio.create_subprocess_exec(
+        *poller_command("once", "--no-bootstrap"),
+        env=settings_env(settings),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        prefix = await _journaled_body(journal, want=400_000)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    ids = [str(m["messageId"]) for m in sent]
+    # Item i arrived whole when item i + 1 had begun to arrive.
+    arrived = [ids[i] for i in range(len(ids) - 1) if ids[i + 1].encode() in prefix]
+    assert 500 < len(arrived) < 1000
+
+    configured_simulator.clear_faults()
+    restart = await asyncio.create_subprocess_exec(
+        *poller_command("once", "--no-bootstrap"),
+        env=settings_env(settings),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert await asyncio.wait_for(restart.wait(), 60) == 0
+    counts = await ids_in_streams(redis_client, key_template)
+    assert sorted(counts) == arrived
+    assert set(counts.values()) == {1}
+    entries = await stream_entries(redis_client, settings.stream_key("app-alpha"))
+    assert [json.loads(e["payload"]) for e in entries] == sent[: len(arrived)]
+    # The item cut in the middle is in the dead-letter stream, as its bytes arrived.
+    (dead,) = await stream_entries(redis_client, settings.stream_key("unknown") + ":dead")
+    assert ids[len(arrived)] in dead["raw"]
+    assert "earlier run" in dead["reason"]
+    assert not list(journal.iterdir())
+
+
+async def _journaled_body(journal: Path, want: int, timeout: float = 30) -> bytes:
+    """The body bytes of the one journal file, once it holds ``want`` of them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = list(journal.glob("*.body")) if journal.is_dir() else []
+        if files:
+            body = files[0].read_bytes().partition(b"\n")[2]
+            if len(body) >= want:
+                return body
+        await asyncio.sleep(0.05)
+    pytest.fail("the answer never reached the journal")
