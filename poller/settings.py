@@ -97,8 +97,8 @@ class InfobipSettings(_Section):
         4,
         ge=1,
         le=32,
-        description="Pulls a drain keeps going at once (overlapping round trips; the rate"
-        " limit still spaces every call).",
+        description="Pulls a drain keeps going at once; the rate limit still spaces every call."
+        " Keeps the limit's pace while seconds per pull x rate_limit stay below it.",
     )
     rate_limit: float = Field(
         10.0, gt=0, le=1000, description="Requests per second to Infobip, all calls together."

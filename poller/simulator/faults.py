@@ -15,10 +15,11 @@ from poller.simulator.replies import service_error, too_many_requests
 # Answered instead of the operation: a pull does not touch the inbox.
 REFUSING = frozenset({"500", "503", "429"})
 # The operation runs (a pull takes its messages), then its response is spoiled.
-SPOILING = frozenset({"truncated", "invalid_json", "wrong_types", "drop", "oversized", "stall"})
+SPOILING = frozenset({"truncated", "invalid_json", "wrong_types", "drop", "oversized"})
 # latency: wait, then serve (a pull takes nothing until then); slow_answer: serve (a pull takes
 # its messages), then wait before writing the answer, as a slow network or proxy would.
-KINDS = REFUSING | SPOILING | {"latency", "slow_answer"}
+# stall: serve, send part of the body, wait, send the rest (the answer is whole if read).
+KINDS = REFUSING | SPOILING | {"latency", "slow_answer", "stall"}
 
 PARAMS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "latency": {"delay": (int, float)},

@@ -148,6 +148,13 @@ class PullSource:
                 break
             done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
+                if task.exception() is not None:
+                    # A bug, not a bad answer: stop this drain, keep the daemon (and the
+                    # journal file, which the next start spools) alive.
+                    log.error("pull failed unexpectedly", exc_info=task.exception())
+                    result.pull_error = f"unexpected: {task.exception()!r}"
+                    halt = True
+                    continue
                 unit = task.result()
                 result.pulled += unit.pulled
                 result.quarantined += unit.quarantined
@@ -308,6 +315,10 @@ class PullSource:
         and try again: Infobip will not hand them out again. At the stop deadline, give up:
         the journal file keeps the answer for the next start when it could be written, else
         the messages go to the log whole. True when spooled."""
+        if not rows.messages and not rows.quarantined:
+            if entry is not None:
+                entry.discard()  # an empty answer: nothing to keep, no fsync to pay
+            return True
         journal_id = entry.id if entry is not None and entry.ok else None
         delay = 0.5
         attempts = 0

@@ -17,15 +17,16 @@ At the end generation stops, the poller drains, gets a SIGTERM, and the simulato
 compared with every stream of the key template (`id` field) and with the dead-letter streams.
 A message that is not in a stream is put in one class, after the response it went out in:
 
-  (a) the response was cut or corrupted by an injected fault: no client can read it, and its
-      raw bytes should be in a dead-letter stream (the part that arrived);
-  (b) the response went out within --kill-window seconds before a SIGKILL: the one window a
-      destructive read leaves (in the socket or in memory, not yet in the spool);
+  (a) the response was cut or corrupted by an injected fault: its whole items should be in
+      the streams and the rest of what arrived in a dead-letter stream;
+  (b) the response went out within --kill-window seconds before a SIGKILL, and what is missing
+      of it is its end: the one window a destructive read leaves (bytes still in the socket,
+      which never reached the process; every whole item that did is in the journal);
   (c) anything else: a real loss.
 
-`--in-flight-kills N` adds N SIGKILLs aimed at that window (one pull's answer held back by the
-simulator's slow_answer fault after its messages were taken): each must show up as exactly one
-whole response in class (b), which checks the harness as much as the poller.
+`--in-flight-kills N` adds N SIGKILLs aimed at that window (half of one pull's answer sent,
+the rest held back by the simulator's stall fault): each must show up as one response in class
+(b) whose first half is in the streams, which checks the harness as much as the poller.
 
 The exit status is 1 on any problem the report lists: a message written twice or never handed
 out, a class (c) loss, a spoiled body that left nothing in the dead-letter streams, rows left in
@@ -358,11 +359,12 @@ def make_plan(args: argparse.Namespace, rng: random.Random, seconds: float) -> P
 
 
 async def kill_in_flight(sim: Simulator, poller: PollerProcess, downtime: float) -> None:
-    """Provoke the window (b) describes: hold one pull's answer after its messages were taken
-    (the simulator's slow_answer fault), and SIGKILL the poller while it waits for it."""
+    """Provoke the window (b) describes: send half of one pull's answer, hold the rest (the
+    simulator's stall fault), and SIGKILL the poller while it waits for it. The half that
+    arrived must be found in the streams after the restart; only the tail may be missing."""
     before = len(sim.ledger.entries)
-    sim.add_fault("slow_answer", count=1, path=INBOX_PATH, delay=2.0)
-    poller.journal.add("slow_answer armed for an in-flight SIGKILL")
+    sim.add_fault("stall", count=1, path=INBOX_PATH, delay=5.0)
+    poller.journal.add("stall armed for an in-flight SIGKILL")
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
         entries = sim.ledger.entries
@@ -523,6 +525,11 @@ def nearest(times: list[float], at: float) -> float | None:
     return round(min(after), 3) if after else None
 
 
+def _is_tail(lost: list[str], ids: list[str]) -> bool:
+    """True when ``lost`` is the end of ``ids``: what a cut at one point leaves out."""
+    return bool(lost) and ids[len(ids) - len(lost) :] == lost
+
+
 def classify(
     entries: list[LedgerEntry],
     counts: Counter[str],
@@ -557,18 +564,23 @@ def classify(
             in_quarantine = sum(1 for mid in lost if mid in quarantine_text)
             record.update(raw_in_dead_letter=in_dead, raw_in_quarantine=in_quarantine)
             a.append(record)
-        elif near_kill is not None and near_kill < window and len(lost) == len(entry.message_ids):
+        elif near_kill is not None and near_kill < window and _is_tail(lost, entry.message_ids):
+            # A kill takes what had not reached the process: the end of an answer, never
+            # items in its middle (the journal keeps every whole item that arrived).
+            record["kept_of_it"] = len(entry.message_ids) - len(lost)
             b.append(record)
         else:
             if len(lost) < len(entry.message_ids):
-                record["note"] = "lost only in part: a kill cannot explain that"
+                record["note"] = "lost in the middle of an answer: a kill cannot explain that"
             record["missing_ids"] = lost[:20]
             c.append(record)
-    # A spoiled body of which nothing reached a dead-letter stream, with no kill to explain it.
+    # A spoiled body of which nothing reached a stream (its whole items are kept) or a
+    # dead-letter stream (the rest), with no kill to explain it.
     untraced = [
         r
         for r in a
         if r["fault"] in ("truncated", "invalid_json")
+        and r["missing"] == r["messages"]
         and r["raw_in_dead_letter"] == 0
         and not (r["next_sigkill_after_s"] is not None and r["next_sigkill_after_s"] < window)
     ]
@@ -588,6 +600,7 @@ def classify(
         "b_sigkill_window": {
             "messages": sum(r["missing"] for r in b),
             "responses": len(b),
+            "kept_of_them": sum(r["kept_of_it"] for r in b),
             "details": b,
         },
         "c_real_loss": {
@@ -866,7 +879,8 @@ def summary(r: dict[str, Any]) -> str:
         f"{a['by_fault']}; raw in dead letters {a['raw_in_dead_letter']}, "
         f"cut away {a['cut_away']}",
         f"    (b) SIGKILL   {c['b_sigkill_window']['messages']} in "
-        f"{c['b_sigkill_window']['responses']} responses",
+        f"{c['b_sigkill_window']['responses']} responses (their first "
+        f"{c['b_sigkill_window']['kept_of_them']} items, which had arrived, are in the streams)",
         f"    (c) LOSS      {c['c_real_loss']['messages']} in "
         f"{c['c_real_loss']['responses']} responses",
         f"  dead letters    {r['dead_letter']['entries']} {r['dead_letter']['by_reason']}",
