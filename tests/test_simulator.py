@@ -146,19 +146,30 @@ async def test_only_pull_routed_applications_reach_the_inbox(simulator: Simulato
         pull = await client.post(f"{configs('app-alpha')}/{key}/actions", json={"type": "PULL"})
         assert pull.status_code == 200
         key = (await client.post(configs("app-beta"))).json()["key"]
-        forward = {"type": "HTTP_FORWARD", "forwardUrl": "https://example.test/mo"}
+        # Port 9 (discard) refuses: the forwarder retries in the background until the stop.
+        forward = {"type": "HTTP_FORWARD", "forwardUrl": "http://127.0.0.1:9/mo"}
         assert (await client.post(f"{configs('app-beta')}/{key}/actions", json=forward)).is_success
         alpha = sim.inject("app-alpha", 3)
-        assert sim.inject("app-beta", 4) == []
+        beta = sim.inject("app-beta", 4)
         assert sim.inject("app-gamma", 5) == []
         body = (await client.get(PULL)).json()
     assert [m["messageId"] for m in body["results"]] == alpha
     assert {m["applicationCode"] for m in body["results"]} == {"app-alpha"}
+    # The forward application's messages went to its forwardUrl, not to the inbox.
+    assert len(beta) == 4
+    assert sim.ledger.forward_pending_ids() == set(beta)
     state = sim.state()
-    assert state["notRouted"] == 9
+    assert state["notRouted"] == 5
+    assert state["forwarded"] == 4
     assert state["injected"] == 12
     assert state["applications"]["app-alpha"]["routed"] is True
-    assert state["applications"]["app-beta"]["routed"] is False
+    assert state["applications"]["app-alpha"]["route"] == "PULL"
+    assert state["applications"]["app-beta"]["route"] == "HTTP_FORWARD"
+    assert state["applications"]["app-gamma"] == {
+        "routed": False,
+        "route": None,
+        "configurations": [],
+    }
 
 
 async def test_messages_carry_callback_data_of_the_pull_action(simulator: Simulator) -> None:
@@ -594,11 +605,11 @@ async def test_backlog_control_endpoint(simulator: Simulator) -> None:
     sim.account.configure_pull("app-alpha", callback_data="cb")
     async with connect(sim, headers={}) as client:
         made = await client.post("/_sim/backlog", json={"applicationCode": "app-alpha", "count": 7})
-        assert made.json() == {"injected": 7, "inboxDepth": 7}
+        assert made.json() == {"injected": 7, "inboxDepth": 7, "forwardDepth": 0}
         unrouted = await client.post(
             "/_sim/backlog", json={"applicationCode": "app-beta", "count": 5}
         )
-        assert unrouted.json() == {"injected": 0, "inboxDepth": 7}
+        assert unrouted.json() == {"injected": 0, "inboxDepth": 7, "forwardDepth": 0}
         missing = await client.post("/_sim/backlog", json={"applicationCode": "nope", "count": 1})
         assert missing.status_code == 404
         for bad in ({"count": 1}, {"applicationCode": "app-alpha", "count": -1}):
@@ -876,7 +887,11 @@ async def test_control_endpoints(configured_simulator: Simulator) -> None:
         assert (await client.get(configs("app-new"), headers=AUTH)).json() == {"configurations": []}
 
         state = (await client.get("/_sim/state")).json()
-        assert state["applications"]["app-new"] == {"routed": False, "configurations": []}
+        assert state["applications"]["app-new"] == {
+            "routed": False,
+            "route": None,
+            "configurations": [],
+        }
         assert state["inboxDepth"] == 0
         assert state["handedOut"] == 5
         assert state["requests"] == 3

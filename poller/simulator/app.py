@@ -1,4 +1,5 @@
-"""The Simulator: an Infobip-compatible server with a ledger, faults and a message generator."""
+"""The Simulator: an Infobip-compatible server with a ledger, faults, a message generator and a
+forwarder for HTTP_FORWARD applications."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from poller.httpserver import HttpServer, Request, Response
 from poller.simulator.auth import Authenticator, Credentials, TokenBucket
 from poller.simulator.control import PREFIX, handle_control
 from poller.simulator.faults import REFUSING, FaultSet, delay_of, make_fault, refusal, spoil
+from poller.simulator.forward import Forwarder, ForwarderSettings
 from poller.simulator.ledger import Ledger
 from poller.simulator.messages import MessageFactory
+from poller.simulator.outbox import Outbox
 from poller.simulator.replies import forbidden, too_many_requests, unauthorized
 from poller.simulator.routes import INBOX_PATH, TOKEN_PATH, InfobipApi
-from poller.simulator.state import Account
+from poller.simulator.state import Account, Action
 
 log = structlog.get_logger(__name__)
 
@@ -27,7 +30,8 @@ GENERATOR_TICK = 0.05
 
 
 class Simulator:
-    """An Infobip account on loopback: the pull inbox and the configuration/action API."""
+    """An Infobip account on loopback: the pull inbox, the configuration/action API, and the
+    forward of HTTP_FORWARD applications' messages to their forwardUrl."""
 
     # The credential defaults are the well-known ones of a loopback test server.
     def __init__(
@@ -46,17 +50,28 @@ class Simulator:
         rate: float = 0.0,
         throttle_rps: float = 10.0,
         pull_delay: float = 0.0,
+        forward: ForwarderSettings | None = None,
         seed: int | None = None,
     ) -> None:
         """pull_delay: seconds added to every answer of the pull endpoint, as a network
-        round trip would; the messages leave the inbox when the request arrives."""
+        round trip would; the messages leave the inbox when the request arrives.
+        forward: batch size, POSTs in flight, timeout and retries of the forwarder."""
         if pull_delay < 0:
             raise ValueError("pull_delay must not be negative")
         seeds = random.Random(seed)
-        self.account = Account(applications, MessageFactory(random.Random(seeds.getrandbits(64))))
         self.ledger = Ledger()
+        self.outbox = Outbox(self.ledger)
+        factory = MessageFactory(random.Random(seeds.getrandbits(64)))
+        self.account = Account(applications, factory, self.outbox)
         self.faults = FaultSet(random.Random(seeds.getrandbits(64)))
         self._pick_rng = random.Random(seeds.getrandbits(64))
+        self.forwarder = Forwarder(
+            self.outbox,
+            self.ledger,
+            self.faults,
+            forward or ForwarderSettings(),
+            random.Random(seeds.getrandbits(64)),
+        )
         credentials = Credentials(
             api_key, forbidden_api_key, username, password, ibsso_token, client_id, client_secret
         )
@@ -78,17 +93,20 @@ class Simulator:
         self._server = HttpServer(self._handle, host, port)
         await self._server.start()
         self.base_url = self._server.url
+        await self.forwarder.start()
         self._generator = asyncio.create_task(self._generate(), name="simulator-generator")
         log.info("simulator started", base_url=self.base_url)
         return self.base_url
 
     async def stop(self) -> None:
-        """Stop the generator and the server (open connections are closed)."""
+        """Stop the generator, the forwarder (messages not delivered stay queued) and the
+        server (open connections are closed)."""
         if self._generator is not None:
             self._generator.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._generator
             self._generator = None
+        await self.forwarder.stop()
         if self._server is not None:
             await self._server.stop()
             self._server = None
@@ -96,24 +114,25 @@ class Simulator:
     # In-process twins of the control endpoints.
 
     def inject(self, app: str, count: int, *, extra: dict[str, Any] | None = None) -> list[str]:
-        """Create count messages for app; returns the ids that entered the pull inbox."""
+        """Create count messages for app; returns the ids that were routed: into the pull
+        inbox, or queued for the forwardUrl when the application has an HTTP_FORWARD action."""
         if app not in self.account.applications:
             raise ValueError(f"application {app!r} does not exist")
         ids = []
         for _ in range(count):
-            message = self.account.new_message(app, extra)
             self.account.counters.injected += 1
-            if self.account.deliver(app, message):
-                ids.append(str(message["messageId"]))
+            message_id = self._create(app, extra)
+            if message_id is not None:
+                ids.append(message_id)
         return ids
 
     def inject_bulk(self, app: str, count: int) -> int:
-        """Create count messages for app at once, for a large backlog; returns how many
-        entered the pull inbox (0 when the application has no PULL action).
+        """Create count messages for app at once, for a large backlog; returns how many were
+        routed, as inject does (0 when the application has no action).
 
         The messages are kept as JSON bytes, spliced from a few dozen shapes, so a backlog of
         1,000,000 takes seconds and well under 1 GB; ids are not returned (the ledger records
-        every id handed out)."""
+        every id handed out or forwarded) and no creation time is recorded per message."""
         if app not in self.account.applications:
             raise ValueError(f"application {app!r} does not exist")
         if count < 0:
@@ -152,6 +171,20 @@ class Simulator:
         """Remove every installed fault."""
         self.faults.clear()
 
+    def configure_forward(self, app: str, url: str, callback_data: str | None = None) -> Action:
+        """Route app's new messages to url: one HTTP_FORWARD action (replacing any other) in
+        its configuration, created when it has none. What POST .../actions does by hand."""
+        if app not in self.account.applications:
+            raise ValueError(f"application {app!r} does not exist")
+        return self.account.configure_forward(app, url, callback_data)
+
+    def clear_forward(self, app: str) -> int:
+        """Delete app's HTTP_FORWARD actions (its PULL action, if any, routes again); returns
+        how many there were. Messages already queued are still forwarded."""
+        if app not in self.account.applications:
+            raise ValueError(f"application {app!r} does not exist")
+        return self.account.clear_forward(app)
+
     def set_rate(self, rate: float) -> None:
         """Change the background generator's messages per second (0 stops it)."""
         self.rate = max(0.0, rate)
@@ -175,6 +208,11 @@ class Simulator:
         """Messages waiting in the pull inbox."""
         return len(self.account.inbox)
 
+    @property
+    def forward_depth(self) -> int:
+        """Messages waiting in the outbox for a forward (not those in a batch on its way)."""
+        return len(self.outbox)
+
     def state(self) -> dict[str, Any]:
         """A JSON snapshot: applications, configurations, actions, inbox and counters."""
         snapshot = self.account.snapshot()
@@ -190,8 +228,16 @@ class Simulator:
             lastPullAt=self.ledger.last_at,
             tokensIssued=self.auth.issued,
             tokensRevoked=self.auth.revoked,
+            forward={**self.forwarder.snapshot(), **self.ledger.forward_counts()},
         )
         return snapshot
+
+    def _create(self, app: str, extra: dict[str, Any] | None = None) -> str | None:
+        """Make a message for app, note its creation time and route it; its id when routed."""
+        message = self.account.new_message(app, extra)
+        message_id = str(message["messageId"])
+        self.ledger.record_created(message_id, time.monotonic(), time.time())
+        return message_id if self.account.deliver(app, message) else None
 
     async def _handle(self, request: Request) -> Response:
         if request.path.startswith(PREFIX):
@@ -245,4 +291,4 @@ class Simulator:
                 credit -= 1.0
                 app = self._pick_rng.choice(routed)
                 self.account.counters.generated += 1
-                self.account.deliver(app, self.account.new_message(app))
+                self._create(app)

@@ -4,13 +4,27 @@ No auth, no throttle, no faults. Errors answer {"error": "..."} with 400, 404 or
 
 POST   /_sim/messages       {"applicationCode": str, "count": int = 1, "extra": {...}?}
                             or {"messages": [{...}, ...]}           -> {"messageIds": [...]}
+                            (ids routed to the inbox or a forwardUrl; raw messages go to the
+                            inbox as they are)
 POST   /_sim/backlog        {"applicationCode": str, "count": int}
-                            -> {"injected": int, "inboxDepth": int} (a large backlog at once,
-                            see Simulator.inject_bulk; ids are not listed)
+                            -> {"injected": int, "inboxDepth": int, "forwardDepth": int} (a
+                            large backlog at once, see Simulator.inject_bulk; no ids listed)
 GET    /_sim/ledger         -> {"responses": [{"n", "messageIds", "completed", "written",
-                                               "fault", "at"}], "handedOut": int}
+                                               "fault", "at"}], "handedOut": int,
+                                "forward": {"attempts": [{"n", "url", "messageIds", "attempt",
+                                            "duplicate", "fault", "status", "error",
+                                            "delivered", "sentAt", "sentMonotonic",
+                                            "finishedAt", "ackedAt", "ackedMonotonic"}],
+                                            "routed": int, "deliveredIds": [...],
+                                            "pendingIds": [...], "givenUpIds": [...]}}
+                            ?created=1 adds "created": {messageId: [monotonic, wall clock]}
+POST   /_sim/forward        {"applicationCode": str, "forwardUrl": str | null,
+                             "callbackData": str?}
+                            -> {"applicationCode", "action": {...}} (HTTP_FORWARD action set)
+                            or {"applicationCode", "removed": int} (forwardUrl null)
 POST   /_sim/faults         {"kind", "count"? | "rate"?, "path"?, ...params} -> {"faults": [...]}
-                            (a rate without a count stays until cleared)
+                            (a rate without a count stays until cleared; a forward_* fault's
+                            path is a prefix of the forwardUrl's path)
 GET    /_sim/faults         -> {"faults": [...]}
 DELETE /_sim/faults         -> 204
 GET    /_sim/state          -> Simulator.state()
@@ -43,7 +57,10 @@ async def handle_control(sim: Simulator, request: Request) -> Response:
         if route == ("POST", "/_sim/backlog"):
             return _post_backlog(sim, _json_object(request))
         if route == ("GET", "/_sim/ledger"):
-            return json_response(200, sim.ledger.to_json())
+            created = request.query.get("created", "") not in ("", "0", "false")
+            return json_response(200, sim.ledger.to_json(created=created))
+        if route == ("POST", "/_sim/forward"):
+            return _post_forward(sim, _json_object(request))
         if route == ("POST", "/_sim/faults"):
             return _post_fault(sim, _json_object(request))
         if route == ("DELETE", "/_sim/faults"):
@@ -116,7 +133,32 @@ def _post_backlog(sim: Simulator, body: dict[str, Any]) -> Response:
     if app not in sim.account.applications:
         return control_error(404, f"application {app!r} does not exist")
     injected = sim.inject_bulk(app, count)
-    return json_response(200, {"injected": injected, "inboxDepth": sim.inbox_depth})
+    return json_response(
+        200,
+        {"injected": injected, "inboxDepth": sim.inbox_depth, "forwardDepth": sim.forward_depth},
+    )
+
+
+def _post_forward(sim: Simulator, body: dict[str, Any]) -> Response:
+    app, url, callback_data = (
+        body.get("applicationCode"),
+        body.get("forwardUrl"),
+        body.get("callbackData"),
+    )
+    if not isinstance(app, str):
+        return control_error(400, "applicationCode is required")
+    if app not in sim.account.applications:
+        return control_error(404, f"application {app!r} does not exist")
+    if "forwardUrl" not in body:
+        return control_error(400, "forwardUrl is required (null removes the forward)")
+    if url is None:
+        return json_response(200, {"applicationCode": app, "removed": sim.clear_forward(app)})
+    if not isinstance(url, str):
+        return control_error(400, "forwardUrl must be a string or null")
+    if callback_data is not None and not isinstance(callback_data, str):
+        return control_error(400, "callbackData must be a string")
+    action = sim.configure_forward(app, url, callback_data)
+    return json_response(200, {"applicationCode": app, "action": action.to_json()})
 
 
 def _post_fault(sim: Simulator, body: dict[str, Any]) -> Response:

@@ -1,4 +1,10 @@
-"""Fault injection: which request misbehaves, and how its response is spoiled."""
+"""Fault injection: which request misbehaves, and how its response is spoiled.
+
+Faults of the Infobip API (the pull, configurations, actions, token) fire on the requests the
+simulator serves; forward faults (FORWARD) fire on the POSTs it sends to a forwardUrl, and
+their path is a prefix of the forwardUrl's path. Each kind belongs to one of the two targets,
+so a fault of one never fires on the other.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +25,13 @@ SPOILING = frozenset({"truncated", "invalid_json", "wrong_types", "drop", "overs
 # latency: wait, then serve (a pull takes nothing until then); slow_answer: serve (a pull takes
 # its messages), then wait before writing the answer, as a slow network or proxy would.
 # stall: serve, send part of the body, wait, send the rest (the answer is whole if read).
-KINDS = REFUSING | SPOILING | {"latency", "slow_answer", "stall"}
+# forward_drop: send the POST, then close the connection without reading the answer (the
+# receiver may have stored the messages; the attempt failed, so they are sent again).
+# forward_delay: wait before sending. forward_duplicate: after a 2xx, send the batch once more.
+FORWARD = frozenset({"forward_drop", "forward_delay", "forward_duplicate"})
+KINDS = REFUSING | SPOILING | FORWARD | {"latency", "slow_answer", "stall"}
+API_TARGET = "api"
+FORWARD_TARGET = "forward"
 
 PARAMS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "latency": {"delay": (int, float)},
@@ -33,6 +45,11 @@ PARAMS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "drop": {},
     "oversized": {"size": int},
     "stall": {"at": int, "delay": (int, float)},
+    # delay: close this many seconds after the request was written, perhaps while the receiver
+    # works on it; without it, close once the answer starts to arrive (or at the timeout).
+    "forward_drop": {"delay": (int, float)},
+    "forward_delay": {"delay": (int, float)},
+    "forward_duplicate": {},
 }
 DEFAULT_DELAY = 1.0
 DEFAULT_OVERSIZED = 8 << 20
@@ -50,10 +67,16 @@ class Fault:
     params: dict[str, Any] = field(default_factory=dict)
     fired: int = 0
 
+    @property
+    def target(self) -> str:
+        """What the fault fires on: "api" (requests served) or "forward" (POSTs sent)."""
+        return FORWARD_TARGET if self.kind in FORWARD else API_TARGET
+
     def to_json(self) -> dict[str, Any]:
         """The fault as listed by the control endpoints."""
         return {
             "kind": self.kind,
+            "target": self.target,
             "count": self.count,
             "rate": self.rate,
             "path": self.path,
@@ -116,9 +139,12 @@ class FaultSet:
         self._faults.clear()
         return removed
 
-    def pick(self, path: str) -> Fault | None:
-        """The fault this request suffers, if any (a one-shot fault is used up)."""
+    def pick(self, path: str, target: str = API_TARGET) -> Fault | None:
+        """The fault this request suffers, if any (a one-shot fault is used up); target is
+        "api" for a request served, "forward" for a POST to a forwardUrl (path: its path)."""
         for fault in self._faults:
+            if fault.target != target:
+                continue
             if fault.path is not None and not path.startswith(fault.path):
                 continue
             if fault.rate is not None:
@@ -139,7 +165,7 @@ class FaultSet:
 
 
 def delay_of(fault: Fault) -> float:
-    """Seconds a latency fault waits."""
+    """Seconds a latency or delay fault waits."""
     return float(fault.params.get("delay", DEFAULT_DELAY))
 
 

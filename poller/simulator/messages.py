@@ -42,6 +42,9 @@ _ID_MARK = "@@bulk-message-id@@"
 _AT_MARK = "@@bulk-received-at@@"
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
+# A message waiting for delivery: a dict, or its JSON bytes (bulk backlogs keep them encoded).
+InboxMessage = dict[str, Any] | bytes
+
 
 def format_received_at(moment: datetime) -> str:
     """Infobip's yyyy-MM-dd'T'HH:mm:ss.SSSZ, e.g. 2026-11-26T14:48:46.123+0000."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from poller.httpserver import Response
+from poller.simulator.messages import InboxMessage
 
 
 def json_bytes(payload: Any) -> bytes:
@@ -16,6 +18,22 @@ def json_bytes(payload: Any) -> bytes:
     except UnicodeEncodeError:
         # A lone surrogate (half an emoji) has no UTF-8 form; JSON's \u escape carries it.
         return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def results_body(messages: Sequence[InboxMessage], pending: int) -> bytes:
+    """The pull answer's envelope (also the body of a forward): messages kept as bytes go in
+    as they are."""
+    if not any(isinstance(message, bytes) for message in messages):
+        return json_bytes(
+            {
+                "results": list(messages),
+                "messageCount": len(messages),
+                "pendingMessageCount": pending,
+            }
+        )
+    results = b",".join(m if isinstance(m, bytes) else json_bytes(m) for m in messages)
+    counts = f'"messageCount":{len(messages)},"pendingMessageCount":{pending}'.encode()
+    return b'{"results":[' + results + b"]," + counts + b"}"
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:

@@ -17,9 +17,9 @@ from poller.simulator.faults import SPOILING, Fault
 from poller.simulator.ledger import Ledger
 from poller.simulator.replies import (
     bad_request,
-    json_bytes,
     json_response,
     no_content,
+    results_body,
     service_error,
 )
 from poller.simulator.state import (
@@ -27,8 +27,8 @@ from poller.simulator.state import (
     PULL,
     Account,
     ApiError,
-    InboxMessage,
     invalid_action,
+    valid_forward_url,
 )
 
 INBOX_PATH = "/push/1/inbox/reports"
@@ -90,7 +90,7 @@ class InfobipApi:
             # Nobody would read the answer (e.g. the client timed out during a latency fault).
             return bad_request("client went away")
         taken = self.account.take(limit)
-        response = Response(200, _pull_body([m for _, m in taken], len(self.account.inbox)))
+        response = Response(200, results_body([m for _, m in taken], len(self.account.inbox)))
         if taken:
             kind = fault.kind if fault is not None and fault.kind in SPOILING else None
             entry = self.ledger.record([ledger_id for ledger_id, _ in taken], kind)
@@ -154,17 +154,6 @@ class InfobipApi:
         )
 
 
-def _pull_body(messages: list[InboxMessage], pending: int) -> bytes:
-    """The pull answer's JSON: messages kept as bytes go in as they are."""
-    if not any(isinstance(message, bytes) for message in messages):
-        return json_bytes(
-            {"results": messages, "messageCount": len(messages), "pendingMessageCount": pending}
-        )
-    results = b",".join(m if isinstance(m, bytes) else json_bytes(m) for m in messages)
-    counts = f'"messageCount":{len(messages)},"pendingMessageCount":{pending}'.encode()
-    return b'{"results":[' + results + b"]," + counts + b"}"
-
-
 def _basic_credentials(header: str) -> tuple[str, str] | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic":
@@ -191,7 +180,7 @@ def _action_request(body: bytes) -> tuple[str, str | None, str | None]:
     if callback_data is not None and not isinstance(callback_data, str):
         raise invalid_action()
     if type_ == HTTP_FORWARD:
-        if not isinstance(forward_url, str) or not forward_url.startswith(("http://", "https://")):
+        if not isinstance(forward_url, str) or not valid_forward_url(forward_url):
             raise invalid_action()
     elif forward_url is not None:
         raise invalid_action()

@@ -1,4 +1,5 @@
-"""The simulated account: applications, configurations, actions and the pull inbox."""
+"""The simulated account: applications, configurations, actions, the pull inbox and the
+outbox of messages routed to a forwardUrl."""
 
 from __future__ import annotations
 
@@ -7,10 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from poller.simulator.messages import MessageFactory
-
-# A message in the inbox: a dict, or its JSON bytes (bulk backlogs keep them pre-encoded).
-InboxMessage = dict[str, Any] | bytes
+from poller.simulator.messages import InboxMessage, MessageFactory
+from poller.simulator.outbox import Outbox
 
 PULL = "PULL"
 HTTP_FORWARD = "HTTP_FORWARD"
@@ -45,6 +44,11 @@ def action_missing() -> ApiError:
 def invalid_action() -> ApiError:
     """400 as documented for a malformed ActionRequest."""
     return ApiError(400, "8", "Invalid action request")
+
+
+def valid_forward_url(url: str) -> bool:
+    """True for an http:// or https:// URL with a host."""
+    return url.startswith(("http://", "https://")) and bool(url.split("://", 1)[1].split("/")[0])
 
 
 @dataclass
@@ -83,9 +87,36 @@ class Application:
 
     def pull_action(self) -> Action | None:
         """The first PULL action, which routes the application's messages to the inbox."""
+        return self._first(PULL)
+
+    def forward_action(self) -> Action | None:
+        """The first HTTP_FORWARD action, which routes the messages to its forwardUrl."""
+        return self._first(HTTP_FORWARD)
+
+    def route(self) -> Action | None:
+        """The action that routes new messages: HTTP_FORWARD when there is one, else PULL.
+
+        Infobip documents no precedence for an application with both kinds; the simulator
+        lets the forward win, since it names a receiver on purpose (and a bootstrap that adds
+        a PULL action beside it then shows up as messages missing from the inbox)."""
+        return self.forward_action() or self.pull_action()
+
+    def snapshot(self) -> dict[str, Any]:
+        """routed, route (PULL, HTTP_FORWARD or None) and the configurations as JSON."""
+        route = self.route()
+        return {
+            "routed": route is not None,
+            "route": route.type if route is not None else None,
+            "configurations": [
+                {"key": c.key, "actions": [a.to_json() for a in c.actions.values()]}
+                for c in self.configurations.values()
+            ],
+        }
+
+    def _first(self, type_: str) -> Action | None:
         for configuration in self.configurations.values():
             for action in configuration.actions.values():
-                if action.type == PULL:
+                if action.type == type_:
                     return action
         return None
 
@@ -97,15 +128,19 @@ class Counters:
     generated: int = 0
     injected: int = 0
     not_routed: int = 0
+    forwarded: int = 0  # routed to a forwardUrl (queued for the forwarder)
     throttled: int = 0
     requests: int = 0
 
 
 class Account:
-    """One Infobip account: its applications and its account-wide pull inbox."""
+    """One Infobip account: its applications, its account-wide pull inbox and its outbox."""
 
-    def __init__(self, applications: Iterable[str], factory: MessageFactory) -> None:
+    def __init__(
+        self, applications: Iterable[str], factory: MessageFactory, outbox: Outbox
+    ) -> None:
         self.factory = factory
+        self.outbox = outbox
         self.applications: dict[str, Application] = {
             code: Application(code) for code in applications
         }
@@ -176,29 +211,64 @@ class Account:
             key = self.create_configuration(code).key
         return self.add_action(code, key, PULL, callback_data, None)
 
+    def configure_forward(self, code: str, url: str, callback_data: str | None = None) -> Action:
+        """Give the application one HTTP_FORWARD action to url (replacing any other), in its
+        configuration (created when it has none); its PULL actions stay, the forward wins."""
+        if not valid_forward_url(url):
+            raise ValueError(f"forwardUrl must be an http:// or https:// URL, not {url!r}")
+        application = self.application(code)
+        self.clear_forward(code)
+        if application.configurations:
+            key = next(iter(application.configurations))
+        else:
+            key = self.create_configuration(code).key
+        return self.add_action(code, key, HTTP_FORWARD, callback_data, url)
+
+    def clear_forward(self, code: str) -> int:
+        """Delete the application's HTTP_FORWARD actions; returns how many there were."""
+        removed = 0
+        for configuration in self.application(code).configurations.values():
+            for key, action in list(configuration.actions.items()):
+                if action.type == HTTP_FORWARD:
+                    del configuration.actions[key]
+                    removed += 1
+        return removed
+
     def deliver(self, code: str, message: dict[str, Any]) -> bool:
-        """Route a new message: into the inbox when the application has a PULL action."""
+        """Route a new message: to the forwardUrl of an HTTP_FORWARD action, else into the
+        inbox when the application has a PULL action; False when neither."""
         application = self.applications.get(code)
-        if application is None or application.pull_action() is None:
+        action = application.route() if application is not None else None
+        if action is None:
             self.counters.not_routed += 1
             return False
-        self.inbox.append((str(message["messageId"]), message))
+        item = (str(message["messageId"]), message)
+        if action.forward_url is not None:
+            self.outbox.put(action.forward_url, [item])
+            self.counters.forwarded += 1
+        else:
+            self.inbox.append(item)
         return True
 
     def deliver_bulk(self, code: str, count: int) -> int:
-        """Route count new messages of the application at once, pre-encoded; how many entered
-        the inbox (0 when the application has no PULL action)."""
+        """Route count new messages of the application at once, pre-encoded, as deliver does;
+        how many were routed (0 when the application has no action)."""
         application = self.applications.get(code)
-        action = application.pull_action() if application is not None else None
+        action = application.route() if application is not None else None
         if action is None:
             self.counters.not_routed += count
             return 0
-        self.inbox.extend(self.factory.encoded(code, count, callback_data=action.callback_data))
+        encoded = self.factory.encoded(code, count, callback_data=action.callback_data)
+        if action.forward_url is not None:
+            self.outbox.put(action.forward_url, encoded)
+            self.counters.forwarded += count
+        else:
+            self.inbox.extend(encoded)
         return count
 
     def new_message(self, code: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A message for the application, carrying its PULL action's callbackData."""
-        action = self.application(code).pull_action()
+        """A message for the application, carrying its routing action's callbackData."""
+        action = self.application(code).route()
         callback_data = action.callback_data if action is not None else None
         return self.factory.make(code, callback_data=callback_data, extra=extra)
 
@@ -208,26 +278,18 @@ class Account:
         return [self.inbox.popleft() for _ in range(count)]
 
     def routed_applications(self) -> list[str]:
-        """Codes of the applications whose messages reach the pull inbox."""
-        return [code for code, app in self.applications.items() if app.pull_action() is not None]
+        """Codes of the applications whose messages reach the pull inbox or a forwardUrl."""
+        return [code for code, app in self.applications.items() if app.route() is not None]
 
     def snapshot(self) -> dict[str, Any]:
         """Applications, configurations, actions, inbox depth and counters as JSON."""
         return {
-            "applications": {
-                code: {
-                    "routed": app.pull_action() is not None,
-                    "configurations": [
-                        {"key": c.key, "actions": [a.to_json() for a in c.actions.values()]}
-                        for c in app.configurations.values()
-                    ],
-                }
-                for code, app in self.applications.items()
-            },
+            "applications": {code: app.snapshot() for code, app in self.applications.items()},
             "inboxDepth": len(self.inbox),
             "generated": self.counters.generated,
             "injected": self.counters.injected,
             "notRouted": self.counters.not_routed,
+            "forwarded": self.counters.forwarded,
             "throttled": self.counters.throttled,
             "requests": self.counters.requests,
         }
