@@ -1,11 +1,15 @@
 """The simulator's HTTP forward method, over real loopback HTTP: a scripted receiver gets the
-POSTs; routing, batching, retries, giving up, forward faults, the ledger and control."""
+POSTs; routing, batching, retries, giving up, forward faults, the ledger, control and CLI."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import json
+import os
+import re
+import signal
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +22,7 @@ import pytest_asyncio
 
 from poller.httpserver import HttpServer, Request, Response
 from poller.simulator import ForwarderSettings, Simulator
+from poller.simulator import cli as simulate_cli
 from tests.fixtures_sim import OpenApi, SimulatorFactory
 
 pytestmark = pytest.mark.timeout(30)
@@ -517,7 +522,7 @@ async def test_generator_and_control_messages_follow_the_routing(
     assert sim.ledger.created_at(raw) is None
 
 
-# --- control ----------------------------------------------------------------------
+# --- control and CLI ----------------------------------------------------------------------
 
 
 async def test_forward_control_endpoints_and_ledger(
@@ -606,3 +611,61 @@ async def test_forward_control_endpoints_and_ledger(
             ({"applicationCode": "app-gamma", "forwardUrl": "http://x", "callbackData": 1}, 400),
         ):
             assert (await client.post("/_sim/forward", json=bad)).status_code == status, bad
+
+
+async def test_simulate_command_forwards(
+    receivers: ReceiverFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    receiver = await receivers()
+    parser = argparse.ArgumentParser()
+    simulate_cli.add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--port",
+            "0",
+            "--applications",
+            "app-x,app-y",
+            "--auto-configure",
+            "--forward",
+            f"app-x={receiver.url()}",
+            "--forward-batch",
+            "2",
+            "--forward-in-flight",
+            "1",
+            "--forward-max-attempts",
+            "0",
+        ]
+    )
+    assert (args.forward_batch, args.forward_in_flight, args.forward_timeout) == (2, 1, 5.0)
+    task = asyncio.create_task(simulate_cli.run(args))
+    async with asyncio.timeout(5):
+        while "export" not in (out := capsys.readouterr().out):
+            await asyncio.sleep(0.02)
+    base_url = re.search(r"POLLER_INFOBIP__BASE_URL=(\S+)", out)[1]  # type: ignore[index]
+    assert f"app-x: messages forwarded to {receiver.url()}" in out
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        for app in ("app-x", "app-y"):
+            await client.post("/_sim/messages", json={"applicationCode": app, "count": 3})
+        await eventually(lambda: len(receiver.ids()) == 3)
+        state = (await client.get("/_sim/state")).json()
+        assert state["forward"]["settings"]["maxAttempts"] is None
+        assert state["inboxDepth"] == 3
+    assert [len(batch) for batch in receiver.batches] == [2, 1]
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(task, 5) == 0
+
+
+async def test_simulate_command_refuses_bad_forward_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = argparse.ArgumentParser()
+    simulate_cli.add_arguments(parser)
+    for bad in (["--forward", "app-x"], ["--forward", "app-x=ftp://h"], ["--forward-batch", "x"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    unknown = parser.parse_args(["--port", "0", "--forward", "nope=http://127.0.0.1:1/"])
+    assert await simulate_cli.run(unknown) == 2
+    assert "nope" in capsys.readouterr().out
+    zero = parser.parse_args(["--port", "0", "--forward-batch", "0"])
+    assert await simulate_cli.run(zero) == 2
+    assert "batch_size" in capsys.readouterr().out
