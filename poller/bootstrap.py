@@ -1,4 +1,11 @@
-"""Bootstrap: each application gets a configuration with a PULL action. Idempotent, race-safe."""
+"""Bootstrap: each application gets a configuration with the action of its mode.
+
+A pulled application needs a PULL action (what routes its messages to the pull inbox); a
+forwarded one exactly one HTTP_FORWARD action whose forwardUrl is the receiver's public URL.
+An action of the other kind (or an HTTP_FORWARD action to another URL) is reported loudly and
+removed only when asked; the wanted action is created first, so messages always have a way.
+Idempotent, and safe when several processes run it at once.
+"""
 
 from __future__ import annotations
 
@@ -23,24 +30,75 @@ from poller.settings import Settings
 log = structlog.get_logger(__name__)
 
 
+@dataclass(frozen=True)
+class Want:
+    """The action an application must end with, and whether to remove the others."""
+
+    request: ActionRequest
+    replace_others: bool = False
+    # The setting that asks for the removal (named in the warning).
+    replace_setting: str = "POLLER_INFOBIP__REPLACE_HTTP_FORWARD"
+
+    @property
+    def mode(self) -> str:
+        """pull or forward."""
+        return "forward" if self.request.type == "HTTP_FORWARD" else "pull"
+
+    def wanted(self, action: Action) -> bool:
+        """True for an action that is what this mode needs (any PULL action serves pull)."""
+        if self.request.type == "PULL":
+            return action.type == "PULL"
+        return self.request.matches(action)
+
+
 @dataclass
 class AppReport:
     """What bootstrap found and did for one application."""
 
     app: str
+    mode: str = "pull"
     configuration: str | None = None
     configuration_created: bool = False
-    pull_action: str | None = None
-    pull_action_created: bool = False
-    http_forward: list[str] = field(default_factory=list)
+    action: str | None = None  # the PULL (pull mode) or HTTP_FORWARD (forward mode) action
+    action_created: bool = False
+    conflicting: list[str] = field(default_factory=list)  # other actions, left in place
     removed: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
     def ok(self) -> bool:
-        """True when the application ends with a configuration and a PULL action."""
-        return self.error is None and self.pull_action is not None
+        """True when the application ends with a configuration and the action it needs."""
+        return self.error is None and self.action is not None
+
+    @property
+    def pull_action(self) -> str | None:
+        """The PULL action of a pulled application."""
+        return self.action if self.mode == "pull" else None
+
+    @property
+    def pull_action_created(self) -> bool:
+        """True when bootstrap created the PULL action of a pulled application."""
+        return self.action_created and self.mode == "pull"
+
+    @property
+    def http_forward(self) -> list[str]:
+        """HTTP_FORWARD actions left on a pulled application."""
+        return self.conflicting if self.mode == "pull" else []
+
+
+def pull_want(callback_data: str | None, replace_http_forward: bool) -> Want:
+    """What a pulled application needs."""
+    return Want(ActionRequest(type="PULL", callbackData=callback_data), replace_http_forward)
+
+
+def forward_want(url: str, callback_data: str | None, replace_pull: bool) -> Want:
+    """What a forwarded application needs."""
+    return Want(
+        ActionRequest(type="HTTP_FORWARD", forwardUrl=url, callbackData=callback_data),
+        replace_pull,
+        "POLLER_FORWARD__REPLACE_PULL",
+    )
 
 
 async def bootstrap(
@@ -50,22 +108,29 @@ async def bootstrap(
     callback_data: str | None = None,
     replace_http_forward: bool = False,
     dry_run: bool = False,
+    wants: dict[str, Want] | None = None,
+    secrets: Sequence[str] = (),
 ) -> list[AppReport]:
-    """Ensure a configuration and a PULL action on every application; report per application.
+    """Ensure a configuration and the action of its mode on every application; report per
+    application. ``wants``: applications that need another action than a PULL one (forward
+    applications); ``secrets``: text (a token in a forwardUrl) masked in every report.
 
     Authentication errors propagate (nothing else can work); other errors are reported per
     application."""
     reports = []
+    default = pull_want(callback_data, replace_http_forward)
     for app in apps:
-        report = AppReport(app=app)
+        want = (wants or {}).get(app, default)
+        report = AppReport(app=app, mode=want.mode)
         try:
-            await _ensure(client, report, callback_data, replace_http_forward, dry_run)
+            await _ensure(client, report, want, dry_run)
         except NotFoundError as exc:
             report.error = f"application {app} not found: {exc}"
         except AuthError:
             raise
         except InfobipError as exc:
             report.error = str(exc)
+        _mask(report, secrets)
         for warning in report.warnings:
             log.warning(warning, app=app)
         if report.error:
@@ -74,28 +139,33 @@ async def bootstrap(
             log.info(
                 "bootstrap",
                 app=app,
+                mode=report.mode,
                 configuration=report.configuration,
                 configuration_created=report.configuration_created,
-                pull_action=report.pull_action,
-                pull_action_created=report.pull_action_created,
+                action=report.action,
+                action_created=report.action_created,
+                removed=report.removed or None,
                 dry_run=dry_run or None,
             )
         reports.append(report)
     return reports
 
 
-async def _ensure(
-    client: InfobipClient,
-    report: AppReport,
-    callback_data: str | None,
-    replace_http_forward: bool,
-    dry_run: bool,
-) -> None:
+def _mask(report: AppReport, secrets: Sequence[str]) -> None:
+    for secret in secrets:
+        if secret:
+            report.warnings = [w.replace(secret, "***") for w in report.warnings]
+            if report.error:
+                report.error = report.error.replace(secret, "***")
+
+
+async def _ensure(client: InfobipClient, report: AppReport, want: Want, dry_run: bool) -> None:
     app = report.app
     configs = await client.list_configurations(app)
     if not configs:
         if dry_run:
             report.warnings.append(f"{app}: no configuration (would create one)")
+            report.warnings.append(f"{app}: {_describe(want.request)} (would create it)")
             return
         try:
             created = await client.create_configuration(app)
@@ -111,47 +181,63 @@ async def _ensure(
     key = report.configuration
 
     actions = await client.list_actions(app, key)
-    forwards = [a for a in actions if a.type == "HTTP_FORWARD"]
-    for action in forwards:
-        if replace_http_forward and not dry_run:
-            await client.delete_action(app, key, action.key)
+    wanted = [a for a in actions if want.wanted(a)]
+    others = [a for a in actions if not want.wanted(a)]
+    if wanted:
+        report.action = wanted[0].key
+    elif dry_run:
+        report.warnings.append(f"{app}: no {_describe(want.request)} (would create it)")
+    else:
+        # Created before any other is removed: the messages always have somewhere to go.
+        created_action = await client.create_action(app, key, want.request)
+        report.action_created = True
+        report.action = await _settle_race(client, app, key, created_action, want)
+    for action in others:
+        if want.replace_others and not dry_run:
+            with contextlib.suppress(NotFoundError):  # another process removed it first
+                await client.delete_action(app, key, action.key)
             report.removed.append(action.key)
-        else:
-            report.http_forward.append(action.key)
-            report.warnings.append(
-                f"{app}: HTTP_FORWARD action {action.key} to {action.forward_url} exists; "
-                "messages may be forwarded instead of reaching the pull inbox "
-                "(set POLLER_INFOBIP__REPLACE_HTTP_FORWARD=true to remove it)"
-            )
-    pulls = [a for a in actions if a.type == "PULL"]
-    if pulls:
-        report.pull_action = pulls[0].key
-        return
-    if dry_run:
-        report.warnings.append(f"{app}: no PULL action (would create one)")
-        return
-    created_action = await client.create_action(
-        app, key, ActionRequest(type="PULL", callbackData=callback_data)
-    )
-    report.pull_action_created = True
-    report.pull_action = await _settle_race(client, app, key, created_action)
+            continue
+        report.conflicting.append(action.key)
+        where = f" to {action.forward_url}" if action.forward_url else ""
+        fix = f"{want.replace_setting}=true removes it"
+        if want.replace_others:
+            fix = "would remove it"
+        report.warnings.append(
+            f"{app}: {action.type} action {action.key}{where} exists; {_effect(want, action)}"
+            f" ({fix})"
+        )
 
 
-async def _settle_race(client: InfobipClient, app: str, key: str, mine: Action) -> str:
-    """After creating a PULL action, keep exactly one if processes raced to create.
+def _describe(request: ActionRequest) -> str:
+    if request.type == "PULL":
+        return "PULL action"
+    return f"HTTP_FORWARD action to {request.forward_url}"
+
+
+def _effect(want: Want, action: Action) -> str:
+    if want.mode == "pull":
+        return "messages may be forwarded instead of reaching the pull inbox"
+    if action.type == "PULL":
+        return "messages may go to the pull inbox instead of being forwarded here"
+    return "messages may be forwarded elsewhere too"
+
+
+async def _settle_race(client: InfobipClient, app: str, key: str, mine: Action, want: Want) -> str:
+    """After creating the action, keep exactly one if processes raced to create.
 
     Every racer lists after its own create and keeps the smallest key, so they all agree and
-    the inbox keeps being fed by the survivor while the others are removed."""
-    pulls = [a for a in await client.list_actions(app, key) if a.type == "PULL"]
-    if len(pulls) <= 1:
+    the messages keep flowing through the survivor while the others are removed."""
+    same = [a for a in await client.list_actions(app, key) if want.wanted(a)]
+    if len(same) <= 1:
         return mine.key
-    keep = min(a.key for a in pulls)
-    for action in pulls:
+    keep = min(a.key for a in same)
+    for action in same:
         if action.key != keep:
             # NotFoundError: another racer removed it first.
             with contextlib.suppress(NotFoundError):
                 await client.delete_action(app, key, action.key)
-    log.info("concurrent bootstrap detected; kept one PULL action", app=app, kept=keep)
+    log.info("concurrent bootstrap detected; kept one action", app=app, kept=keep)
     return keep
 
 
@@ -165,24 +251,54 @@ def print_reports(reports: Sequence[AppReport], *, as_json: bool, dry_run: bool)
         config = r.configuration or ("(would create)" if dry_run and not r.error else "-")
         if r.configuration:
             config += " (created)" if r.configuration_created else " (existed)"
-        pull = r.pull_action or ("(would create)" if dry_run and not r.error else "-")
-        if r.pull_action:
-            pull += " (created)" if r.pull_action_created else " (existed)"
+        action = r.action or ("(would create)" if dry_run and not r.error else "-")
+        if r.action:
+            action += " (created)" if r.action_created else " (existed)"
+        other = "PULL or HTTP_FORWARD" if r.mode == "forward" else "HTTP_FORWARD"
         notes = "; ".join(
             ([r.error] if r.error else [])
-            + [f"HTTP_FORWARD {k} present" for k in r.http_forward]
-            + [f"removed HTTP_FORWARD {k}" for k in r.removed]
+            + [f"{other} {k} present" for k in r.conflicting]
+            + [f"removed {k}" for k in r.removed]
         )
-        rows.append([r.app, config, pull, notes or "ok"])
-    table(["application", "configuration", "pull action", "notes"], rows)
+        rows.append([r.app, r.mode, config, action, notes or "ok"])
+    table(["application", "mode", "configuration", "action", "notes"], rows)
+
+
+def wants_of(settings: Settings) -> tuple[dict[str, Want], list[str]]:
+    """The forward applications' wanted action, and the secrets to mask in reports."""
+    f = settings.forward
+    url = f.forward_url()
+    secrets = [f.token.get_secret_value()] if f.token is not None else []
+    if not f.applications or url is None:
+        return {}, secrets
+    want = forward_want(url, f.callback_data, f.replace_pull)
+    return dict.fromkeys(f.applications, want), secrets
+
+
+def forward_problem(settings: Settings) -> str | None:
+    """Why forward applications cannot be bootstrapped, if they cannot."""
+    if settings.forward.applications and settings.forward.public_url is None:
+        return (
+            "forward applications need POLLER_FORWARD__PUBLIC_URL (the receiver's URL as"
+            " Infobip reaches it) to be bootstrapped"
+        )
+    return None
 
 
 async def run_bootstrap_command(settings: Settings, *, dry_run: bool, as_json: bool) -> int:
     """`poller bootstrap [--dry-run]`."""
-    apps = settings.infobip.applications
+    apps = [*settings.infobip.applications, *settings.forward.applications]
     if not apps:
-        error("no applications configured: set POLLER_INFOBIP__APPLICATIONS=app1,app2")
+        error(
+            "no applications configured: set POLLER_INFOBIP__APPLICATIONS=app1,app2"
+            " (pulled) or POLLER_FORWARD__APPLICATIONS (forwarded)"
+        )
         return 2
+    problem = forward_problem(settings)
+    if problem is not None:
+        error(problem)
+        return 2
+    wants, secrets = wants_of(settings)
     async with InfobipClient(settings.infobip) as client:
         reports = await bootstrap(
             client,
@@ -190,6 +306,8 @@ async def run_bootstrap_command(settings: Settings, *, dry_run: bool, as_json: b
             callback_data=settings.infobip.callback_data,
             replace_http_forward=settings.infobip.replace_http_forward,
             dry_run=dry_run,
+            wants=wants,
+            secrets=secrets,
         )
     print_reports(reports, as_json=as_json, dry_run=dry_run)
     return 0 if all(r.error is None for r in reports) else 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -48,8 +47,10 @@ class Daemon:
         self.settings = settings
         self.stop = Stop(settings.schedule.grace_period)
         self._inflight: asyncio.Task[DrainResult] | None = None
-        self._failed_apps: list[str] = list(settings.infobip.applications)
-        self._last_bootstrap = 0.0
+        self._failed_apps: list[str] = [
+            *settings.infobip.applications,
+            *settings.forward.applications,
+        ]
         self.readiness: Readiness | None = None
         self.health: HealthServer | None = None
         self.runtime: Runtime | None = None
@@ -87,13 +88,17 @@ class Daemon:
         s = self.settings
         scheduler: AsyncIOScheduler | None = None
         watchdog: asyncio.Task[None] | None = None
+        retry: asyncio.Task[None] | None = None
         try:
             rt.start_line()
+            receiver = rt.receiver
             self.readiness = Readiness(
                 max_poll_age=s.max_poll_age(),
                 redis_check=rt.sink.ping,
                 spool_problem=lambda: rt.source.spool_error,
                 stopping=self.stop.requested,
+                pulls=s.pulls,
+                receiver_listening=None if receiver is None else lambda: receiver.listening,
             )
             rt.source.on_progress = self.readiness.poll_succeeded
             if s.health.enabled:
@@ -101,22 +106,32 @@ class Daemon:
                 await self.health.start()
                 log.info("health server listening", host=s.health.host, port=self.health.port)
             rt.start_flushing()
+            if receiver is not None:
+                # Before bootstrap points Infobip at it; refused until then, Infobip retries.
+                try:
+                    await receiver.start()
+                except OSError as exc:
+                    log.error("forward receiver cannot listen", error=str(exc))
+                    return 1
             try:
                 await self._until_stopped(self._bootstrap(rt))
             except AuthError as exc:
                 log.error("infobip refused the credentials; stopping", error=str(exc))
                 return 1
             if not self.stop.requested:
-                scheduler = self._scheduler(rt)
-                scheduler.start()
+                retry = asyncio.create_task(self._retry_bootstrap(rt), name="bootstrap-retry")
+                if s.pulls:
+                    scheduler = self._scheduler(rt)
+                    scheduler.start()
                 self._ready = True
-                systemd.ready("polling")
+                systemd.ready("polling" if s.pulls else "receiving")
                 watchdog = self._start_watchdog()
                 await self.stop.wait()
             return await self._shutdown(rt, scheduler)
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            for task in (watchdog, retry):
+                if task is not None:
+                    task.cancel()
             if scheduler is not None and scheduler.running:
                 scheduler.shutdown(wait=False)
             if self.health is not None:
@@ -148,8 +163,7 @@ class Daemon:
 
     async def _bootstrap(self, rt: Runtime) -> None:
         assert self.readiness is not None
-        self._last_bootstrap = time.monotonic()
-        if not self.settings.infobip.applications:
+        if self.settings.pulls and not self.settings.infobip.applications:
             log.warning("no applications configured; pulling whatever reaches the inbox")
         try:
             reports = await rt.bootstrap(self._failed_apps)
@@ -160,6 +174,14 @@ class Daemon:
             return
         self._failed_apps = [r.app for r in reports if not r.ok]
         self.readiness.bootstrapped = not self._failed_apps
+
+    async def _retry_bootstrap(self, rt: Runtime) -> None:
+        """Bootstrap the applications that failed, every BOOTSTRAP_RETRY s, until all are."""
+        while self._failed_apps and not await self.stop.sleep(BOOTSTRAP_RETRY):
+            try:
+                await self._bootstrap(rt)
+            except AuthError as exc:
+                log.error("infobip refused the credentials", error=str(exc))
 
     def _scheduler(self, rt: Runtime) -> AsyncIOScheduler:
         s = self.settings.schedule
@@ -193,11 +215,6 @@ class Daemon:
 
     async def _drain(self, rt: Runtime) -> DrainResult:
         assert self.readiness is not None
-        if self._failed_apps and time.monotonic() - self._last_bootstrap > BOOTSTRAP_RETRY:
-            try:
-                await self._bootstrap(rt)
-            except AuthError as exc:
-                log.error("infobip refused the credentials", error=str(exc))
         result = await rt.source.drain()
         rt.totals.add(result)
         self.readiness.spool_full = result.backpressure

@@ -231,6 +231,8 @@ class Flusher:
             total.written[app] = total.written.get(app, 0) + count
             if count:
                 metrics.MESSAGES_WRITTEN.labels(app=app).inc(count)
+        for app, count in written.duplicates.items():
+            metrics.DUPLICATE_DELIVERIES.labels(app=app).inc(count)
         self.written += written.total_written
         total.skipped += written.total_skipped
         if written.total_skipped:

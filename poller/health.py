@@ -36,6 +36,10 @@ class Readiness:
     started: float = field(default_factory=time.monotonic)
     redis_timeout: float = 2.0
     spool_problem: Callable[[], str | None] | None = None  # e.g. disk full while a batch waits
+    # Whether the daemon pulls (the last_poll check applies to pulled applications only).
+    pulls: bool = True
+    # The HTTP forward receiver's state when one runs: True while it accepts connections.
+    receiver_listening: Callable[[], bool] | None = None
 
     def poll_succeeded(self) -> None:
         """Record a successful poll now."""
@@ -51,13 +55,17 @@ class Readiness:
         if problem:
             spool = (False, f"spool refuses writes, a pulled batch waits in memory: {problem}")
         shutdown = (False, "shutting down") if self.stopping else (True, "running")
-        return {
+        checks = {
             "bootstrap": bootstrap,
             "redis": await self._redis(),
-            "last_poll": self._last_poll(),
+            "last_poll": self._last_poll() if self.pulls else (True, "no pulled applications"),
             "spool": spool,
             "shutdown": shutdown,
         }
+        if self.receiver_listening is not None:
+            listening = self.receiver_listening()
+            checks["receiver"] = (True, "listening") if listening else (False, "not listening")
+        return checks
 
     async def _redis(self) -> Check:
         try:

@@ -124,6 +124,27 @@ LAST_SUCCESSFUL_POLL = _gauge(
 BACKPRESSURE_ACTIVE = _gauge(
     "poller_backpressure_active", "1 while pulling is paused because the spool is at its cap."
 )
+FORWARD_REQUESTS = _counter(
+    "poller_forward_requests",
+    "Requests to the HTTP forward receiver by status code.",
+    ["status"],
+)
+FORWARD_MESSAGES = _counter(
+    "poller_forward_messages",
+    "Messages received by HTTP forward and spooled (acknowledged to Infobip).",
+    ["app"],
+)
+FORWARD_ACK_SECONDS = _histogram(
+    "poller_forward_ack_seconds",
+    "From a forwarded request's body read to its 2xx: the spool append and its fsync.",
+    _LATENCY_BUCKETS,
+)
+DUPLICATE_DELIVERIES = _counter(
+    "poller_duplicate_deliveries",
+    "Forwarded messages not written again: their messageId reached the stream within the"
+    " dedupe window (Infobip delivered them again).",
+    ["app"],
+)
 INFO = Info("poller", "Version and spool instance id of this process.", registry=REGISTRY)
 METRICS.append(
     MetricDoc("poller_info", "gauge", ("version", "instance"), "Always 1; carries the labels.")

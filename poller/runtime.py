@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 import structlog
 
 from poller import __version__, metrics
-from poller.bootstrap import AppReport, bootstrap
+from poller.bootstrap import AppReport, bootstrap, wants_of
 from poller.flusher import Flusher
 from poller.infobip import InfobipClient
 from poller.journal import Journal, JournalError
 from poller.settings import Settings
 from poller.sink import SinkConfigError, SinkError
 from poller.sink.redis import RedisSink
+from poller.sources.forward import ForwardReceiver
 from poller.sources.pull import DrainResult, PullSource, salvage
 from poller.spool import Spool, SpoolError
 from poller.stop import Stop
@@ -43,6 +44,7 @@ def make_sink(settings: Settings, instance_id: str) -> RedisSink:
         batch_size=r.batch_size,
         trim=r.trim,
         maxlen=r.maxlen,
+        dedupe_window=settings.forward.dedupe_window,
     )
 
 
@@ -72,6 +74,7 @@ class Runtime:
     client: InfobipClient
     flusher: Flusher
     source: PullSource
+    receiver: ForwardReceiver | None = None
     totals: Totals = field(default_factory=Totals)
     redis_server: str | None = None
     _flushing: asyncio.Task[None] | None = None
@@ -110,7 +113,10 @@ class Runtime:
             max_pulls=settings.schedule.max_pulls_per_cycle,
             in_flight=settings.infobip.pulls_in_flight,
         )
-        runtime = cls(settings, stop, spool, sink, client, flusher, source)
+        receiver = None
+        if settings.forward.applications:
+            receiver = ForwardReceiver(settings.forward, spool, flusher, stop)
+        runtime = cls(settings, stop, spool, sink, client, flusher, source, receiver)
         metrics.set_info(__version__, spool.instance_id)
         try:
             runtime.redis_server = await sink.connect()
@@ -144,9 +150,16 @@ class Runtime:
         self._flushing = asyncio.create_task(self.flusher.run(), name="flusher")
 
     async def finish(self) -> bool:
-        """After a stop was asked for: let the pulls in flight be spooled, end the flusher,
-        then flush what is left, all by the stop deadline. True when the spool is empty."""
+        """After a stop was asked for: let the pulls in flight be spooled and the forwarded
+        requests in flight be answered, end the flusher, then flush what is left, all by the
+        stop deadline. True when the spool is empty."""
         await self.source.settle(max(0.5, self.stop.remaining() - 3.0))
+        if self.receiver is not None:
+            try:
+                async with asyncio.timeout(max(0.5, self.stop.remaining() - 3.0)):
+                    await self.receiver.close()
+            except TimeoutError:
+                log.warning("forwarded requests still in flight at the stop deadline")
         if self._flushing is not None:
             _done, late = await asyncio.wait({self._flushing}, timeout=self.stop.remaining())
             for task in late:
@@ -172,6 +185,9 @@ class Runtime:
                 await self._flushing
             self._flushing = None
         await self.source.settle(max(0.5, self.stop.remaining() - 0.5))
+        if self.receiver is not None:
+            with contextlib.suppress(Exception):
+                await self.receiver.close()
         with contextlib.suppress(Exception):
             await self.client.aclose()
         with contextlib.suppress(Exception):
@@ -189,6 +205,7 @@ class Runtime:
             infobip=s.infobip.base_url,
             auth=s.infobip.auth,
             applications=s.infobip.applications,
+            forward_applications=s.forward.applications or None,
             redis=self.sink.describe(),
             redis_server=self.redis_server,
             durability=s.redis.durability,
@@ -211,14 +228,26 @@ class Runtime:
         )
 
     async def bootstrap(self, apps: list[str]) -> list[AppReport]:
-        """Ensure configurations and PULL actions; AuthError propagates."""
+        """Ensure configurations and the action of each application's mode (PULL, or
+        HTTP_FORWARD to the receiver); AuthError propagates."""
+        forward = self.settings.forward
+        if forward.public_url is None and set(apps) & set(forward.applications):
+            log.warning(
+                "forward applications not bootstrapped: POLLER_FORWARD__PUBLIC_URL is not set"
+                " (create their HTTP_FORWARD action with `poller infobip action create`)",
+                applications=forward.applications,
+            )
+            apps = [app for app in apps if app not in forward.applications]
         if not apps:
             return []
+        wants, secrets = wants_of(self.settings)
         return await bootstrap(
             self.client,
             apps,
             callback_data=self.settings.infobip.callback_data,
             replace_http_forward=self.settings.infobip.replace_http_forward,
+            wants=wants,
+            secrets=secrets,
         )
 
 

@@ -28,7 +28,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
@@ -45,7 +45,8 @@ CREATE TABLE messages (
     payload     TEXT NOT NULL,
     size        INTEGER NOT NULL,
     spooled_at  REAL NOT NULL,
-    writer      TEXT NOT NULL
+    writer      TEXT NOT NULL,
+    dedupe      INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE quarantine (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -64,7 +65,7 @@ CREATE TABLE journals (
 _TABLES = frozenset({"meta", "messages", "quarantine", "journals", "sqlite_sequence"})
 _JOURNALS = "CREATE TABLE IF NOT EXISTS journals (id TEXT PRIMARY KEY) WITHOUT ROWID"
 _SELECT_MESSAGES = (
-    "SELECT seq, app, message_id, received_at, pulled_at, payload, writer FROM messages"
+    "SELECT seq, app, message_id, received_at, pulled_at, payload, writer, dedupe FROM messages"
 )
 _SELECT_QUARANTINE = "SELECT seq, raw, reason, app, pulled_at, writer FROM quarantine"
 _MARK_DEAD = "UPDATE quarantine SET dead_lettered = 1 WHERE dead_lettered = 0"
@@ -80,6 +81,9 @@ class NewMessage:
     received_at: str
     pulled_at: str
     payload: bytes | str
+    # Written only if its messageId is not in the stream's recent ids (a forwarded message:
+    # Infobip delivers again when it saw no 2xx).
+    dedupe: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ class SpoolEntry:
     pulled_at: str
     payload: bytes | str
     writer: str = ""
+    dedupe: bool = False
 
 
 @dataclass(frozen=True)
@@ -253,9 +258,15 @@ class Spool:
         self.instance_id = str(row[0])
         if version == 1:
             self._migrate_v1()
-        if version in (1, 2):
+        if version in (1, 2, 3):
+            # Version 3 added the journals table, 4 the dedupe flag (a column default: no
+            # row is rewritten, whatever the size of the spool).
             with self._transaction():
                 self._conn.execute(_JOURNALS)
+                if version < 4:
+                    self._conn.execute(
+                        "ALTER TABLE messages ADD COLUMN dedupe INTEGER NOT NULL DEFAULT 0"
+                    )
                 self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._rows, self._bytes = conn.execute(
             "SELECT count(*), coalesce(sum(size), 0) FROM messages"
@@ -303,15 +314,25 @@ class Spool:
         now = time.time()
         writer = self.writer_id
         rows = [
-            (m.app, m.message_id, m.received_at, m.pulled_at, m.payload, _size(m), now, writer)
+            (
+                m.app,
+                m.message_id,
+                m.received_at,
+                m.pulled_at,
+                m.payload,
+                _size(m),
+                now,
+                writer,
+                m.dedupe,
+            )
             for m in messages
         ]
         with self._lock:
             try:
                 with self._transaction():
                     self._conn.executemany(
-                        "INSERT INTO messages (app, message_id, received_at, pulled_at,"
-                        " payload, size, spooled_at, writer) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO messages (app, message_id, received_at, pulled_at, payload,"
+                        " size, spooled_at, writer, dedupe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         rows,
                     )
                     self._conn.executemany(

@@ -28,6 +28,7 @@ def make_settings(
     spool: dict[str, Any] | None = None,
     schedule: dict[str, Any] | None = None,
     health: dict[str, Any] | None = None,
+    forward: dict[str, Any] | None = None,
 ) -> Settings:
     """Settings pointing at a simulator and a Redis server, with a spool under tmp_path."""
     return Settings(
@@ -45,6 +46,7 @@ def make_settings(
         spool={"path": tmp_path / "spool.db", **(spool or {})},
         schedule={"interval": 0.5, "jitter": 0.0, "grace_period": 10.0, **(schedule or {})},
         health={"enabled": False, **(health or {})},
+        forward=forward or {},
     )
 
 

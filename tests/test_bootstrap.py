@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,53 @@ async def test_bootstrap_command_prints_per_application_and_dry_run(
     again = await asyncio.to_thread(run_poller, settings, "bootstrap", "--json")
     assert again.returncode == 0
     assert '"configuration_created": false' in again.stdout
+
+
+async def test_a_forward_application_gets_one_http_forward_action_to_the_receiver(
+    simulator_factory: SimulatorFactory, redis_url: str, key_template: str, tmp_path: Path
+) -> None:
+    # Tried: an application pulled until now (a PULL action exists) switched to forward:
+    # dry run, then bootstrap (PULL reported, left alone), then asked to replace it.
+    token = "forward-token-0123456789abcdef"
+    sim = await simulator_factory(applications=["app-a"], auto_configure=True)
+    settings = make_settings(
+        sim,
+        redis_url,
+        tmp_path,
+        key_template,
+        forward={
+            "applications": ["app-a"],
+            "token": token,
+            "public_url": "https://poller.example.com/infobip/forward",
+        },
+    )
+    url = f"https://poller.example.com/infobip/forward/{token}"
+
+    dry = await asyncio.to_thread(run_poller, settings, "bootstrap", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert "would create" in dry.stdout + dry.stderr
+    assert token not in dry.stdout + dry.stderr
+
+    done = await asyncio.to_thread(run_poller, settings, "bootstrap", "--json")
+    assert done.returncode == 0, done.stderr
+    (report,) = json.loads(done.stdout)
+    assert (report["mode"], report["action_created"], report["ok"]) == ("forward", True, True)
+    assert len(report["conflicting"]) == 1  # the PULL action, reported
+    assert token not in done.stdout + done.stderr
+    async with client_for(sim.base_url) as client:
+        (config,) = await client.list_configurations("app-a")
+        actions = await client.list_actions("app-a", config.key)
+    assert sorted((a.type, a.forward_url) for a in actions) == [
+        ("HTTP_FORWARD", url),
+        ("PULL", None),
+    ]
+
+    replace = settings.model_copy(
+        update={"forward": settings.forward.model_copy(update={"replace_pull": True})}
+    )
+    again = await asyncio.to_thread(run_poller, replace, "bootstrap", "--json")
+    (report,) = json.loads(again.stdout)
+    assert (report["action_created"], len(report["removed"])) == (False, 1)
+    async with client_for(sim.base_url) as client:
+        actions = await client.list_actions("app-a", config.key)
+    assert [(a.type, a.forward_url) for a in actions] == [("HTTP_FORWARD", url)]

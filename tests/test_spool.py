@@ -339,7 +339,7 @@ def test_version_1_spool_is_migrated_in_place(tmp_path: Path) -> None:
         new = s.pending(10)[-1]
         assert (new.writer, new.seq > old[-1].seq) == (s.writer_id, True)
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert "journals" in tables
     conn.close()

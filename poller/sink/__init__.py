@@ -32,10 +32,11 @@ class DurabilityError(SinkError):
     """The configured durability wait was not confirmed within its timeout."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class WriteResult:
     """Per application: entries added, entries skipped as already written (a replay), and
-    the applications whose stream refused the write (application -> the refusal).
+    the applications whose stream refused the write (application -> the refusal), and the
+    repeated deliveries left out.
 
     An application in ``failed`` may have got some of its entries (a replay skips them);
     the caller keeps every row of such an application and commits the others. Quarantined
@@ -44,6 +45,9 @@ class WriteResult:
     written: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    # Messages not written because their id reached the stream within the dedupe window
+    # (a delivery Infobip repeated).
+    duplicates: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_written(self) -> int:

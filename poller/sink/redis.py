@@ -68,7 +68,8 @@ Mode = Literal["standalone", "sentinel", "cluster"]
 Durability = Literal["none", "wait", "waitaof"]
 Trim = Literal["none", "acked", "maxlen"]
 Value = str | bytes
-Row = tuple[int, str, Sequence[Value]]  # (spool seq, application, values in field order)
+# (spool seq, application, values in field order, skip if its message id was seen lately)
+Row = tuple[int, str, Sequence[Value], bool]
 Batches = dict[str, dict[str, list[Row]]]  # stream key -> high-water mark key -> rows
 
 # How long a high-water mark outlives its writer's last write.
@@ -186,6 +187,7 @@ class RedisSink:
         trim: Trim = "none",
         maxlen: int = 0,
         hwm_ttl: int = HWM_TTL_SECONDS,
+        dedupe_window: int = 3600,
     ) -> None:
         if APP_PLACEHOLDER not in key_template:
             raise ValueError(f"key_template {key_template!r} must contain {APP_PLACEHOLDER}")
@@ -215,6 +217,7 @@ class RedisSink:
         self.trim: Trim = trim
         self.maxlen = maxlen
         self.hwm_ttl = hwm_ttl
+        self.dedupe_window = dedupe_window
         self._sentinel_master = sentinel_master
         self._sentinel_addrs = [_host_port(s) for s in sentinels]
         self._password = password
@@ -253,6 +256,12 @@ class RedisSink:
         if has_hash_tag(stream_key):
             return f"{stream_key}:hwm:{owner}"
         return f"{{{stream_key}}}:hwm:{owner}"
+
+    def seen_key(self, stream_key: str) -> str:
+        """The stream's recently written message ids (forwarded messages), same slot."""
+        if has_hash_tag(stream_key):
+            return f"{stream_key}:seen"
+        return f"{{{stream_key}}}:seen"
 
     # -- connection ---------------------------------------------------------------------
 
@@ -484,7 +493,7 @@ class RedisSink:
             if pair is None:
                 key = self.stream_key(e.app)
                 pair = keys[e.app, e.writer] = (key, self.hwm_key(key, e.writer))
-            streams[pair[0]][pair[1]].append((e.seq, e.app, values))
+            streams[pair[0]][pair[1]].append((e.seq, e.app, values, bool(e.dedupe)))
         return await self._flush(MO_FIELDS, streams)
 
     async def write_dead(self, entries: Sequence[QuarantineEntry]) -> WriteResult:
@@ -495,34 +504,32 @@ class RedisSink:
         for e in sorted(entries, key=lambda e: e.seq):
             values = (e.reason, e.raw, e.app or "", e.pulled_at, DEAD_SCHEMA)
             key = self.dead_key(e.app)
-            streams[key][self.hwm_key(key, e.writer)].append((e.seq, e.app or "", values))
+            streams[key][self.hwm_key(key, e.writer)].append((e.seq, e.app or "", values, False))
         return await self._flush(DEAD_FIELDS, streams)
 
     async def _flush(self, fields: Sequence[str], streams: Batches) -> WriteResult:
-        written: dict[str, int] = {}
-        skipped: dict[str, int] = {}
-        failed: dict[str, str] = {}
+        result = WriteResult()
         if not streams:
-            return WriteResult(written, skipped)
+            return result
         try:
             await self._ensure_ready()
             client = self._writer()
             marks: list[str] = []  # the mark keys written: what the durability wait covers
             for key, by_mark in streams.items():
                 for rows in by_mark.values():
-                    for _seq, app, _values in rows:
-                        written.setdefault(app, 0)
-                        skipped.setdefault(app, 0)
+                    for _seq, app, _values, _dedupe in rows:
+                        result.written.setdefault(app, 0)
+                        result.skipped.setdefault(app, 0)
                 try:
                     for mark, rows in by_mark.items():
-                        await self._write_stream(client, key, mark, fields, rows, written, skipped)
+                        await self._write_stream(client, key, mark, fields, rows, result)
                         marks.append(mark)
                 except ResponseError as exc:
                     if _server_wide(exc):
                         raise
                     text = self._refused(key, exc)
                     for rows in by_mark.values():
-                        failed.update((app, text) for _seq, app, _values in rows)
+                        result.failed.update((app, text) for _seq, app, _values, _d in rows)
                     continue
                 await self._trim(client, key)
             # Grouped after the writes: the Cluster client has followed any MOVED by now.
@@ -535,7 +542,7 @@ class RedisSink:
         except REDIS_ERRORS as exc:
             raise self._error("write", exc) from exc
         self._recovered()
-        return WriteResult(written, skipped, failed)
+        return result
 
     def _refused(self, key: str, exc: ResponseError) -> str:
         """The text for ``WriteResult.failed``; logged at error level, it needs a human."""
@@ -572,27 +579,30 @@ class RedisSink:
         mark: str,
         fields: Sequence[str],
         rows: list[Row],
-        written: dict[str, int],
-        skipped: dict[str, int],
+        result: WriteResult,
     ) -> None:
-        """One writer's rows into one stream; per application, counts go to ``written`` and
-        ``skipped`` per batch (a stream that fails half-way still counts what went in)."""
+        """One writer's rows into one stream; per application, counts go to ``result`` per
+        batch (a stream that fails half-way still counts what went in)."""
         # Batches go one after the other, never pipelined: if batch k failed while k+1
         # went in, the mark would pass k's sequence numbers and a retry would skip them.
-        keys = (key, mark)
         header: list[Value] = [str(len(fields)), *fields]
         ttl = str(self.hwm_ttl)
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
-            reply = await _WRITE(client, keys, [*header, _pack(batch), ttl])
+            window = self.dedupe_window * 1000 if any(r[3] for r in batch) else 0
+            keys = (key, mark, self.seen_key(key)) if window else (key, mark)
+            reply = await _WRITE(client, keys, [*header, _pack(batch), ttl, str(window)])
             # Rows come in ascending seq, so the ones at or below the mark (skipped) are
             # the batch's first ones: that tells which application each count belongs to.
-            first_written = int(reply[1])
-            for index, (_seq, app, _values) in enumerate(batch):
-                if index < first_written:
-                    skipped[app] += 1
+            first_new = int(reply[1])
+            repeated = {int(at) - 1 for at in reply[2:]}
+            for index, (_seq, app, _values, _dedupe) in enumerate(batch):
+                if index < first_new:
+                    result.skipped[app] += 1
+                elif index in repeated:
+                    result.duplicates[app] = result.duplicates.get(app, 0) + 1
                 else:
-                    written[app] += 1
+                    result.written[app] += 1
 
     async def _trim(self, client: Redis | RedisCluster, key: str) -> None:
         """Trim after a write; a refusal is logged, the entries are written all the same."""
@@ -695,8 +705,8 @@ def _pack(rows: Sequence[Row]) -> bytes:
     """Entries as ``<length>:<bytes>`` items (seq, then values), the format the script reads."""
     parts: list[bytes] = []
     append = parts.append
-    for seq, _app, values in rows:
-        text = b"%d" % seq
+    for seq, _app, values, dedupe in rows:
+        text = b"d%d" % seq if dedupe else b"%d" % seq
         append(b"%d:%s" % (len(text), text))
         for value in values:
             data = value if isinstance(value, bytes) else value.encode()

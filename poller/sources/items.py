@@ -35,10 +35,11 @@ def now_rfc3339() -> str:
 
 
 def rows_from_items(
-    items: Sequence[tuple[bytes, Any]], pulled_at: str
+    items: Sequence[tuple[bytes, Any]], pulled_at: str, *, dedupe: bool = False
 ) -> tuple[list[NewMessage], list[NewQuarantine]]:
     """Spool rows for ``(bytes as sent, decoded value)`` items, in their order; the value
-    needs only the routing fields (messageId, applicationCode, receivedAt)."""
+    needs only the routing fields (messageId, applicationCode, receivedAt). ``dedupe``: the
+    sink skips a message whose id reached its stream lately (a delivery Infobip repeats)."""
     messages: list[NewMessage] = []
     quarantined: list[NewQuarantine] = []
     for data, item in items:
@@ -52,6 +53,7 @@ def rows_from_items(
                     received_at=received if _is_text(received) else "",
                     pulled_at=pulled_at,
                     payload=data,
+                    dedupe=dedupe,
                 )
             )
         else:

@@ -1,0 +1,401 @@
+"""The forward source: Infobip POSTs each message to this receiver (an HTTP_FORWARD action).
+
+Served by aiohttp.web in the daemon's event loop. A request is answered 2xx only once its
+messages are in the spool, fsynced (design invariant 1): a crash before that means no 2xx,
+so Infobip delivers again instead of the message being lost. Concurrent requests share one
+transaction and one fsync (``GroupCommit``). A delivery Infobip repeats (our 2xx lost on the
+way back) is written once: forwarded rows carry a dedupe flag, and the sink skips a message
+whose id reached its stream within ``POLLER_FORWARD__DEDUPE_WINDOW``, atomically with the
+write and whatever process took the first delivery.
+
+Bodies: the pull method's envelope (``{"results": [...], ...}``), a single message object,
+or a JSON array of them. Anything else is answered 400 with a JSON reason, and its bytes go
+to quarantine and the dead-letter stream, as for a pulled body.
+
+Protection, checked before the body is read (no side effect when refused): the token (a
+path segment or the ``X-Forward-Token`` header, compared in constant time), optional HTTP
+basic auth, the content type, the declared size; then a read timeout on headers and body, a
+size cap while reading, and a cap on connections. 503 with Retry-After while the spool is
+at its cap or the daemon is stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from poller import metrics
+from poller.flusher import Flusher
+from poller.infobip.body import scan_pull
+from poller.settings import ForwardSettings
+from poller.sources.items import now_rfc3339, rows_from_items
+from poller.spool import NewMessage, NewQuarantine, Spool, SpoolError
+from poller.stop import Stop
+
+log = structlog.get_logger(__name__)
+
+TOKEN_HEADER = "X-Forward-Token"  # noqa: S105 (a header name)
+RETRY_AFTER = "5"
+
+
+class GroupCommit:
+    """Spool appends of concurrent requests, one transaction and one fsync for all that wait.
+
+    While one append runs, the requests that arrive queue up; the next append takes them all.
+    Each caller learns whether its own rows are durable (or the SpoolError)."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self._queue: list[tuple[list[NewMessage], list[NewQuarantine], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    async def append(self, messages: list[NewMessage], quarantined: list[NewQuarantine]) -> None:
+        """Return once these rows are fsynced in the spool; SpoolError when they are not."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((messages, quarantined, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name="forward-group-commit")
+        await asyncio.shield(done)
+
+    async def _write(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            messages = [m for ms, _q, _f in batch for m in ms]
+            quarantined = [q for _m, qs, _f in batch for q in qs]
+            try:
+                await asyncio.to_thread(self.spool.append, messages, quarantined)
+            except SpoolError as exc:
+                for _m, _q, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            self.commits += 1
+            for _m, _q, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+
+def parse_forward(body: bytes) -> tuple[list[tuple[bytes, Any]], str | None]:
+    """The items of a forwarded body (bytes as sent, routing fields), or a reason it is not
+    one of the accepted shapes: envelope, one message object, an array of messages."""
+    head = body.lstrip()[:1]
+    if head == b"[":
+        scan = scan_pull(b'{"results":' + body + b"}")
+    elif head == b"{":
+        scan = scan_pull(body)
+        if scan.error == "`results` is not a list" and not scan.items:
+            scan = scan_pull(b'{"results":[' + body + b"]}")
+            if scan.error is None and not isinstance(scan.items[0][1], dict):
+                return [], "not a message object"
+    else:
+        return [], "not JSON: expected an object or an array"
+    if scan.error is not None:
+        return [], scan.error
+    return scan.items, None
+
+
+class _Gate:
+    """Connections open now, the cap, the header timeout, and each connection's guard."""
+
+    def __init__(self, cap: int, header_timeout: float) -> None:
+        self.cap = cap
+        self.header_timeout = header_timeout
+        self.open = 0
+        self.refused = 0
+        self.guards: dict[RequestHandler, _Guard] = {}
+
+
+class _Guard(asyncio.Protocol):
+    """Wraps aiohttp's protocol for one connection: refuses it beyond the cap, and closes it
+    when a request's headers do not arrive within the timeout (aiohttp has no such limit)."""
+
+    def __init__(self, inner: RequestHandler, gate: _Gate) -> None:
+        self.inner = inner
+        self.gate = gate
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_request = False
+        self._admitted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.gate.open >= self.gate.cap:
+            self.gate.refused += 1
+            metrics.FORWARD_REQUESTS.labels(status="503").inc()
+            transport.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            transport.close()
+            return
+        self._admitted = True
+        self.gate.open += 1
+        self.gate.guards[self.inner] = self
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._admitted:
+            return
+        self._admitted = False
+        self.gate.open -= 1
+        self.gate.guards.pop(self.inner, None)
+        self._disarm()
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return
+        if not self._in_request and self._timer is None:
+            # The first bytes of a request: its headers must all arrive in time.
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.gate.header_timeout, self._expire)
+        self.inner.data_received(data)
+
+    def eof_received(self) -> None:
+        if self._admitted:
+            self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def request_started(self) -> None:
+        """The handler has the headers: the body has a timeout of its own."""
+        self._in_request = True
+        self._disarm()
+
+    def request_done(self) -> None:
+        """The response is written: the next bytes start a new request."""
+        self._in_request = False
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.transport is not None and not self._in_request:
+            log.info("forward connection closed: request headers too slow")
+            self.transport.abort()
+
+
+class ForwardReceiver:
+    """The HTTP forward source: an aiohttp server in the daemon's loop."""
+
+    def __init__(
+        self,
+        settings: ForwardSettings,
+        spool: Spool,
+        flusher: Flusher,
+        stop: Stop,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.flusher = flusher
+        self.stop = stop
+        self.commit = GroupCommit(spool)
+        self._gate = _Gate(settings.max_connections, settings.read_timeout)
+        self._token = settings.token.get_secret_value().encode() if settings.token else b""
+        self._basic: bytes | None = None
+        if settings.basic_username is not None and settings.basic_password is not None:
+            pair = f"{settings.basic_username}:{settings.basic_password.get_secret_value()}"
+            self._basic = pair.encode()
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self.port: int | None = None
+        self.received = 0
+        # Called after every request whose messages were spooled (readiness, status).
+        self.on_received: Callable[[], None] | None = None
+
+    @property
+    def listening(self) -> bool:
+        """True while the server accepts connections."""
+        return self._server is not None and self._server.is_serving()
+
+    async def start(self) -> None:
+        """Bind and serve; OSError when the address cannot be used."""
+        s = self.settings
+        app = web.Application(client_max_size=s.max_body_bytes)
+        app.router.add_route("*", s.path, self._handle)
+        app.router.add_route("*", s.path + "/{token}", self._handle)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            keepalive_timeout=s.idle_timeout,
+            # After a refusal with the body unread: how long to let the client finish
+            # sending it (so it can read the answer) before the connection is closed.
+            lingering_time=2.0,
+            handle_signals=False,
+        )
+        await runner.setup()
+        factory = runner.server
+        assert factory is not None
+        gate = self._gate
+        context = None
+        if s.tls_cert_file is not None and s.tls_key_file is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(s.tls_cert_file, s.tls_key_file)
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: _Guard(factory(), gate), s.host, s.port, ssl=context, backlog=1024
+            )
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info(
+            "forward receiver listening",
+            host=s.host,
+            port=self.port,
+            path=s.path,
+            tls=context is not None,
+        )
+
+    async def close(self) -> None:
+        """Stop accepting, let requests in flight finish (their spool append included)."""
+        if self._server is not None:
+            self._server.close()
+        if self._runner is not None:
+            await self._runner.shutdown()
+            await self._runner.cleanup()
+            self._runner = None
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        guard = self._gate.guards.get(request.protocol)
+        if guard is not None:
+            guard.request_started()
+        try:
+            response = await self._answer(request)
+        finally:
+            if guard is not None:
+                guard.request_done()
+        metrics.FORWARD_REQUESTS.labels(status=str(response.status)).inc()
+        return response
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        if request.method != "POST":
+            return _reply(405, "only POST is accepted", {"Allow": "POST"})
+        refused = self._check_auth(request)
+        if refused is not None:
+            return refused
+        if request.content_type != "application/json" and not request.content_type.endswith(
+            "+json"
+        ):
+            return _reply(415, f"content type {request.content_type!r}: send application/json")
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return _reply(413, f"body larger than {limit} bytes")
+        if self.stop.requested:
+            return _reply(503, "stopping", {"Retry-After": RETRY_AFTER})
+        if not self.spool.has_room():
+            return _reply(503, "spool at its cap", {"Retry-After": RETRY_AFTER})
+        try:
+            async with asyncio.timeout(self.settings.read_timeout):
+                body = await _read(request, limit)
+        except TimeoutError:
+            return _reply(408, f"body not received within {self.settings.read_timeout:g} s")
+        if body is None:
+            return _reply(413, f"body larger than {limit} bytes")
+        return await self._store(body)
+
+    def _check_auth(self, request: web.Request) -> web.Response | None:
+        given = request.match_info.get("token") or request.headers.get(TOKEN_HEADER)
+        if not given:
+            return _reply(401, f"missing token (path segment or {TOKEN_HEADER} header)")
+        if not hmac.compare_digest(given.encode(), self._token):
+            return _reply(403, "wrong token")
+        if self._basic is None:
+            return None
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        try:
+            pair = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            pair = b""
+        if scheme.lower() != "basic" or not hmac.compare_digest(pair, self._basic):
+            return _reply(
+                401, "basic authentication required", {"WWW-Authenticate": 'Basic realm="poller"'}
+            )
+        return None
+
+    async def _store(self, body: bytes) -> web.Response:
+        started = time.monotonic()
+        received_at = now_rfc3339()
+        items, problem = parse_forward(body)
+        if problem is not None:
+            # Nothing silently dropped: the bytes are kept, as for a pulled body.
+            quarantine = NewQuarantine(
+                raw=body, reason=f"forwarded body: {problem}", app=None, pulled_at=received_at
+            )
+            try:
+                await self.commit.append([], [quarantine])
+            except SpoolError as exc:
+                log.error("forwarded body not kept: spool refused it", error=str(exc))
+                return _reply(503, "spool unavailable", {"Retry-After": RETRY_AFTER})
+            self.flusher.wake()
+            metrics.MESSAGES_QUARANTINED.labels(app="unknown").inc()
+            log.warning("forwarded body refused and quarantined", reason=problem, bytes=len(body))
+            return _reply(400, problem)
+        messages, quarantined = rows_from_items(items, received_at, dedupe=True)
+        try:
+            await self.commit.append(messages, quarantined)
+        except SpoolError as exc:
+            log.error("forwarded messages not spooled; Infobip will deliver again", error=str(exc))
+            return _reply(503, "spool unavailable", {"Retry-After": RETRY_AFTER})
+        self.flusher.wake()
+        self.received += len(messages)
+        for app, count in Counter(m.app for m in messages).items():
+            metrics.FORWARD_MESSAGES.labels(app=app).inc(count)
+        for item in quarantined:
+            metrics.MESSAGES_QUARANTINED.labels(app=item.app or "unknown").inc()
+            log.error("forwarded item quarantined", reason=item.reason, app=item.app)
+        metrics.FORWARD_ACK_SECONDS.observe(time.monotonic() - started)
+        if self.on_received is not None:
+            self.on_received()
+        return web.json_response({"accepted": len(messages), "quarantined": len(quarantined)})
+
+
+async def _read(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None once it passes ``limit`` bytes (reading stops there)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reply(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+    response = web.Response(
+        status=status,
+        text=json.dumps({"error": reason}),
+        content_type="application/json",
+        headers=headers,
+    )
+    if status != 400:
+        # Refused before its body was read (or while): the connection cannot be reused.
+        response.force_close()
+    return response
