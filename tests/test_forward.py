@@ -20,6 +20,7 @@ from poller.embedded import free_port
 from poller.runtime import Runtime
 from poller.settings import Settings
 from poller.simulator import Simulator
+from tests.fixtures_sim import SimulatorFactory
 from tests.support import (
     ids_in_streams,
     make_settings,
@@ -381,6 +382,62 @@ async def test_a_kill_before_the_answer_loses_nothing_and_the_repeat_is_written_
                 break
             await asyncio.sleep(0.1)
         assert counts == {m["messageId"]: 1 for m in sent}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_forward_end_to_end_bootstrap_points_infobip_at_the_receiver(
+    simulator_factory: SimulatorFactory, redis_url: str, redis_client: Redis, tmp_path: Path,
+    key_template: str,
+) -> None:  # fmt: skip
+    # Tried: `poller run` with one pulled and one forwarded application, bootstrap creating
+    # the HTTP_FORWARD action with the token in its URL; the simulator creates messages for
+    # both, forwards one kind (some deliveries cut after sending: retried), the other waits
+    # in the pull inbox. Every message once in its stream, nothing in the spool at the end.
+    sim = await simulator_factory(applications=["app-alpha", APP], auto_configure=False)
+    sim.add_fault("forward_drop", count=3)
+    port = free_port()
+    settings = make_settings(
+        sim,
+        redis_url,
+        tmp_path,
+        key_template,
+        apps=["app-alpha"],
+        forward={
+            "applications": [APP],
+            "token": TOKEN,
+            "port": port,
+            "public_url": f"http://127.0.0.1:{port}/infobip/forward",
+        },
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *poller_command("run"),
+        env=settings_env(settings),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        application = sim.account.applications[APP]
+        while time.monotonic() < deadline and application.forward_action() is None:
+            await asyncio.sleep(0.05)
+        action = application.forward_action()
+        assert action is not None
+        assert action.forward_url == f"http://127.0.0.1:{port}/infobip/forward/{TOKEN}"
+        pulled = sim.inject("app-alpha", 300)
+        forwarded = sim.inject(APP, 300)
+        await asyncio.wait_for(sim.ledger.wait_forwarded(), 30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            counts = await ids_in_streams(redis_client, key_template)
+            if len(counts) == 600:
+                break
+            await asyncio.sleep(0.1)
+        assert counts == dict.fromkeys([*pulled, *forwarded], 1)
+        sends = sim.ledger.forward_sends()
+        assert sum(sends.values()) > len(forwarded)  # the cut deliveries were sent again
+        assert sim.ledger.forward_delivered_ids() == set(forwarded)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
