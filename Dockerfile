@@ -47,7 +47,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 VOLUME ["/var/lib/infobip-push-poller"]
 WORKDIR /var/lib/infobip-push-poller
 USER 10001:10001
-EXPOSE 9464
+# 9464: health and metrics; 8088: the HTTP forward receiver (when POLLER_FORWARD__APPLICATIONS is set).
+EXPOSE 9464 8088
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 CMD ["poller", "check"]
 ENTRYPOINT ["poller"]

@@ -155,6 +155,7 @@ def test_probes_hit_the_health_server(
     settings = _settings_from(configmap_env, monkeypatch, tmp_path)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == settings.health.port == 9464
+    assert ports["forward"] == settings.forward.port == 8088
     # Bound to loopback, the kubelet's probes could not reach it.
     assert settings.health.host == "0.0.0.0"
     assert settings.health.enabled
@@ -373,7 +374,7 @@ def test_image_entrypoint_signal_port_and_volume() -> None:
     assert json.loads(_one(instructions, "ENTRYPOINT")) == ["poller"]
     assert json.loads(_one(instructions, "CMD")) == ["run"]
     assert _one(instructions, "STOPSIGNAL") == "SIGTERM"
-    assert _one(instructions, "EXPOSE") == "9464"
+    assert _one(instructions, "EXPOSE") == "9464 8088"  # health; the forward receiver
     assert json.loads(_one(instructions, "VOLUME")) == [SPOOL_DIR]
     env = " ".join(rest for word, rest in instructions if word == "ENV")
     assert f"POLLER_SPOOL__PATH={SPOOL_DIR}/spool.db" in env
