@@ -13,14 +13,21 @@ from urllib.parse import urlsplit
 
 import httpx
 import structlog
+from aiohttp import web
 
 from poller import metrics
-from poller.httpserver import HttpServer, Request, Response
+from poller.web import GuardedServer
 
 log = structlog.get_logger(__name__)
 
 Check = tuple[bool, str]
 CHECKS = ("bootstrap", "redis", "last_poll", "spool", "shutdown")
+# Seconds a Redis probe's result is reused.
+REDIS_CHECK_EVERY = 1.0
+# The health port faces probes and scrapers: a few connections at once, prompt requests.
+MAX_CONNECTIONS = 64
+REQUEST_TIMEOUT = 5.0
+IDLE_TIMEOUT = 30.0
 
 
 @dataclass
@@ -40,6 +47,9 @@ class Readiness:
     pulls: bool = True
     # The HTTP forward receiver's state when one runs: True while it accepts connections.
     receiver_listening: Callable[[], bool] | None = None
+    redis_every: float = REDIS_CHECK_EVERY  # seconds a Redis probe's result is reused
+    _redis_result: tuple[float, Check] | None = field(default=None, repr=False)
+    _redis_probe: asyncio.Future[Check] | None = field(default=None, repr=False)
 
     def poll_succeeded(self) -> None:
         """Record a successful poll now."""
@@ -68,6 +78,18 @@ class Readiness:
         return checks
 
     async def _redis(self) -> Check:
+        """The Redis probe, at most once a second: concurrent and repeated callers share it
+        (300 probes at once must not become 300 connections to Redis)."""
+        now = time.monotonic()
+        if self._redis_result is not None and now - self._redis_result[0] < self.redis_every:
+            return self._redis_result[1]
+        if self._redis_probe is None or self._redis_probe.done():
+            self._redis_probe = asyncio.ensure_future(self._probe_redis())
+        result = await asyncio.shield(self._redis_probe)
+        self._redis_result = (time.monotonic(), result)
+        return result
+
+    async def _probe_redis(self) -> Check:
         try:
             async with asyncio.timeout(self.redis_timeout):
                 ok = await self.redis_check()
@@ -108,7 +130,15 @@ class HealthServer:
         heartbeat: float = 0.5,
     ) -> None:
         self.readiness = readiness
-        self._server = HttpServer(self._handle, host, port)
+        self._server = GuardedServer(
+            "health",
+            [("/{path:.*}", self._handle)],
+            host,
+            port,
+            max_connections=MAX_CONNECTIONS,
+            header_timeout=REQUEST_TIMEOUT,
+            idle_timeout=IDLE_TIMEOUT,
+        )
         self._block_threshold = block_threshold
         self._block_window = block_window
         self._heartbeat_interval = heartbeat
@@ -132,7 +162,7 @@ class HealthServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
-        await self._server.stop()
+        await self._server.close()
 
     def liveness(self) -> Check:
         """(ok, detail): fails for block_window seconds after the loop was seen blocked."""
@@ -154,9 +184,12 @@ class HealthServer:
                 self._last_block = (time.monotonic(), lag)
                 log.warning("event loop was blocked", seconds=round(lag, 3))
 
-    async def _handle(self, request: Request) -> Response:
-        if request.method != "GET":
+    async def _handle(self, request: web.Request) -> web.Response:
+        if request.method not in ("GET", "HEAD"):
             return _json(405, {"status": "method not allowed"}, {"Allow": "GET"})
+        if request.content_length or "Transfer-Encoding" in request.headers:
+            # A probe sends no body; one that does is not read (nor waited for).
+            return _json(400, {"status": "a GET takes no body"}, close=True)
         path = request.path.rstrip("/") or "/"
         if path == "/livez":
             ok, detail = self.liveness()
@@ -173,13 +206,24 @@ class HealthServer:
             return _json(200 if ready else 503, body)
         if path == "/metrics":
             payload, content_type = metrics.render()
-            return Response(200, payload, content_type=content_type)
+            response = web.Response(status=200, body=payload)
+            response.headers["Content-Type"] = content_type
+            return response
         return _json(404, {"status": "not found", "paths": ["/livez", "/readyz", "/metrics"]})
 
 
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    return Response(status, payload, headers={"Cache-Control": "no-store", **(headers or {})})
+def _json(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None, *, close: bool = False
+) -> web.Response:
+    response = web.Response(
+        status=status,
+        body=json.dumps(body, separators=(",", ":")).encode(),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+    if close:
+        response.force_close()
+    return response
 
 
 def local_url(host: str, port: int, path: str = "/readyz") -> str:

@@ -112,6 +112,7 @@ async def test_readyz_redis_check_that_hangs_or_raises(
         raise RuntimeError("boom")
 
     readiness.redis_timeout = 0.2
+    readiness.redis_every = 0.0  # a new probe for every request, for this test
     readiness.redis_check = hangs
     assert "within 0.2 s" in (await _failing(client))["redis"]
     readiness.redis_check = raises
@@ -247,3 +248,63 @@ async def test_check_against_a_server_that_does_not_answer() -> None:
 def test_local_url_for_wildcard_binds() -> None:
     assert health.local_url("::", 9464) == "http://[::1]:9464/readyz"
     assert health.local_url("10.1.2.3", 1, "/livez") == "http://10.1.2.3:1/livez"
+
+
+async def test_a_crowd_of_probes_shares_one_redis_ping_per_second(
+    server: HealthServer, readiness: Readiness
+) -> None:
+    # Tried: 300 concurrent /readyz requests over 32 connections (each request once opened
+    # a Redis connection of its own).
+    pings = 0
+    ping = readiness.redis_check
+
+    async def counted() -> bool:
+        nonlocal pings
+        pings += 1
+        return await ping()
+
+    readiness.redis_check = counted
+    limits = httpx.Limits(max_connections=32)
+    base = f"http://127.0.0.1:{server.port}"
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=base, limits=limits, trust_env=False) as client:
+        answers = await asyncio.gather(*(client.get("/readyz") for _ in range(300)))
+    elapsed = time.monotonic() - started
+    assert {a.status_code for a in answers} == {200}
+    assert pings <= 2 + elapsed / readiness.redis_every  # about one a second, not 300
+
+
+async def test_a_get_with_a_body_and_a_stalled_request_are_not_waited_for(
+    server: HealthServer,
+) -> None:
+    # Tried: a GET announcing a 10-byte body that never comes; headers that never finish.
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+    status = await asyncio.wait_for(reader.readline(), 5)
+    assert status.startswith(b"HTTP/1.1 400")
+    writer.close()
+    stalled = await asyncio.open_connection("127.0.0.1", server.port)
+    stalled[1].write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    assert await asyncio.wait_for(stalled[0].read(), health.REQUEST_TIMEOUT + 5) == b""
+    assert time.monotonic() - started < health.REQUEST_TIMEOUT + 2
+    stalled[1].close()
+
+
+async def test_connections_past_the_cap_are_refused_and_probes_still_answered(
+    server: HealthServer, client: httpx.AsyncClient
+) -> None:
+    # Tried: more idle connections than the cap; a probe once they are closed.
+    held = [
+        await asyncio.open_connection("127.0.0.1", server.port)
+        for _ in range(health.MAX_CONNECTIONS)
+    ]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 503")
+        writer.close()
+    finally:
+        for _reader, held_writer in held:
+            held_writer.close()
+    await asyncio.sleep(0.1)
+    assert (await client.get("/livez")).status_code == 200

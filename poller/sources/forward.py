@@ -34,7 +34,6 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from poller import metrics
 from poller.flusher import Flusher
@@ -43,6 +42,7 @@ from poller.settings import ForwardSettings
 from poller.sources.items import now_rfc3339, rows_from_items
 from poller.spool import NewMessage, NewQuarantine, Spool, SpoolError
 from poller.stop import Stop
+from poller.web import GuardedServer
 
 log = structlog.get_logger(__name__)
 
@@ -107,95 +107,6 @@ def parse_forward(body: bytes) -> tuple[list[tuple[bytes, Any]], str | None]:
     return scan.items, None
 
 
-class _Gate:
-    """Connections open now, the cap, the header timeout, and each connection's guard."""
-
-    def __init__(self, cap: int, header_timeout: float) -> None:
-        self.cap = cap
-        self.header_timeout = header_timeout
-        self.open = 0
-        self.refused = 0
-        self.guards: dict[RequestHandler, _Guard] = {}
-
-
-class _Guard(asyncio.Protocol):
-    """Wraps aiohttp's protocol for one connection: refuses it beyond the cap, and closes it
-    when a request's headers do not arrive within the timeout (aiohttp has no such limit)."""
-
-    def __init__(self, inner: RequestHandler, gate: _Gate) -> None:
-        self.inner = inner
-        self.gate = gate
-        self.transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._in_request = False
-        self._admitted = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        if self.gate.open >= self.gate.cap:
-            self.gate.refused += 1
-            metrics.FORWARD_REQUESTS.labels(status="503").inc()
-            transport.write(
-                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
-                b"Connection: close\r\n\r\n"
-            )
-            transport.close()
-            return
-        self._admitted = True
-        self.gate.open += 1
-        self.gate.guards[self.inner] = self
-        self.inner.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._admitted:
-            return
-        self._admitted = False
-        self.gate.open -= 1
-        self.gate.guards.pop(self.inner, None)
-        self._disarm()
-        self.inner.connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if not self._admitted:
-            return
-        if not self._in_request and self._timer is None:
-            # The first bytes of a request: its headers must all arrive in time.
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self.gate.header_timeout, self._expire)
-        self.inner.data_received(data)
-
-    def eof_received(self) -> None:
-        if self._admitted:
-            self.inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-    def request_started(self) -> None:
-        """The handler has the headers: the body has a timeout of its own."""
-        self._in_request = True
-        self._disarm()
-
-    def request_done(self) -> None:
-        """The response is written: the next bytes start a new request."""
-        self._in_request = False
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expire(self) -> None:
-        self._timer = None
-        if self.transport is not None and not self._in_request:
-            log.info("forward connection closed: request headers too slow")
-            self.transport.abort()
-
-
 class ForwardReceiver:
     """The HTTP forward source: an aiohttp server in the daemon's loop."""
 
@@ -211,15 +122,26 @@ class ForwardReceiver:
         self.flusher = flusher
         self.stop = stop
         self.commit = GroupCommit(spool)
-        self._gate = _Gate(settings.max_connections, settings.read_timeout)
         self._token = settings.token.get_secret_value().encode() if settings.token else b""
         self._basic: bytes | None = None
         if settings.basic_username is not None and settings.basic_password is not None:
             pair = f"{settings.basic_username}:{settings.basic_password.get_secret_value()}"
             self._basic = pair.encode()
-        self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
-        self.port: int | None = None
+        context = None
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+        self.server = GuardedServer(
+            "forward",
+            [(settings.path, self._handle), (settings.path + "/{token}", self._handle)],
+            settings.host,
+            settings.port,
+            max_connections=settings.max_connections,
+            header_timeout=settings.read_timeout,
+            idle_timeout=settings.idle_timeout,
+            ssl_context=context,
+        )
+        self.server.on_refused(metrics.FORWARD_REQUESTS.labels(status="503").inc)
         self.received = 0
         # Called after every request whose messages were spooled (readiness, status).
         self.on_received: Callable[[], None] | None = None
@@ -227,70 +149,30 @@ class ForwardReceiver:
     @property
     def listening(self) -> bool:
         """True while the server accepts connections."""
-        return self._server is not None and self._server.is_serving()
+        return self.server.listening
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return self.server.port
 
     async def start(self) -> None:
         """Bind and serve; OSError when the address cannot be used."""
-        s = self.settings
-        app = web.Application(client_max_size=s.max_body_bytes)
-        app.router.add_route("*", s.path, self._handle)
-        app.router.add_route("*", s.path + "/{token}", self._handle)
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            keepalive_timeout=s.idle_timeout,
-            # After a refusal with the body unread: how long to let the client finish
-            # sending it (so it can read the answer) before the connection is closed.
-            lingering_time=2.0,
-            handle_signals=False,
-        )
-        await runner.setup()
-        factory = runner.server
-        assert factory is not None
-        gate = self._gate
-        context = None
-        if s.tls_cert_file is not None and s.tls_key_file is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(s.tls_cert_file, s.tls_key_file)
-        loop = asyncio.get_running_loop()
-        try:
-            self._server = await loop.create_server(
-                lambda: _Guard(factory(), gate), s.host, s.port, ssl=context, backlog=1024
-            )
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.port = self._server.sockets[0].getsockname()[1]
+        await self.server.start()
         log.info(
             "forward receiver listening",
-            host=s.host,
+            host=self.settings.host,
             port=self.port,
-            path=s.path,
-            tls=context is not None,
+            path=self.settings.path,
+            tls=self.settings.tls_cert_file is not None,
         )
 
     async def close(self) -> None:
         """Stop accepting, let requests in flight finish (their spool append included)."""
-        if self._server is not None:
-            self._server.close()
-        if self._runner is not None:
-            await self._runner.shutdown()
-            await self._runner.cleanup()
-            self._runner = None
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        await self.server.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        guard = self._gate.guards.get(request.protocol)
-        if guard is not None:
-            guard.request_started()
-        try:
-            response = await self._answer(request)
-        finally:
-            if guard is not None:
-                guard.request_done()
+        response = await self._answer(request)
         metrics.FORWARD_REQUESTS.labels(status=str(response.status)).inc()
         return response
 

@@ -1,0 +1,215 @@
+"""The daemon's HTTP servers (health, HTTP forward receiver): aiohttp.web with the limits it
+lacks, for a port that may face the internet or a crowd of probes.
+
+aiohttp gives the protocol, routing, keep-alive and streaming bodies. Around its protocol,
+``GuardedServer`` adds:
+- a cap on open connections: one more is answered 503 and closed at once, so file
+  descriptors never run out (an accept loop starved of them logs thousands of lines a second);
+- a timeout on request headers (aiohttp waits for them forever): a connection whose request
+  has not reached its handler in time is closed; the handler bounds the body itself;
+- a short lingering close after an answer sent with the body unread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
+    b"Connection: close\r\n\r\n"
+)
+
+
+class _Gate:
+    """Connections open now, the cap, the header timeout, and each connection's guard."""
+
+    def __init__(self, name: str, cap: int, header_timeout: float) -> None:
+        self.name = name
+        self.cap = cap
+        self.header_timeout = header_timeout
+        self.open = 0
+        self.refused = 0
+        self.guards: dict[RequestHandler, _Guard] = {}
+        self.on_refused: Callable[[], None] | None = None
+
+
+class _Guard(asyncio.Protocol):
+    """Wraps aiohttp's protocol for one connection: refuses it beyond the cap, and closes it
+    when a request's headers do not reach the handler within the timeout."""
+
+    def __init__(self, inner: RequestHandler, gate: _Gate) -> None:
+        self.inner = inner
+        self.gate = gate
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_request = False
+        self._admitted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.gate.open >= self.gate.cap:
+            self.gate.refused += 1
+            if self.gate.on_refused is not None:
+                self.gate.on_refused()
+            transport.write(_REFUSAL)
+            transport.close()
+            return
+        self._admitted = True
+        self.gate.open += 1
+        self.gate.guards[self.inner] = self
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._admitted:
+            return
+        self._admitted = False
+        self.gate.open -= 1
+        self.gate.guards.pop(self.inner, None)
+        self._disarm()
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return
+        if not self._in_request and self._timer is None:
+            # The first bytes of a request: its headers must all arrive in time.
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.gate.header_timeout, self._expire)
+        self.inner.data_received(data)
+
+    def eof_received(self) -> None:
+        if self._admitted:
+            self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def request_started(self) -> None:
+        """The handler has the headers: the body has a timeout of its own."""
+        self._in_request = True
+        self._disarm()
+
+    def request_done(self) -> None:
+        """The response is written: the next bytes start a new request."""
+        self._in_request = False
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.transport is not None and not self._in_request:
+            log.info("connection closed: request headers too slow", server=self.gate.name)
+            self.transport.abort()
+
+
+class GuardedServer:
+    """An aiohttp application served with the limits above, in the running event loop."""
+
+    def __init__(
+        self,
+        name: str,
+        routes: list[tuple[str, Handler]],
+        host: str,
+        port: int,
+        *,
+        max_connections: int,
+        header_timeout: float,
+        idle_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self._port = port
+        self._ssl = ssl_context
+        self._gate = _Gate(name, max_connections, header_timeout)
+        self._idle_timeout = idle_timeout
+        self._app = web.Application(middlewares=[self._track])
+        for path, handler in routes:
+            self._app.router.add_route("*", path, handler)
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        if self._server is None:
+            return self._port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def listening(self) -> bool:
+        """True while the server accepts connections."""
+        return self._server is not None and self._server.is_serving()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now."""
+        return self._gate.open
+
+    def on_refused(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` for each connection refused at the cap (a metric)."""
+        self._gate.on_refused = callback
+
+    async def start(self) -> None:
+        """Bind and serve; OSError when the address cannot be used."""
+        runner = web.AppRunner(
+            self._app,
+            access_log=None,
+            keepalive_timeout=self._idle_timeout,
+            # After an answer sent with the body unread: how long the client may go on
+            # sending it (so it can read the answer) before the connection is closed.
+            lingering_time=2.0,
+            handle_signals=False,
+        )
+        await runner.setup()
+        factory = runner.server
+        assert factory is not None
+        gate = self._gate
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: _Guard(factory(), gate), self.host, self._port, ssl=self._ssl, backlog=512
+            )
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+
+    async def close(self) -> None:
+        """Stop accepting, let requests in flight finish, close every connection."""
+        if self._server is not None:
+            self._server.close()
+        if self._runner is not None:
+            await self._runner.shutdown()
+            await self._runner.cleanup()
+            self._runner = None
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    @web.middleware
+    async def _track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        guard = self._gate.guards.get(request.protocol)
+        if guard is not None:
+            guard.request_started()
+        try:
+            return await handler(request)
+        finally:
+            if guard is not None:
+                guard.request_done()
