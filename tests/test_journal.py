@@ -133,3 +133,24 @@ async def _journaled_body(journal: Path, want: int, timeout: float = 30) -> byte
                 return body
         await asyncio.sleep(0.05)
     pytest.fail("the answer never reached the journal")
+
+
+def test_numbers_python_cannot_hold_and_a_bad_byte_spoil_only_their_own_item() -> None:
+    # Tried: a 5,000-digit integer, NaN and 1e400 (JSON a strict parser refuses, or that a
+    # re-encoder would turn into NaN/Infinity), and an item with a byte that is not UTF-8,
+    # between good items.
+    items = [
+        b'{"messageId":"a","applicationCode":"x","n":' + b"9" * 5000 + b"}",
+        b'{"messageId":"b","applicationCode":"x","f":NaN,"g":1e400}',
+        b'{"messageId":"c","applicationCode":"x","t":"\xff"}',
+        b'{"messageId":"d","applicationCode":"x","t":"caf\xc3\xa9"}',
+    ]
+    body = b'{"results":[' + b",".join(items) + b'],"messageCount":4,"pendingMessageCount":0}'
+    rows = rows_from_body(body, "t")
+    assert [(m.message_id, m.payload) for m in rows.messages] == [
+        ("a", items[0]),
+        ("b", items[1]),
+        ("d", items[3]),
+    ]
+    (bad,) = rows.quarantined
+    assert (bad.raw, bad.reason) == (items[2], "result item is not valid UTF-8 (byte 44)")

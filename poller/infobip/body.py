@@ -24,7 +24,15 @@ from typing import Any
 import msgspec
 
 _WS = re.compile(r"[ \t\n\r]*")
-_DECODE = json.JSONDecoder().raw_decode
+
+
+def _int(digits: str) -> int | str:
+    # Python refuses to convert integers of more than 4,300 digits; such a number stays
+    # text in the decoded value (only the routing fields are used; the bytes are kept).
+    return int(digits) if len(digits) <= 4000 else digits
+
+
+_DECODE = json.JSONDecoder(parse_int=_int).raw_decode
 
 
 @dataclass
@@ -82,6 +90,13 @@ def scan_pull(body: bytes) -> PullScan:
 
 
 def _fast(body: bytes) -> PullScan | None:
+    if not body.isascii():
+        # msgspec does not check the UTF-8 of what it skips: a body with a bad byte anywhere
+        # goes to the careful reader, which quarantines the item that holds it.
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            return None
     try:
         raw = _RAW.decode(body)
         routes = _ROUTES.decode(body).results
@@ -100,25 +115,22 @@ def _fast(body: bytes) -> PullScan | None:
 
 def _careful(body: bytes) -> PullScan:
     scan = PullScan()
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # Items before the bad byte can still be read; the rest is kept as bytes.
-        text = body[: exc.start].decode("utf-8")
-        tail_error: str | None = f"not JSON (bad UTF-8 at byte {exc.start})"
-    else:
-        tail_error = None
-    cut = len(text.encode()) if tail_error else len(body)
+    # Bytes that are not UTF-8 become lone surrogates here and the same bytes again when an
+    # item is cut out: the item that holds them is quarantined alone, its neighbours flow.
+    text = body.decode("utf-8", "surrogateescape")
     try:
         _walk(text, scan)
     except _Stop as stop:
-        scan.error = tail_error or stop.reason
-        scan.rest = text[stop.at :].encode() + body[cut:]
-        return scan
-    if tail_error:
-        scan.error = tail_error
-        scan.rest = body[cut:]
+        scan.error = stop.reason
+        scan.rest = text[stop.at :].encode("utf-8", "surrogateescape")
     return scan
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """The decoded value of an item whose bytes cannot be a stream payload."""
+
+    reason: str
 
 
 def _walk(text: str, scan: PullScan) -> None:
@@ -172,7 +184,12 @@ def _items(text: str, pos: int, scan: PullScan) -> int:
         return pos + 1
     while True:
         value, end = _value(text, pos)
-        items.append((text[pos:end].encode(), value))
+        data = text[pos:end].encode("utf-8", "surrogateescape")
+        try:
+            data.decode()
+        except UnicodeDecodeError as exc:
+            value = Unreadable(f"result item is not valid UTF-8 (byte {exc.start})")
+        items.append((data, value))
         pos = _skip(text, end)
         if text.startswith(",", pos):
             pos = _skip(text, pos + 1)
@@ -189,6 +206,8 @@ def _value(text: str, pos: int) -> tuple[Any, int]:
         raise _Stop(f"not JSON ({exc.msg} at char {exc.pos})", pos) from None
     except RecursionError:
         raise _Stop("JSON nested too deeply", pos) from None
+    except ValueError as exc:  # anything else the decoder refuses
+        raise _Stop(f"not JSON ({exc})", pos) from None
 
 
 def _skip(text: str, pos: int) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from poller.infobip.body import Unreadable
 from poller.spool import NewMessage, NewQuarantine
 
 # One encoder for every item: json.dumps would rebuild it per call.
@@ -81,6 +82,8 @@ def _is_text(value: Any) -> bool:
 
 
 def _problem(item: Any) -> str | None:
+    if isinstance(item, Unreadable):
+        return item.reason
     if not isinstance(item, dict):
         return f"result item is a {type(item).__name__}, not an object"
     for name in ("messageId", "applicationCode"):
