@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 SCHEMA_VERSION = 4
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -184,13 +185,10 @@ class Spool:
             raise SpoolError(f"spool {path}: cannot create its directory: {exc}") from exc
         lock_fd = _take_lock(path)
         try:
-            mode = "rw" if path.exists() else "rwc"
+            _private(path)
             try:
                 conn = sqlite3.connect(
-                    f"file:{path}?mode={mode}",
-                    uri=True,
-                    isolation_level=None,
-                    check_same_thread=False,
+                    _uri(path, "rw"), uri=True, isolation_level=None, check_same_thread=False
                 )
             except sqlite3.Error as exc:
                 raise SpoolError(f"spool {path}: cannot open: {exc}") from exc
@@ -221,7 +219,7 @@ class Spool:
             return None
         _check_file(path, write=False)
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            conn = sqlite3.connect(_uri(path, "ro"), uri=True, isolation_level=None)
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {path}: cannot open read-only: {exc}") from exc
         try:
@@ -581,6 +579,29 @@ def _exclude(column: str, values: Collection[str], *conditions: str) -> tuple[st
     return ("WHERE " + " AND ".join(parts) if parts else ""), params
 
 
+def _uri(path: Path, mode: str) -> str:
+    """An SQLite URI naming exactly this file: ``#``, ``?`` and ``%`` in a name are literal."""
+    return f"file:{quote(str(path.absolute()), safe='/')}?mode={mode}"
+
+
+def _private(path: Path) -> None:
+    """Create the spool file readable by its owner only (message texts are personal data),
+    or make an existing one so; SQLite gives its -wal and -shm files the file's mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise SpoolError(f"spool {path}: cannot create: {exc.strerror or exc}") from exc
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError as exc:
+        raise SpoolError(f"spool {path}: cannot make it private: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path.with_name(path.name + suffix), 0o600, follow_symlinks=False)
+
+
 def _lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
@@ -592,7 +613,8 @@ def _take_lock(path: Path) -> int:
     would let two processes lock two different files."""
     lock_path = _lock_path(path)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        # Never through a link: a planted symlink must not make us truncate its target.
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise SpoolError(
             f"spool {path}: cannot create its lock file {lock_path}: {exc.strerror or exc}"

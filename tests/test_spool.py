@@ -449,3 +449,46 @@ def test_pending_leaves_out_parked_apps(spool: Spool) -> None:
     spool.mark_dead_lettered_seqs([pending[0].seq, pending[2].seq])
     assert [q.raw for q in spool.quarantine_pending(10)] == [b"2"]
     assert spool.stats().quarantine_pending == 1
+
+
+def test_a_symlink_in_place_of_the_lock_file_is_refused_and_its_target_untouched(
+    tmp_path: Path,
+) -> None:
+    # Tried: `ln -s victim.txt spool.db.lock` before the first open.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "spool.db.lock").symlink_to(victim)
+    with pytest.raises(SpoolError, match="lock"):
+        Spool.open(tmp_path / "spool.db", max_rows=10, max_bytes=10**6)
+    assert victim.read_text() == "precious"
+
+
+def test_odd_characters_in_the_path_name_one_file_each(tmp_path: Path) -> None:
+    # Tried: q.db, q.db#other and q%2edb, which once opened the same database under three
+    # lock files.
+    names = ["q.db", "q.db#other", "q%2edb", "q.db?mode=ro"]
+    spools = [Spool.open(tmp_path / name, max_rows=10, max_bytes=10**6) for name in names]
+    try:
+        for n, spool in enumerate(spools):
+            spool.append([NewMessage("app", f"m{n}", "r", "p", "{}")])
+        assert [s.pending(10)[0].message_id for s in spools] == ["m0", "m1", "m2", "m3"]
+    finally:
+        for spool in spools:
+            spool.close()
+    for name in names:
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_spool_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    # Tried: umask 022 (files world-readable by default); and a file left 0644 by an older run.
+    old = os.umask(0o022)
+    try:
+        with Spool.open(tmp_path / "spool.db", max_rows=10, max_bytes=10**6) as spool:
+            spool.append([NewMessage("app", "m1", "r", "p", '{"text": "personal"}')])
+            for name in ("spool.db", "spool.db-wal", "spool.db-shm", "spool.db.lock"):
+                assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+        os.chmod(tmp_path / "spool.db", 0o644)
+        Spool.open(tmp_path / "spool.db", max_rows=10, max_bytes=10**6).close()
+        assert (tmp_path / "spool.db").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
