@@ -47,6 +47,8 @@ from poller.stop import Stop
 log = structlog.get_logger(__name__)
 
 USER_AGENT = f"infobip-push-poller/{__version__}"
+# Answers larger than this are parsed in a thread (a 1,000-message answer is about 0.5 MB).
+PARSE_IN_THREAD = 2 * 1024 * 1024
 PULL_PATH = "/push/1/inbox/reports"
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -238,6 +240,9 @@ class InfobipClient:
         body = await self._call(
             "GET", PULL_PATH, params={"limit": limit}, keep_partial=True, on_chunk=on_chunk
         )
+        if len(body) > PARSE_IN_THREAD:
+            # A big answer is read off the event loop: probes and other pulls go on meanwhile.
+            return await asyncio.to_thread(parse_pull, body, operation)
         return parse_pull(body, operation)
 
     # -- transport --------------------------------------------------------------------

@@ -38,6 +38,7 @@ from aiohttp import web
 from poller import metrics
 from poller.flusher import Flusher
 from poller.infobip.body import scan_pull
+from poller.infobip.client import PARSE_IN_THREAD
 from poller.settings import ForwardSettings
 from poller.sources.items import now_rfc3339, rows_from_items
 from poller.spool import NewMessage, NewQuarantine, Spool, SpoolError
@@ -224,7 +225,10 @@ class ForwardReceiver:
     async def _store(self, body: bytes) -> web.Response:
         started = time.monotonic()
         received_at = now_rfc3339()
-        items, problem = parse_forward(body)
+        if len(body) > PARSE_IN_THREAD:
+            items, problem = await asyncio.to_thread(parse_forward, body)
+        else:
+            items, problem = parse_forward(body)
         if problem is not None:
             # Nothing silently dropped: the bytes are kept, as for a pulled body.
             quarantine = NewQuarantine(

@@ -26,6 +26,7 @@ from poller import metrics
 from poller.flusher import Flusher
 from poller.infobip import AuthError, InfobipClient, InfobipError, MalformedResponseError
 from poller.infobip.body import scan_pull
+from poller.infobip.client import PARSE_IN_THREAD
 from poller.journal import Journal, JournalEntry
 from poller.sources.items import now_rfc3339, rows_from_items
 from poller.spool import NewMessage, NewQuarantine, Spool, SpoolError
@@ -243,7 +244,10 @@ class PullSource:
             )
         except MalformedResponseError as exc:
             # The body may hold messages that Infobip will never hand out again: keep them.
-            rows = rows_from_body(exc.body, pulled_at, exc.reason)
+            if len(exc.body) > PARSE_IN_THREAD:
+                rows = await asyncio.to_thread(rows_from_body, exc.body, pulled_at, exc.reason)
+            else:
+                rows = rows_from_body(exc.body, pulled_at, exc.reason)
             unit.error = str(exc)
             unit.malformed = True
             metrics.PULLS.labels(outcome="malformed").inc()
