@@ -95,7 +95,12 @@ class Runtime:
             journal = Journal.beside(spool.path)
             await asyncio.to_thread(salvage, spool, journal)
             sink = make_sink(settings, spool.instance_id)
-            client = InfobipClient(settings.infobip, on_retry=_count_retry, stop=stop)
+            client = InfobipClient(
+                settings.infobip,
+                on_retry=_count_retry,
+                stop=stop,
+                on_throttled=metrics.INFOBIP_THROTTLED.inc,
+            )
         except JournalError as exc:
             spool.close()
             raise SpoolError(str(exc)) from exc
@@ -253,5 +258,3 @@ class Runtime:
 
 def _count_retry(reason: str) -> None:
     metrics.INFOBIP_RETRIES.labels(reason=reason).inc()
-    if reason == "429":
-        metrics.INFOBIP_THROTTLED.inc()

@@ -691,3 +691,29 @@ async def test_an_empty_inbox_costs_one_pull_per_drain(
         await rt.close()
     assert result.pulls == 1
     assert configured_simulator.account.counters.requests == 1
+
+
+async def test_a_pull_throttled_to_the_end_is_counted_as_throttled(
+    configured_simulator: Simulator, redis_url: str, key_template: str, tmp_path: Path
+) -> None:
+    # Tried: every pull answered 429 (Retry-After 0), 2 retries: three 429s, one failed pull.
+    from poller import metrics
+
+    configured_simulator.add_fault("429", rate=1.0, path=PULL_PATH, retry_after=0)
+    settings = make_settings(
+        configured_simulator, redis_url, tmp_path, key_template, infobip={"max_retries": 2}
+    )
+
+    def sample(name: str, **labels: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    throttled = sample("poller_infobip_throttled_total")
+    outcome = sample("poller_pulls_total", outcome="throttled")
+    rt = await Runtime.open(settings)
+    try:
+        result = await rt.source.drain()
+    finally:
+        await rt.close()
+    assert result.pull_error is not None
+    assert sample("poller_infobip_throttled_total") - throttled == 3
+    assert sample("poller_pulls_total", outcome="throttled") - outcome == 1

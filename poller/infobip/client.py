@@ -130,8 +130,10 @@ class InfobipClient:
         transport: httpx.AsyncBaseTransport | None = None,
         on_retry: RetryHook | None = None,
         stop: Stop | None = None,
+        on_throttled: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._on_throttled = on_throttled  # every 429, retried or not
         self._auth = build_auth(settings)
         # Evenly spaced, no burst: Infobip counts requests per second, so a burst that a bucket
         # allows can still land 11 calls in one of Infobip's windows.
@@ -357,6 +359,8 @@ class InfobipClient:
                     return b""
                 if status == 429:
                     reason = "429"
+                    if self._on_throttled is not None:
+                        self._on_throttled()
                     self._bucket.pause(retry_after if retry_after is not None else 1.0)
                 elif status >= 500:
                     reason = "5xx"

@@ -24,7 +24,13 @@ import structlog
 
 from poller import metrics
 from poller.flusher import Flusher
-from poller.infobip import AuthError, InfobipClient, InfobipError, MalformedResponseError
+from poller.infobip import (
+    AuthError,
+    InfobipClient,
+    InfobipError,
+    MalformedResponseError,
+    ThrottledError,
+)
 from poller.infobip.body import scan_pull
 from poller.infobip.client import PARSE_IN_THREAD
 from poller.journal import Journal, JournalEntry
@@ -265,7 +271,8 @@ class PullSource:
                 return unit
             unit.error = str(exc)
             unit.auth_failed = isinstance(exc, AuthError)
-            metrics.PULLS.labels(outcome="error").inc()
+            outcome = "throttled" if isinstance(exc, ThrottledError) else "error"
+            metrics.PULLS.labels(outcome=outcome).inc()
             log.warning("pull failed; will try again at the next tick", error=str(exc))
             return unit
         else:
