@@ -116,7 +116,9 @@ class Daemon:
             try:
                 await self._until_stopped(self._bootstrap(rt))
             except AuthError as exc:
-                log.error("infobip refused the credentials; stopping", error=str(exc))
+                log.error(
+                    "infobip refused the credentials; stopping", error=str(exc), hint=exc.hint
+                )
                 return 1
             if not self.stop.requested:
                 retry = asyncio.create_task(self._retry_bootstrap(rt), name="bootstrap-retry")
@@ -163,6 +165,11 @@ class Daemon:
 
     async def _bootstrap(self, rt: Runtime) -> None:
         assert self.readiness is not None
+        if not self.settings.infobip.bootstrap:
+            log.info("bootstrap off (POLLER_INFOBIP__BOOTSTRAP=false): actions left as they are")
+            self._failed_apps = []
+            self.readiness.bootstrapped = True
+            return
         if self.settings.pulls and not self.settings.infobip.applications:
             log.warning("no applications configured; pulling whatever reaches the inbox")
         try:
@@ -290,7 +297,7 @@ async def run_once(settings: Settings, *, bootstrap: bool = True) -> int:
     try:
         rt.start_line()
         rt.start_flushing()
-        if bootstrap:
+        if bootstrap and settings.infobip.bootstrap:
             reports = await rt.bootstrap(settings.infobip.applications)
             failed = any(not r.ok for r in reports)
         while not stop.requested:
@@ -321,7 +328,7 @@ async def run_once(settings: Settings, *, bootstrap: bool = True) -> int:
         )
         return 1 if failed else 0
     except AuthError as exc:
-        log.error("infobip refused the credentials", error=str(exc))
+        log.error("infobip refused the credentials", error=str(exc), hint=exc.hint)
         return 1
     finally:
         remove_signals()

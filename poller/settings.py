@@ -85,6 +85,11 @@ class InfobipSettings(_Section):
         default_factory=list,
         description="Application codes to bootstrap (comma-separated or a JSON list).",
     )
+    bootstrap: bool = Field(
+        True,
+        description="run and once ensure each application's configuration and action at start"
+        " (needs the mobile-app-messaging:manage scope); false for a pull-only key.",
+    )
     callback_data: str | None = Field(
         None, description="callbackData set on the PULL actions bootstrap creates."
     )

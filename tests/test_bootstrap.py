@@ -188,3 +188,31 @@ async def test_a_forward_application_gets_one_http_forward_action_to_the_receive
     async with client_for(sim.base_url) as client:
         actions = await client.list_actions("app-a", config.key)
     assert [(a.type, a.forward_url) for a in actions] == [("HTTP_FORWARD", url)]
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        ("sim-forbidden-key", ["inbound-message:read", "mobile-app-messaging:manage",
+                               "POLLER_INFOBIP__BOOTSTRAP=false"]),
+        ("no-such-key", ["refused", "wrong or revoked key"]),
+    ],
+)  # fmt: skip
+async def test_a_key_without_the_scope_and_a_wrong_key_are_told_apart(
+    simulator_factory: SimulatorFactory,
+    redis_url: str,
+    key_template: str,
+    tmp_path: Path,
+    key: str,
+    says: list[str],
+) -> None:
+    # Tried: `poller once` with a key Infobip answers 403 (valid, missing a scope) and one it
+    # answers 401 (unknown).
+    sim = await simulator_factory(applications=["app-a"])
+    settings = make_settings(
+        sim, redis_url, tmp_path, key_template, apps=["app-a"], infobip={"api_key": key}
+    )
+    done = await asyncio.to_thread(run_poller, settings, "once")
+    assert done.returncode == 1
+    for text in says:
+        assert text in done.stdout + done.stderr, text

@@ -108,8 +108,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         scheme = settings.infobip.auth
         names = " and ".join(env_name(("infobip", n)) for n in CREDENTIAL_SETTINGS[scheme])
         raise InfobipError(
-            f"Infobip refused the credentials ({exc}); check POLLER_INFOBIP__AUTH={scheme} "
-            f"and {names}"
+            f"Infobip refused the credentials ({exc}): {exc.hint}; check"
+            f" POLLER_INFOBIP__AUTH={scheme} and {names}"
         ) from None
 
 

@@ -49,8 +49,24 @@ class BadRequestError(ApiError):
     """400: the request was refused as invalid (a bad limit, a malformed action)."""
 
 
+# The API scopes each use of the poller needs (Infobip API keys are limited by scope).
+PULL_SCOPE = "inbound-message:read"
+MANAGE_SCOPE = "mobile-app-messaging:manage"
+
+
 class AuthError(ApiError):
     """401 or 403: the credentials are wrong or lack the scope."""
+
+    @property
+    def hint(self) -> str:
+        """What to do about it, for an operator."""
+        if self.status == 403:
+            return (
+                f"the credentials were accepted but lack a scope for this call: pulling needs"
+                f" {PULL_SCOPE}; bootstrap and `poller infobip` configuration/action commands"
+                f" need {MANAGE_SCOPE} (a pull-only key runs with POLLER_INFOBIP__BOOTSTRAP=false)"
+            )
+        return "the credentials were refused: a wrong or revoked key, or the wrong auth scheme"
 
 
 class NotFoundError(ApiError):
