@@ -25,10 +25,10 @@ Cases (each figure the median of --runs runs; --quick: small sizes, one run):
                  quick 20)
   scaling        unthrottled ingest of 10k, 100k, 1M (quick 2k, 10k): msg/s, CPU-s per 100k
 
-Start-up: an empty `poller once` (one empty pull) is measured first; its CPU time is taken off
-each drain's CPU time, and its wall time off the spool replay's, so the per-message figures do
-not depend on the backlog's size through the fixed start-up cost. Drain throughput is counted
-from the simulator's first pull answer to the process's exit (the final flush included).
+A drain is timed, and its CPU counted (the child's CPU time is sampled every few ms), from the
+simulator's first pull answer to the last entry Redis stored (stream ids carry Redis's clock);
+the replay from the first entry stored to the last. The process's start-up and shutdown, fixed
+costs whatever the backlog, are thus left out; an empty `poller once` is measured apart.
 
 Writes DIR/latest.json (every run, the medians, the machine), DIR/latest.md (the table) and
 DIR/latest.png. Exit status 1 when a case failed or a drain lost or duplicated a message; the
@@ -116,6 +116,10 @@ class BenchError(Exception):
     """A case could not be measured."""
 
 
+class Interrupted(BaseException):
+    """SIGTERM, SIGINT or the time limit: stop, keep what was measured."""
+
+
 def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
@@ -154,10 +158,21 @@ class Exited:
     exited: float
     cpu: float
     maxrss_mb: float
+    # (time.time(), CPU seconds so far) every few ms while it ran.
+    samples: list[tuple[float, float]]
 
     @property
     def wall(self) -> float:
         return self.exited - self.started
+
+    def cpu_at(self, moment: float) -> float:
+        """CPU seconds the process had used by that moment (its last sample before it)."""
+        used = 0.0
+        for at, cpu in self.samples:
+            if at > moment:
+                break
+            used = cpu
+        return used
 
 
 class Children:
@@ -181,13 +196,19 @@ class Children:
         return proc
 
     def wait(self, proc: subprocess.Popen[bytes], started: float, timeout: float) -> Exited:
-        """Reap proc with its rusage (os.wait4); kill it past timeout seconds."""
+        """Reap proc with its rusage (os.wait4), sampling its CPU time meanwhile; kill it
+        past timeout seconds."""
         deadline = time.monotonic() + timeout
+        samples: list[tuple[float, float]] = []
+        watched = psutil.Process(proc.pid)
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 exited = time.time()
                 break
+            with contextlib.suppress(psutil.Error):
+                times = watched.cpu_times()
+                samples.append((time.time(), times.user + times.system))
             if time.monotonic() > deadline:
                 proc.kill()
                 _, status, usage = os.wait4(proc.pid, 0)
@@ -203,6 +224,7 @@ class Children:
             exited,
             usage.ru_utime + usage.ru_stime,
             usage.ru_maxrss * 1024 / MB,
+            samples,
         )
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
@@ -330,8 +352,6 @@ class Bench:
             extra_args=["--auto-aof-rewrite-percentage", "0"],
         )
         self.redis: redis.Redis | None = None
-        self.baseline_cpu = 0.0
-        self.baseline_wall = 0.0
         self._names: dict[str, int] = {}
 
     # -- plumbing --------------------------------------------------------------------------
@@ -364,7 +384,7 @@ class Bench:
                 "POLLER_INFOBIP__PULL_LIMIT": str(PULL_LIMIT),
                 "POLLER_REDIS__URL": redis_url or self.redis_server.url,
                 "POLLER_REDIS__STREAM_KEY_TEMPLATE": prefix + ":{${app}}:mo",
-                "POLLER_SPOOL__PATH": str(self.workdir / f"{prefix.replace(':', '-')}.db"),
+                "POLLER_SPOOL__PATH": str(self.spool_dir(prefix) / "spool.db"),
                 "POLLER_LOG__FORMAT": "json",
             }
         )
@@ -376,6 +396,12 @@ class Bench:
             env["POLLER_HEALTH__PORT"] = str(health_port)
         env.update(extra or {})
         return env
+
+    def spool_dir(self, prefix: str) -> Path:
+        """A directory of its own for each run's spool (and whatever files go beside it)."""
+        path = self.workdir / "spools" / prefix.replace(":", "-")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def new_prefix(self, label: str) -> str:
         return f"bench:{label}:{uuid.uuid4().hex[:8]}"
@@ -393,14 +419,27 @@ class Bench:
         )
         return entries, dead
 
+    def writes(self, prefix: str) -> tuple[float, float] | None:
+        """When the first and the last entry of the run's streams were added (epoch s; a
+        stream id is Redis's clock in ms)."""
+        assert self.redis is not None
+        firsts, lasts = [], []
+        for key in self.keys(prefix):
+            for entries, into in (
+                (self.redis.xrange(key, count=1), firsts),
+                (self.redis.xrevrange(key, count=1), lasts),
+            ):
+                if entries:
+                    into.append(int(entries[0][0].split(b"-")[0]) / 1000)
+        return (min(firsts), max(lasts)) if firsts else None
+
     def forget(self, prefix: str) -> None:
         """Drop a run's streams, marks and spool files (memory and disk stay bounded)."""
         assert self.redis is not None
         keys = list(self.redis.scan_iter(match=f"*{prefix}*", count=1000))
         for start in range(0, len(keys), 500):
             self.redis.delete(*keys[start : start + 500])
-        for path in self.workdir.glob(f"{prefix.replace(':', '-')}.db*"):
-            path.unlink(missing_ok=True)
+        shutil.rmtree(self.spool_dir(prefix), ignore_errors=True)
         if self.redis.dbsize() == 0:
             with contextlib.suppress(redis.ResponseError):  # one already running
                 self.redis.bgrewriteaof()
@@ -432,9 +471,8 @@ class Bench:
             finally:
                 sim.close()
                 self.forget(prefix)
-        self.baseline_cpu = median([r["cpu_s"] for r in runs])
-        self.baseline_wall = median([r["wall_s"] for r in runs])
-        return {"runs": runs, "median": {"cpu_s": self.baseline_cpu, "wall_s": self.baseline_wall}}
+        cpu, wall = median([r["cpu_s"] for r in runs]), median([r["wall_s"] for r in runs])
+        return {"runs": runs, "median": {"cpu_s": cpu, "wall_s": wall}}
 
     def drain(
         self,
@@ -458,14 +496,19 @@ class Bench:
             )
             state = sim.state()
             entries, dead = self.in_streams(prefix)
+            writes = self.writes(prefix)
             if keep is not None:
                 keep(prefix)
         finally:
             sim.close()
             self.forget(prefix)
+        # From the first pull answer to the last entry stored: the process's start-up and
+        # shutdown (fixed costs, whatever the backlog) are left out.
         first = state["firstPullAt"] or done.started
-        seconds = max(done.exited - first, 1e-6)
-        cpu_net = max(done.cpu - self.baseline_cpu, 0.0)
+        last = writes[1] if writes is not None else done.exited
+        seconds = max(last - first, 1e-3)
+        cpu_startup = done.cpu_at(first)
+        cpu_net = done.cpu_at(last) - cpu_startup
         accounted = (
             done.code == 0
             and entries == n
@@ -478,9 +521,13 @@ class Bench:
             "exit_code": done.code,
             "seconds": seconds,
             "wall_s": done.wall,
-            "msg_per_s": n / seconds,
+            # The first answer's messages arrive at the window's start: n - 1000 fill it.
+            "msg_per_s": (n - PULL_LIMIT if n > PULL_LIMIT else n) / seconds,
+            "msg_per_s_to_exit": n / max(done.exited - first, 1e-3),
             "cpu_s": done.cpu,
-            "cpu_net_s": cpu_net,
+            "cpu_startup_s": cpu_startup,
+            "cpu_drain_s": cpu_net,
+            "cpu_after_s": done.cpu - done.cpu_at(last),
             "core_share": cpu_net / seconds,
             "cpu_s_per_100k": cpu_net / n * 100_000,
             "maxrss_mb": done.maxrss_mb,
@@ -653,19 +700,25 @@ class Bench:
                 "once-replay", ["once", "--no-bootstrap"], env, self.drain_timeout(n)
             )
             entries, dead = self.in_streams(prefix)
+            writes = self.writes(prefix)
         finally:
             sim.close()
             self.forget(prefix)
-        net = max(done.wall - self.baseline_wall, 1e-6)
+        # From the first entry Redis stored to the last.
+        first, last = writes if writes is not None else (done.started, done.exited)
+        seconds = max(last - first, 1e-3)
+        cpu_startup = done.cpu_at(first)
         return {
             "rows": n,
             "fills": fills,
             "exit_code": done.code,
             "wall_s": done.wall,
-            "seconds": net,
-            "msg_per_s": n / net,
+            "seconds": seconds,
+            "msg_per_s": n / seconds,
             "gross_msg_per_s": n / done.wall,
             "cpu_s": done.cpu,
+            "cpu_startup_s": cpu_startup,
+            "cpu_s_per_100k": (done.cpu_at(last) - cpu_startup) / n * 100_000,
             "maxrss_mb": done.maxrss_mb,
             "in_streams": entries,
             "dead_letter": dead,
@@ -1056,9 +1109,12 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {row['case']} | {row['result']} | {row['target']} | {met} |")
     lines += [
         "",
-        f"Start-up of an empty `poller once`: {results['baseline']['median']['cpu_s']:.2f} CPU-s,"
-        f" {results['baseline']['median']['wall_s']:.2f} s; taken off the drains' CPU time and"
-        " the replay's wall time.",
+        "Drains are timed, and their CPU counted, from the simulator's first pull answer (the"
+        " replay: from the first entry Redis stored) to the last entry Redis stored, so the"
+        " process's start-up and shutdown are left out; an empty `poller once` (start, one"
+        " empty pull, exit) takes"
+        f" {results['baseline']['median']['cpu_s']:.2f} CPU-s and"
+        f" {results['baseline']['median']['wall_s']:.2f} s.",
     ]
     if results["problems"]:
         lines += ["", "Problems:", *(f"- {p}" for p in results["problems"])]
@@ -1229,12 +1285,13 @@ def main() -> int:
     limit = args.time_limit or (900.0 if args.quick else 4 * 3600.0)
 
     def on_signal(signum: int, _frame: Any) -> None:
-        raise SystemExit(f"stopped by signal {signum}")
+        raise Interrupted(f"stopped by signal {signum}")
 
     def on_alarm(_signum: int, _frame: Any) -> None:
-        raise TimeoutError(f"the benchmark passed its time limit of {limit:.0f} s")
+        raise Interrupted(f"the benchmark passed its time limit of {limit:.0f} s")
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, limit)
 
@@ -1257,6 +1314,7 @@ def main() -> int:
             f" poller {results['machine']['poller_package']}"
         )
         log("start-up baseline: an empty `poller once`")
+        results["baseline"] = {"runs": [], "median": {"cpu_s": math.nan, "wall_s": math.nan}}
         results["baseline"] = bench.measure_baseline()
         steps: dict[str, Callable[[], dict[str, Any]]] = {
             "throttled": lambda: bench.case_throttled(0.0),
@@ -1278,6 +1336,9 @@ def main() -> int:
                 traceback.print_exc()
                 results["cases"][name] = {"error": f"{type(exc).__name__}: {exc}"}
             results["cases"][name]["duration_s"] = time.time() - case_started
+    except Interrupted as exc:
+        log(f"interrupted: {exc}; writing what was measured")
+        results["interrupted"] = str(exc)
     except BaseException:
         failed = True
         traceback.print_exc()
@@ -1293,6 +1354,10 @@ def main() -> int:
             log(f"work directory kept: {bench.workdir}")
     results["duration_s"] = time.time() - started
     results["problems"] = _problems(results)
+    if "interrupted" in results:
+        results["problems"].append(f"interrupted: {results['interrupted']}")
+    if "machine" not in results:
+        return 1
     if results["problems"] or args.keep:
         log(f"work directory (logs) kept: {bench.workdir}")
     else:
