@@ -24,7 +24,7 @@ import structlog
 
 from poller import metrics
 from poller.sink import Sink, SinkError, WriteResult
-from poller.spool import Spool, SpoolError
+from poller.spool import Spool, SpoolEntry, SpoolError
 from poller.stop import Stop
 
 log = structlog.get_logger(__name__)
@@ -161,21 +161,36 @@ class Flusher:
     async def _flush(self, retry_parked: bool) -> FlushResult:
         total = FlushResult()
         parked = self._due(self._parked, retry_parked)
+        after = 0  # the last seq read: each slice is read once, never again
+        ahead: asyncio.Future[list[SpoolEntry]] | None = None
         while True:
-            entries = await asyncio.to_thread(self.spool.pending, self.rows, parked)
-            if not entries:
+            if ahead is None:
+                ahead = asyncio.ensure_future(self._read(parked, after))
+            read, ahead = await ahead, None
+            if not read:
                 break
-            written = await self.sink.write(entries)
+            after = read[-1].seq
+            full = len(read) == self.rows
+            if full:
+                # The next slice is read while Redis takes this one.
+                ahead = asyncio.ensure_future(self._read(set(parked), after))
+            entries = [e for e in read if e.app not in parked]  # parked since it was read
+            try:
+                written = await self.sink.write(entries) if entries else WriteResult()
+            except BaseException:
+                if ahead is not None:
+                    await asyncio.gather(ahead, return_exceptions=True)
+                raise
             refused = self._settle(self._parked, written, {e.app for e in entries}, "stream")
             parked |= refused
-            done = [e for e in entries if e.app not in refused]
+            done = [e.seq for e in entries if e.app not in refused]
             if parked:
                 # Parked rows lie below this slice's last seq: delete exactly what was written.
-                await asyncio.to_thread(self.spool.commit_seqs, [e.seq for e in done])
+                await asyncio.to_thread(self.spool.commit_seqs, done)
             else:
-                await asyncio.to_thread(self.spool.commit, entries[-1].seq)
+                await asyncio.to_thread(self.spool.commit, after)
             self._count(written, total)
-            if len(entries) < self.rows and not refused:
+            if not full:
                 break
         parked_dead = self._due(self._parked_dead, retry_parked)
         while True:
@@ -198,6 +213,9 @@ class Flusher:
                 break
         total.failed.update({app: p.error for app, p in self._parked.items()})
         return total
+
+    async def _read(self, parked: set[str], after: int) -> list[SpoolEntry]:
+        return await asyncio.to_thread(self.spool.pending, self.rows, parked, after)
 
     def _due(self, parked: dict[str, _Parked], everything: bool) -> set[str]:
         """Parked applications to leave out of this flush: those whose turn has not come."""

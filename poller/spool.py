@@ -374,17 +374,19 @@ class Spool:
             except sqlite3.Error as exc:
                 raise self._fail("forget journals", exc) from exc
 
-    def pending(self, limit: int, exclude_apps: Collection[str] = ()) -> list[SpoolEntry]:
-        """Messages not yet confirmed by Redis, lowest sequence first.
+    def pending(
+        self, limit: int, exclude_apps: Collection[str] = (), after: int = 0
+    ) -> list[SpoolEntry]:
+        """Messages not yet confirmed by Redis, lowest sequence first, above ``after``.
 
         ``exclude_apps``: applications whose rows to leave out (a stream Redis refuses is
         parked by its caller; its rows must not fill every slice)."""
-        where, params = _exclude("app", exclude_apps)
+        where, params = _exclude("app", exclude_apps, "seq > ?")
         with self._lock:
             try:
                 cursor = self._conn.execute(
                     f"{_SELECT_MESSAGES} {where} ORDER BY seq LIMIT ?",
-                    (*params, limit),
+                    (after, *params, limit),
                 )
                 return [SpoolEntry(*row) for row in cursor]
             except sqlite3.Error as exc:
@@ -571,7 +573,8 @@ def _peek(conn: sqlite3.Connection, path: Path) -> SpoolStats:
 
 
 def _exclude(column: str, values: Collection[str], *conditions: str) -> tuple[str, tuple[str, ...]]:
-    """A WHERE clause with ``conditions`` and ``column NOT IN values``, and its parameters."""
+    """A WHERE clause with ``conditions`` and ``column NOT IN values``, and the parameters of
+    the latter (those of ``conditions`` come first, from the caller)."""
     params = tuple(dict.fromkeys(values))
     parts = list(conditions)
     if params:
