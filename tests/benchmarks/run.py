@@ -451,6 +451,21 @@ class Bench:
         )
         return self.children.wait(proc, started, timeout)
 
+    def machine_load(self) -> Callable[[], dict[str, float]]:
+        """Call before a measurement; the returned function, after it, tells how busy the
+        whole machine was meanwhile (this benchmark's processes and any others)."""
+        load = os.getloadavg()[0]
+        before, started = psutil.cpu_times(), time.monotonic()
+
+        def done() -> dict[str, float]:
+            after, seconds = psutil.cpu_times(), max(time.monotonic() - started, 1e-3)
+            busy = (after.user + after.system + after.nice + after.irq + after.softirq) - (
+                before.user + before.system + before.nice + before.irq + before.softirq
+            )
+            return {"load_1m_before": load, "machine_busy_cores": busy / seconds}
+
+        return done
+
     def drain_timeout(self, n: int) -> float:
         return 120.0 + n / 1000
 
@@ -491,9 +506,11 @@ class Bench:
         try:
             sim.backlog(n)
             env = self.poller_env(sim, prefix, rate_limit=rate_limit)
+            machine = self.machine_load()
             done = self.run_poller(
                 f"once-{label}", ["once", "--no-bootstrap"], env, self.drain_timeout(n)
             )
+            busy = machine()
             state = sim.state()
             entries, dead = self.in_streams(prefix)
             writes = self.writes(prefix)
@@ -537,6 +554,7 @@ class Bench:
             "dead_letter": dead,
             "handed_out": state["handedOut"],
             "accounted": accounted,
+            **busy,
         }
 
     def naive(self, n: int) -> dict[str, Any]:
@@ -696,9 +714,11 @@ class Bench:
             if self.in_streams(prefix)[0] != 0:
                 raise BenchError("messages reached Redis while it was unreachable")
             env = self.poller_env(sim, prefix, rate_limit=1000, extra=cap)
+            machine = self.machine_load()
             done = self.run_poller(
                 "once-replay", ["once", "--no-bootstrap"], env, self.drain_timeout(n)
             )
+            busy = machine()
             entries, dead = self.in_streams(prefix)
             writes = self.writes(prefix)
         finally:
@@ -723,6 +743,7 @@ class Bench:
             "in_streams": entries,
             "dead_letter": dead,
             "accounted": done.code == 0 and entries == n and dead == 0,
+            **busy,
         }
 
     def start_daemon(self, name: str, sim: SimProcess, prefix: str) -> tuple[Any, int]:
@@ -1116,6 +1137,19 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f" {results['baseline']['median']['cpu_s']:.2f} CPU-s and"
         f" {results['baseline']['median']['wall_s']:.2f} s.",
     ]
+    loads = [
+        run["load_1m_before"]
+        for data in results["cases"].values()
+        for run in _runs(data, nested=True)
+        if "load_1m_before" in run
+    ]
+    if loads:
+        lines += [
+            "",
+            "The machine is shared: the 1-minute load average before each drain ranged from"
+            f" {min(loads):.2f} to {max(loads):.2f} (each run's load and the cores the whole"
+            " machine kept busy during it are in latest.json).",
+        ]
     if results["problems"]:
         lines += ["", "Problems:", *(f"- {p}" for p in results["problems"])]
     return "\n".join(lines) + "\n"
@@ -1232,16 +1266,19 @@ def chart(results: dict[str, Any], path: Path) -> None:
 # -- main ------------------------------------------------------------------------------------------
 
 
+def _runs(data: dict[str, Any], *, nested: bool = False) -> Iterator[dict[str, Any]]:
+    """Every run of a case (scaling's over its sizes); nested: open ingest's poller drains."""
+    if "sizes" in data and isinstance(data["sizes"], list):
+        for size in data["sizes"]:
+            yield from size["runs"]
+    else:
+        for run in data.get("runs", []):
+            yield run["poller"] if nested and isinstance(run.get("poller"), dict) else run
+
+
 def _problems(results: dict[str, Any]) -> list[str]:
     problems = []
-
-    def runs_of(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        if "sizes" in data and isinstance(data["sizes"], list):
-            for size in data["sizes"]:
-                yield from size["runs"]
-        else:
-            yield from data.get("runs", [])
-
+    runs_of = _runs
     for name, data in results["cases"].items():
         if "error" in data:
             problems.append(f"{name}: {data['error']}")
