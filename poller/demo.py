@@ -1,4 +1,9 @@
-"""`poller demo`: the simulator, an embedded Valkey/Redis and the daemon, with a live view."""
+"""`poller demo`: the simulator, an embedded Valkey/Redis and the daemon, with a live view.
+
+With ``--forward`` the applications are received by HTTP forward instead of pulled: the
+daemon's receiver listens on a free loopback port, its bootstrap gives each application an
+HTTP_FORWARD action to it (the token as a path segment), and the simulator POSTs every message
+there, retrying until a 2xx."""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import secrets
 import shutil
 import sys
 import tempfile
@@ -18,7 +24,7 @@ from redis.asyncio import Redis
 
 from poller import logs
 from poller.daemon import Daemon
-from poller.embedded import EmbeddedRedis
+from poller.embedded import EmbeddedRedis, free_port
 from poller.settings import Settings
 from poller.simulator import Simulator
 
@@ -35,16 +41,19 @@ async def run_demo(args: argparse.Namespace) -> int:
     log_path = Path(tempfile.gettempdir()) / f"{workdir.name}.log"
     log_file = log_path.open("w", encoding="utf-8")
     logs.configure("INFO", "json", stream=log_file)
+    forward = bool(getattr(args, "forward", False))
     redis_server = EmbeddedRedis(data_dir=workdir / "redis")
     simulator = Simulator(applications=apps, rate=float(args.rate))
     try:
         await asyncio.to_thread(redis_server.start)
         base_url = await simulator.start()
+        receiver_port = free_port()
+        receiver_url = f"http://127.0.0.1:{receiver_port}/infobip/forward"
         settings = Settings(
             infobip={
                 "base_url": base_url,
                 "api_key": "sim-api-key",
-                "applications": apps,
+                "applications": [] if forward else apps,
                 "callback_data": "poller-demo",
                 "connect_timeout": 2.0,
                 "read_timeout": 5.0,
@@ -53,10 +62,12 @@ async def run_demo(args: argparse.Namespace) -> int:
             spool={"path": workdir / "spool.db"},
             schedule={"interval": 1.0, "jitter": 0.0, "grace_period": 12.0},
             health={"port": 0},
+            forward=_forward_settings(apps, receiver_port, receiver_url) if forward else {},
         )
+        how = f"forwarded to the receiver at {receiver_url}" if forward else "pulled"
         print(
-            f"demo: simulator {base_url} ({len(apps)} applications, {args.rate:g} msg/s), "
-            f"{redis_server.version} at {redis_server.url}, files in {workdir}"
+            f"demo: simulator {base_url} ({len(apps)} applications, {args.rate:g} msg/s, {how}),"
+            f" {redis_server.version} at {redis_server.url}, files in {workdir}"
         )
         daemon = Daemon(settings)
         task = asyncio.create_task(daemon.run(), name="daemon")
@@ -64,10 +75,13 @@ async def run_demo(args: argparse.Namespace) -> int:
         try:
             await _watch(daemon, task, simulator, redis, settings, apps, args, live)
             simulator.set_rate(0)
-            await _drain(daemon, task, simulator)
+            await _drain(daemon, task, simulator, forward)
             daemon.request_stop()
             code = await task
-            ok = await _summary(simulator, redis, settings)
+            if forward:
+                ok = await _forward_summary(simulator, redis, settings)
+            else:
+                ok = await _summary(simulator, redis, settings)
         finally:
             await redis.aclose()
         return 0 if ok and code == 0 else 1
@@ -77,6 +91,19 @@ async def run_demo(args: argparse.Namespace) -> int:
         log_file.close()
         shutil.rmtree(workdir, ignore_errors=True)
         print(f"demo: the daemon's log is in {log_path}")
+
+
+def _forward_settings(apps: list[str], port: int, receiver_url: str) -> dict[str, Any]:
+    """The receiver on loopback; bootstrap points each application's forward at it."""
+    return {
+        "applications": apps,
+        "token": secrets.token_urlsafe(24),
+        "token_in": "path",
+        "host": "127.0.0.1",
+        "port": port,
+        "public_url": receiver_url,
+        "callback_data": "poller-demo",
+    }
 
 
 async def _watch(
@@ -115,15 +142,29 @@ async def _view(
     rt = daemon.runtime
     spool = rt.spool.stats() if rt is not None else None
     totals = rt.totals if rt is not None else None
-    lines = [
-        f"[{elapsed:5.0f}s] handed out by Infobip: {simulator.ledger.handed_out}, "
-        f"waiting in its inbox: {simulator.inbox_depth}",
-        f"pulled: {totals.pulled if totals else 0}, "
-        f"in spool: {spool.rows if spool else 0}, "
-        f"written: {rt.flusher.written if rt is not None else 0}, "
-        f"quarantined: {totals.quarantined if totals else 0}",
-        "",
-    ]
+    if settings.forward.applications:
+        counts = simulator.ledger.forward_counts()
+        receiver = rt.receiver if rt is not None else None
+        lines = [
+            f"[{elapsed:5.0f}s] forwarded by Infobip: {counts['routed']} messages in "
+            f"{counts['attempts']} POSTs, acknowledged: {counts['delivered']}, "
+            f"waiting or retried: {counts['pending']}",
+            f"received: {receiver.received if receiver is not None else 0}, "
+            f"in spool: {spool.rows if spool else 0}, "
+            f"written: {rt.flusher.written if rt is not None else 0}, "
+            f"quarantined: {totals.quarantined if totals else 0}",
+            "",
+        ]
+    else:
+        lines = [
+            f"[{elapsed:5.0f}s] handed out by Infobip: {simulator.ledger.handed_out}, "
+            f"waiting in its inbox: {simulator.inbox_depth}",
+            f"pulled: {totals.pulled if totals else 0}, "
+            f"in spool: {spool.rows if spool else 0}, "
+            f"written: {rt.flusher.written if rt is not None else 0}, "
+            f"quarantined: {totals.quarantined if totals else 0}",
+            "",
+        ]
     latest: list[tuple[str, str, str]] = []
     for app in apps:
         key = settings.stream_key(app)
@@ -157,18 +198,23 @@ def _text_of(payload: str) -> str:
     return text if len(text) <= 50 else text[:47] + "..."
 
 
-async def _drain(daemon: Daemon, task: asyncio.Task[int], simulator: Simulator) -> None:
+async def _drain(
+    daemon: Daemon, task: asyncio.Task[int], simulator: Simulator, forward: bool = False
+) -> None:
     deadline = time.monotonic() + DRAIN_WAIT
     while time.monotonic() < deadline and not task.done():
         rt = daemon.runtime
-        if simulator.inbox_depth == 0 and rt is not None and rt.spool.stats().rows == 0:
+        if forward:
+            # Every forwarded message acknowledged (2xx) and no POST still open.
+            waiting = not simulator.ledger.forward_settled() or simulator.forward_depth > 0
+        else:
+            waiting = simulator.inbox_depth > 0
+        if not waiting and rt is not None and rt.spool.stats().rows == 0:
             return
         await asyncio.sleep(0.2)
 
 
-async def _summary(simulator: Simulator, redis: Redis, settings: Settings) -> bool:
-    handed: Counter[str] = Counter(simulator.ledger.ids())
-    lost_in_transit = simulator.ledger.undelivered_ids()
+async def _in_streams(redis: Redis, settings: Settings) -> Counter[str]:
     in_streams: Counter[str] = Counter()
     pattern = settings.redis.stream_key_template.replace("${app}", "*")
     async for key in redis.scan_iter(match=pattern, _type="stream"):
@@ -182,6 +228,13 @@ async def _summary(simulator: Simulator, redis: Redis, settings: Settings) -> bo
             for _entry_id, fields in batch:
                 in_streams[str(fields["id"])] += 1
             last = str(batch[-1][0])
+    return in_streams
+
+
+async def _summary(simulator: Simulator, redis: Redis, settings: Settings) -> bool:
+    handed: Counter[str] = Counter(simulator.ledger.ids())
+    lost_in_transit = simulator.ledger.undelivered_ids()
+    in_streams = await _in_streams(redis, settings)
     missing = [m for m in handed if m not in in_streams and m not in lost_in_transit]
     twice = [m for m, n in in_streams.items() if n > 1]
     print(
@@ -189,6 +242,23 @@ async def _summary(simulator: Simulator, redis: Redis, settings: Settings) -> bo
         f"the streams hold {sum(in_streams.values())} entries "
         f"({len(in_streams)} distinct); missing: {len(missing)}; written twice: {len(twice)}"
         + (f"; lost in transit (cut responses): {len(lost_in_transit)}" if lost_in_transit else "")
+    )
+    ok = not missing and not twice
+    print("summary: OK, every message is in its stream exactly once" if ok else "summary: FAILED")
+    return ok
+
+
+async def _forward_summary(simulator: Simulator, redis: Redis, settings: Settings) -> bool:
+    records = simulator.ledger.forward_records
+    in_streams = await _in_streams(redis, settings)
+    missing = [m for m in records if m not in in_streams]
+    twice = [m for m, n in in_streams.items() if n > 1]
+    repeated = sum(1 for r in records.values() if r.sends > 1)
+    print(
+        f"summary: Infobip forwarded {len(records)} messages in "
+        f"{len(simulator.ledger.forward_attempts)} POSTs ({repeated} sent more than once); "
+        f"the streams hold {sum(in_streams.values())} entries ({len(in_streams)} distinct); "
+        f"missing: {len(missing)}; written twice: {len(twice)}"
     )
     ok = not missing and not twice
     print("summary: OK, every message is in its stream exactly once" if ok else "summary: FAILED")

@@ -557,3 +557,28 @@ async def test_a_cron_schedule_runs_its_first_cycle_at_start(
     await wait_for(drained, timeout=15)
     poller.signal(signal.SIGTERM)
     assert await poller.wait() == 0
+
+
+async def test_demo_forward_command_receives_by_forward_and_reports_every_message_once(
+    tmp_path: Path,
+) -> None:
+    # The demo with the applications received by HTTP forward: bootstrap points the
+    # simulator's forward at the daemon's receiver, every message reaches its stream once.
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("POLLER_")}
+    proc = await asyncio.create_subprocess_exec(
+        *poller_command("demo", "--forward", "--duration", "4", "--rate", "100", "--plain"),
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(90):
+        out, err = await proc.communicate()
+    text = out.decode()
+    assert proc.returncode == 0, (text[-2000:], err.decode()[-2000:])
+    assert "forwarded to the receiver at http://127.0.0.1:" in text
+    assert "summary: OK" in text
+    summary = next(line for line in text.splitlines() if "Infobip forwarded" in line)
+    forwarded = int(summary.split("Infobip forwarded ")[1].split()[0])
+    assert forwarded > 0
+    assert f"the streams hold {forwarded} entries ({forwarded} distinct)" in summary

@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--applications", default="shop-ios,shop-android,news-app", help="application codes"
     )
     demo.add_argument("--plain", action="store_true", help="no live view, log lines only")
+    demo.add_argument(
+        "--forward",
+        action="store_true",
+        help="receive the applications by HTTP forward (a receiver on a free loopback port)"
+        " instead of pulling them",
+    )
 
     sub.add_parser("check", help="exit 0 when the running daemon is ready, else 1 (for probes)")
     status = sub.add_parser("status", help="spool, last poll, streams and consumer groups")
