@@ -1,6 +1,6 @@
 """Soak and chaos run: the independent harness an operator would point at `poller run`.
 
-Run: python tests/benchmarks/soak_chaos.py [--minutes 3] [--seed 7] [--rate 200]
+Run: python tests/benchmarks/soak_chaos.py [--minutes 3] [--seed 7] [--rate 200] [--forward]
 
 An in-process Infobip simulator generates messages steadily over four applications (the
 poller is configured with three of them: the fourth must still reach its own stream), an
@@ -27,6 +27,18 @@ A message that is not in a stream is put in one class, after the response it wen
 `--in-flight-kills N` adds N SIGKILLs aimed at that window (half of one pull's answer sent,
 the rest held back by the simulator's stall fault): each must show up as one response in class
 (b) whose first half is in the streams, which checks the harness as much as the poller.
+
+`--forward` receives the four applications by HTTP forward instead of pulling them: bootstrap
+gives the three configured ones an HTTP_FORWARD action to `poller run`'s receiver (public URL
+on loopback, the token as a path segment), the fourth is pointed there by hand
+(Simulator.configure_forward; the receiver writes any application's messages to its stream),
+and the simulator POSTs every message there, retrying until a 2xx however long it takes. The
+same kills and Redis outages; the fault windows are forward faults instead: forward_drop (the
+request sent, its answer never read: the 2xx lost on the way back), forward_delay,
+forward_duplicate (a delivered batch sent once more). The receiver answers 2xx only after the
+fsync and nothing is read destructively, so there are no classes here: every message the
+simulator created must be in its stream exactly once (a repeated delivery is skipped by the
+dedupe window), the spool and the dead-letter streams empty, nothing given up.
 
 The exit status is 1 on any problem the report lists: a message written twice or never handed
 out, a class (c) loss, a spoiled body that left nothing in the dead-letter streams, rows left in
@@ -67,7 +79,7 @@ from poller import logs
 from poller.embedded import EmbeddedRedis, free_port
 from poller.settings import Settings
 from poller.simulator import FAULT_KINDS as SIMULATOR_FAULT_KINDS
-from poller.simulator import LedgerEntry, Simulator
+from poller.simulator import ForwarderSettings, LedgerEntry, Simulator
 from tests.support import make_settings, poller_command, settings_env
 
 APPS = ("soak-alpha", "soak-beta", "soak-gamma", "soak-delta")
@@ -320,10 +332,25 @@ def fault_params(rng: random.Random, kind: str) -> tuple[float, dict[str, Any]]:
     if kind == "latency":
         # Below the read timeout (5 s): a slow answer, not a timed-out one.
         return rng.uniform(0.3, 0.8), {"delay": round(rng.uniform(0.2, 3.0), 2)}
+    if kind == "forward_drop":
+        # The POST goes out, its answer is never read: at once, or while the receiver works.
+        drop: dict[str, Any] = {}
+        if rng.random() < 0.5:
+            drop["delay"] = round(rng.uniform(0.0, 0.05), 3)
+        return rng.uniform(0.1, 0.3), drop
+    if kind == "forward_delay":
+        return rng.uniform(0.3, 0.8), {"delay": round(rng.uniform(0.2, 3.0), 2)}
+    if kind == "forward_duplicate":
+        return rng.uniform(0.2, 0.5), {}
     return rng.uniform(0.1, 0.3), {}  # truncated, drop, invalid_json: each one quarantines
 
 
-def make_plan(args: argparse.Namespace, rng: random.Random, seconds: float) -> Plan:
+def make_plan(
+    args: argparse.Namespace,
+    rng: random.Random,
+    seconds: float,
+    fault_set: tuple[str, ...] = FAULT_KINDS,
+) -> Plan:
     def count(explicit: int | None, per_minute: float, cap: int, least: int = 1) -> int:
         if explicit is not None:
             return max(0, explicit)
@@ -332,7 +359,7 @@ def make_plan(args: argparse.Namespace, rng: random.Random, seconds: float) -> P
     kills = count(args.sigkills, 1.5, 20)
     terms = count(args.sigterms, 0.75, 10)
     outages = count(args.redis_kills, 0.75, 10)
-    windows = count(args.fault_windows, 4.0, 40, least=len(FAULT_KINDS))
+    windows = count(args.fault_windows, 4.0, 40, least=len(fault_set))
     begin, end = WARMUP, max(WARMUP + 1.0, seconds - COOLDOWN)
     kinds = ["sigkill"] * kills + ["sigterm"] * terms + ["sigkill-in-flight"] * args.in_flight_kills
     rng.shuffle(kinds)
@@ -346,7 +373,7 @@ def make_plan(args: argparse.Namespace, rng: random.Random, seconds: float) -> P
     # Every kind once before any repeats, in a seeded order.
     fault_kinds: list[str] = []
     while len(fault_kinds) < windows:
-        batch = list(FAULT_KINDS)
+        batch = list(fault_set)
         rng.shuffle(batch)
         fault_kinds.extend(batch)
     faults = []
@@ -397,10 +424,12 @@ async def redis_chaos(redis: EmbeddedRedis, plan: Plan, t0: float, journal: Jour
         journal.add("redis up", port=redis.port)
 
 
-async def fault_chaos(sim: Simulator, plan: Plan, t0: float, journal: Journal) -> None:
+async def fault_chaos(
+    sim: Simulator, plan: Plan, t0: float, journal: Journal, path: str = INBOX_PATH
+) -> None:
     for window in plan.faults:
         await sleep_until(t0 + window.start)
-        sim.add_fault(window.kind, rate=window.rate, path=INBOX_PATH, **window.params)
+        sim.add_fault(window.kind, rate=window.rate, path=path, **window.params)
         window.began_at = now()
         journal.add("fault on", kind=window.kind, rate=window.rate, **window.params)
         try:
@@ -900,6 +929,383 @@ def summary(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- forward mode ------------------------------------------------------------------------------
+
+FORWARD_FAULT_KINDS = ("forward_drop", "forward_delay", "forward_duplicate")
+FORWARD_PATH = "/infobip/forward"
+FORWARD_TOKEN = "soak-forward-token-0123456789abcdef"  # a loopback test token
+
+
+async def wait_forward_actions(sim: Simulator, apps: tuple[str, ...], timeout: float) -> bool:
+    """True once bootstrap gave every application its HTTP_FORWARD action."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(sim.account.applications[app].forward_action() is not None for app in apps):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def progress_forward(
+    sim: Simulator, poller: PollerProcess, journal: Journal, every: float, stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(every):
+                await stop.wait()
+        if stop.is_set():
+            return
+        m = await poller.metrics() or {}
+        spool = m.get("poller_spool_rows")
+        counts = sim.ledger.forward_counts()
+        print(
+            f"[{now() - journal.started:8.1f}s] created {counts['routed']}, acknowledged "
+            f"{counts['delivered']}, waiting {counts['pending']}, POSTs {counts['attempts']}, "
+            f"spool {'-' if spool is None else int(spool)}, poller #{poller.starts} "
+            f"{'up' if poller.running else 'down'}",
+            flush=True,
+        )
+
+
+async def drain_forward(
+    sim: Simulator, poller: PollerProcess, timeout: float
+) -> tuple[bool, float, dict[str, Any]]:
+    """Wait until every forwarded message was acknowledged (2xx), no POST is open, and the
+    spool is empty after that. Returns (drained, seconds, last observation)."""
+    started = now()
+    deadline = time.monotonic() + timeout
+    seen: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        settled = sim.ledger.forward_settled()
+        m = await poller.metrics()
+        seen = {
+            "forward_queued": sim.forward_depth,
+            "forward_settled": settled,
+            **sim.ledger.forward_counts(),
+            "spool_rows": None if m is None else m.get("poller_spool_rows"),
+        }
+        if settled and seen["forward_queued"] == 0 and seen["spool_rows"] == 0:
+            return True, now() - started, seen
+        if not poller.running and not await poller.revive():
+            break
+        await asyncio.sleep(0.2)
+    return False, now() - started, seen
+
+
+@dataclass
+class ForwardObserved:
+    """Everything a forward run saw, for the report."""
+
+    sim: Simulator
+    redis_version: str
+    poller: PollerProcess
+    plan: Plan
+    journal: Journal
+    counts: Counter[str]
+    per_app: Counter[str]
+    dead: list[dict[str, Any]]
+    spool: dict[str, Any]
+    drained: bool
+    drain_seconds: float
+    drain_seen: dict[str, Any]
+    backlog: int
+    final_code: int | None
+
+
+async def run_forward(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """The forward mode: the simulator POSTs every message to `poller run`'s receiver."""
+    journal = Journal(workdir / "events.jsonl", args.verbose)
+    rng = random.Random(args.seed)
+    seconds = args.minutes * 60.0
+    plan = make_plan(args, rng, seconds, FORWARD_FAULT_KINDS)
+    # Retried until a 2xx, however long the poller or its receiver is away.
+    sim = Simulator(
+        applications=APPS,
+        auto_configure=False,
+        rate=0.0,
+        throttle_rps=args.throttle_rps,
+        forward=ForwarderSettings(max_attempts=None),
+        seed=args.seed,
+    )
+    redis = EmbeddedRedis(data_dir=workdir / "redis")
+    poller: PollerProcess | None = None
+    stop = asyncio.Event()
+    helpers: list[asyncio.Task[None]] = []
+    try:
+        await sim.start()
+        await asyncio.to_thread(redis.start)
+        port = free_port()
+        public_url = f"http://127.0.0.1:{port}{FORWARD_PATH}"
+        settings = make_settings(
+            sim,
+            redis.url,
+            workdir,
+            KEY_TEMPLATE,
+            apps=[],
+            redis={"socket_timeout": 1.0},
+            schedule={"interval": args.interval, "jitter": 0.1},
+            health={"enabled": True, "port": free_port()},
+            forward={
+                "applications": list(CONFIGURED),
+                "token": FORWARD_TOKEN,
+                "token_in": "path",
+                "port": port,
+                "public_url": public_url,
+            },
+        )
+        journal.add(
+            "setup",
+            mode="forward",
+            simulator=sim.base_url,
+            redis=redis.url,
+            redis_server=redis.version,
+            health_port=settings.health.port,
+            receiver_port=port,
+        )
+        poller = PollerProcess(settings, workdir, journal)
+        await poller.start("initial")
+        if not await poller.wait_live(30.0):
+            raise RuntimeError(f"poller did not come up; see {poller.log_path(1)}")
+        # Bootstrap points the configured applications at the receiver (token as a path
+        # segment); the fourth, which the poller does not know, is pointed there by hand.
+        if not await wait_forward_actions(sim, CONFIGURED, 30.0):
+            raise RuntimeError(f"bootstrap made no HTTP_FORWARD actions; see {poller.log_path(1)}")
+        sim.configure_forward(APPS[-1], f"{public_url}/{FORWARD_TOKEN}")
+        sim.set_rate(args.rate)
+        t0 = now()
+        journal.add("traffic on", rate=args.rate, seconds=seconds)
+        helpers = [
+            asyncio.create_task(poller.watch(stop), name="watch"),
+            asyncio.create_task(progress_forward(sim, poller, journal, args.progress, stop)),
+        ]
+        chaos: list[Awaitable[None]] = [
+            process_chaos(sim, poller, plan, t0),
+            redis_chaos(redis, plan, t0, journal),
+            fault_chaos(sim, plan, t0, journal, FORWARD_PATH),
+            sleep_until(t0 + seconds),
+        ]
+        async with asyncio.timeout(seconds + 300.0):
+            await asyncio.gather(*chaos)
+        stop.set()
+        await asyncio.gather(*helpers, return_exceptions=True)
+
+        sim.set_rate(0.0)
+        sim.clear_faults()
+        counts_at_stop = sim.ledger.forward_counts()
+        backlog = counts_at_stop["pending"]
+        journal.add("traffic off", waiting=backlog, created=counts_at_stop["routed"])
+        if not redis.running:
+            await asyncio.to_thread(redis.restart)
+        drained, drain_seconds, seen = await drain_forward(sim, poller, args.drain_timeout)
+        journal.add("drain", drained=drained, seconds=round(drain_seconds, 2), **seen)
+        final_code = await poller.sigterm(None)
+
+        counts, per_app, dead = await read_streams(redis.url)
+        spool = read_spool(settings.spool.path)
+        spool.pop("raw")
+        return build_forward_report(
+            args,
+            workdir,
+            ForwardObserved(
+                sim=sim,
+                redis_version=redis.version,
+                poller=poller,
+                plan=plan,
+                journal=journal,
+                counts=counts,
+                per_app=per_app,
+                dead=dead,
+                spool=spool,
+                drained=drained,
+                drain_seconds=drain_seconds,
+                drain_seen=seen,
+                backlog=backlog,
+                final_code=final_code,
+            ),
+        )
+    finally:
+        stop.set()
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        if poller is not None:
+            await poller.kill_quietly()
+        await asyncio.to_thread(redis.stop)
+        await sim.stop()
+
+
+def _ms_summary(values: list[float]) -> dict[str, float | None]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": None, "p99": None, "max": None}
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+    return {"p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1], 1)}
+
+
+def build_forward_report(
+    args: argparse.Namespace, workdir: Path, o: ForwardObserved
+) -> dict[str, Any]:
+    ledger = o.sim.ledger
+    records = ledger.forward_records
+    created = set(records)
+    duplicates = {mid: n for mid, n in o.counts.items() if n > 1}
+    unexpected = [mid for mid in o.counts if mid not in created]
+    missing = created - set(o.counts)
+    lost_after_ack = sorted(mid for mid in missing if records[mid].delivered)
+    never_acked = sorted(mid for mid in missing if not records[mid].delivered)
+    attempts = ledger.forward_attempts
+    outcomes: Counter[str] = Counter()
+    for attempt in attempts:
+        if attempt.status is not None:
+            outcomes[str(attempt.status)] += 1
+        else:
+            outcomes[(attempt.error or "open").split(":", 1)[0]] += 1
+    acked_posts: Counter[str] = Counter()
+    for attempt in attempts:
+        if attempt.delivered:
+            for mid in attempt.message_ids:
+                acked_posts[mid] += 1
+    ack_ms = []
+    for mid, record in records.items():
+        made = ledger.created_at(mid)
+        if made is not None and record.acked_monotonic is not None:
+            ack_ms.append((record.acked_monotonic - made[0]) * 1000)
+    sigterms_mid_run = o.poller.sigterm_results[:-1] if o.final_code is not None else []
+    events = o.journal.events
+    redis_down = [e for e in events if e["event"] == "redis SIGKILL"]
+    counts = ledger.forward_counts()
+    report: dict[str, Any] = {
+        "mode": "forward",
+        "seed": args.seed,
+        "minutes": args.minutes,
+        "rate_per_s": args.rate,
+        "applications": list(APPS),
+        "forward_applications": list(CONFIGURED),
+        "redis_server": o.redis_version,
+        "poller_version": poller_package.__version__,
+        "poller_package": str(Path(poller_package.__file__).parent),
+        "workdir": str(workdir),
+        "created": len(created),
+        "acknowledged": counts["delivered"],
+        "given_up": counts["givenUp"],
+        "waiting_at_stop": o.backlog,
+        "forward_posts": len(attempts),
+        "post_outcomes": dict(outcomes.most_common()),
+        "messages_sent_more_than_once": sum(1 for r in records.values() if r.sends > 1),
+        "messages_acknowledged_more_than_once": sum(1 for n in acked_posts.values() if n > 1),
+        "creation_to_2xx_ms": _ms_summary(ack_ms),
+        "in_streams": len(o.counts),
+        "stream_entries": sum(o.counts.values()),
+        "per_app_in_streams": dict(sorted(o.per_app.items())),
+        "duplicates": len(duplicates),
+        "duplicate_entries": sum(n - 1 for n in duplicates.values()),
+        "duplicate_ids": sorted(duplicates)[:20],
+        "unexpected_ids": len(unexpected),
+        "missing": len(missing),
+        "missing_after_2xx": len(lost_after_ack),
+        "missing_after_2xx_ids": lost_after_ack[:20],
+        "missing_never_acknowledged": len(never_acked),
+        "dead_letter": {"entries": len(o.dead)},
+        "poller": {
+            "starts": o.poller.starts,
+            "restarts": sum(o.poller.restarts.values()),
+            "restarts_by_reason": dict(o.poller.restarts),
+            "sigkills": len(o.poller.kill_times),
+            "sigterms": len(o.poller.term_times),
+            "sigterm_results": o.poller.sigterm_results,
+            "unexpected_exits": o.poller.unexpected_exits,
+            "final_exit_code": o.final_code,
+        },
+        "redis_kills": len(redis_down),
+        "redis_downtime_s": round(sum(e["down_for"] for e in redis_down), 2),
+        "fault_windows": [
+            {k: v for k, v in asdict(w).items() if k not in ("began_at", "ended_at")}
+            | {"start": round(w.start, 1), "length": round(w.length, 1)}
+            for w in o.plan.faults
+        ],
+        "drained": o.drained,
+        "time_to_drain_s": round(o.drain_seconds, 2),
+        "drain_last_seen": o.drain_seen,
+        "spool_left": o.spool,
+        "simulator": {
+            k: v
+            for k, v in o.sim.state().items()
+            if k in ("generated", "notRouted", "requests", "faultsFired")
+        },
+    }
+    problems = []
+    if duplicates:
+        problems.append(f"{len(duplicates)} message(s) written more than once")
+    if unexpected:
+        problems.append(f"{len(unexpected)} id(s) in the streams that were never created")
+    if lost_after_ack:
+        problems.append(f"{len(lost_after_ack)} message(s) acknowledged (2xx) and then lost")
+    if never_acked:
+        problems.append(f"{len(never_acked)} message(s) never acknowledged by the receiver")
+    if counts["givenUp"]:
+        problems.append(f"the simulator gave up on {counts['givenUp']} message(s)")
+    if report["simulator"].get("notRouted"):
+        problems.append(f"{report['simulator']['notRouted']} message(s) were not routed")
+    if o.dead:
+        problems.append(f"{len(o.dead)} dead-letter entries (nothing forwarded is malformed)")
+    if not o.drained:
+        problems.append(f"the forward did not settle within {args.drain_timeout:g} s")
+    if o.spool["messages"] or o.spool["quarantine_pending"]:
+        problems.append("rows left in the spool after the final stop")
+    if o.final_code != 0:
+        problems.append(f"final SIGTERM: exit code {o.final_code}")
+    bad_terms = [r for r in sigterms_mid_run if r["exit_code"] != 0]
+    if bad_terms:
+        problems.append(f"{len(bad_terms)} SIGTERM(s) did not end in exit 0")
+    if o.poller.unexpected_exits:
+        problems.append(f"the poller exited by itself {len(o.poller.unexpected_exits)} time(s)")
+    if not o.per_app.get(APPS[-1]):
+        problems.append(f"nothing reached the stream of the unconfigured {APPS[-1]}")
+    report["problems"] = problems
+    report["ok"] = not problems
+    return report
+
+
+def summary_forward(r: dict[str, Any]) -> str:
+    p = r["poller"]
+    ack = r["creation_to_2xx_ms"]
+    lines = [
+        f"soak/chaos (forward): {r['minutes']:g} min at {r['rate_per_s']:g} msg/s, seed "
+        f"{r['seed']}, {r['redis_server']}, poller {r['poller_version']} from "
+        f"{r['poller_package']}",
+        f"  work dir        {r['workdir']}",
+        f"  created         {r['created']} messages, acknowledged {r['acknowledged']}, "
+        f"given up {r['given_up']} (waiting at the stop {r['waiting_at_stop']})",
+        f"  POSTs           {r['forward_posts']} {r['post_outcomes']}",
+        f"  repeated        {r['messages_sent_more_than_once']} messages sent more than once, "
+        f"{r['messages_acknowledged_more_than_once']} acknowledged more than once",
+        f"  creation->2xx   p50 {ack['p50']} ms, p99 {ack['p99']} ms, max {ack['max']} ms",
+        f"  in streams      {r['in_streams']} ({r['stream_entries']} entries; per app "
+        + ", ".join(f"{k} {v}" for k, v in r["per_app_in_streams"].items())
+        + ")",
+        f"  duplicates      {r['duplicates']}   unexpected ids {r['unexpected_ids']}",
+        f"  missing         {r['missing']} (after a 2xx {r['missing_after_2xx']}, never "
+        f"acknowledged {r['missing_never_acknowledged']})",
+        f"  dead letters    {r['dead_letter']['entries']}",
+        f"  poller          {p['starts']} starts, {p['restarts']} restarts "
+        f"{p['restarts_by_reason']}, SIGTERM exits "
+        f"{[t['exit_code'] for t in p['sigterm_results']]}, "
+        f"unexpected exits {len(p['unexpected_exits'])}",
+        f"  redis           {r['redis_kills']} kills, {r['redis_downtime_s']} s down",
+        f"  faults          {len(r['fault_windows'])} windows: "
+        + ", ".join(f"{w['kind']}@{w['rate']:.2f}x{w['fired']}" for w in r["fault_windows"]),
+        f"  drain           {'done' if r['drained'] else 'NOT DONE'} in "
+        f"{r['time_to_drain_s']} s (waiting at stop {r['waiting_at_stop']})",
+        f"  spool left      {r['spool_left']['messages']} rows, "
+        f"{r['spool_left']['quarantine_pending']} quarantined not dead-lettered",
+        "  result          " + ("OK" if r["ok"] else "FAIL: " + "; ".join(r["problems"])),
+    ]
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="traffic time (default 3)")
@@ -911,7 +1317,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sigkills", type=int, help="default 1.5 per minute")
     parser.add_argument("--sigterms", type=int, help="default 0.75 per minute")
     parser.add_argument("--redis-kills", type=int, help="default 0.75 per minute")
-    parser.add_argument("--fault-windows", type=int, help="default 4 per minute, at least 7")
+    parser.add_argument(
+        "--fault-windows", type=int, help="default 4 per minute, at least one of each kind"
+    )
     parser.add_argument(
         "--in-flight-kills",
         type=int,
@@ -919,6 +1327,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra SIGKILLs while a pull's answer is held (slow_answer): provoke class (b)",
     )
     parser.add_argument("--kill-window", type=float, default=2.0, help="class (b) window, s")
+    parser.add_argument(
+        "--forward",
+        action="store_true",
+        help="the applications are received by HTTP forward instead of pulled",
+    )
     parser.add_argument("--drain-timeout", type=float, default=180.0, help="seconds")
     parser.add_argument("--progress", type=float, default=15.0, help="seconds between lines")
     parser.add_argument("--workdir", type=Path, help="default: a new temp directory (kept)")
@@ -931,6 +1344,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--rate must not be negative")
     if args.in_flight_kills < 0:
         parser.error("--in-flight-kills must not be negative")
+    if args.in_flight_kills and args.forward:
+        parser.error("--in-flight-kills applies to the pull mode")
     if args.in_flight_kills and "slow_answer" not in SIMULATOR_FAULT_KINDS:
         parser.error("--in-flight-kills needs a simulator with the slow_answer fault")
     return args
@@ -942,13 +1357,13 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"work dir (logs, events.jsonl, report.json): {workdir}", flush=True)
-    report = asyncio.run(run(args, workdir))
+    report = asyncio.run(run_forward(args, workdir) if args.forward else run(args, workdir))
     text = json.dumps(report, indent=2, default=str)
     (workdir / "report.json").write_text(text + "\n", encoding="utf-8")
     if args.json is not None:
         args.json.write_text(text + "\n", encoding="utf-8")
     print(text)
-    print(summary(report))
+    print(summary_forward(report) if args.forward else summary(report))
     return 0 if report["ok"] else 1
 
 
