@@ -112,3 +112,17 @@ async def ids_at(url: str, key_template: str) -> Counter[str]:
         return await ids_in_streams(client, key_template)
     finally:
         await client.aclose()
+
+
+def assert_schema(entries: list[dict[str, str]], name: str) -> None:
+    """Every entry validates against the shipped JSON Schema ``name``; a message's payload is
+    a JSON object."""
+    from jsonschema import Draft202012Validator
+
+    from poller import schemas
+
+    validator = Draft202012Validator(schemas.load(name))
+    for entry in entries:
+        validator.validate(entry)
+        if name == schemas.MO:
+            assert isinstance(json.loads(entry["payload"]), dict)

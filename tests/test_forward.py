@@ -22,6 +22,7 @@ from poller.settings import Settings
 from poller.simulator import Simulator
 from tests.fixtures_sim import SimulatorFactory
 from tests.support import (
+    assert_schema,
     ids_in_streams,
     make_settings,
     poller_command,
@@ -128,6 +129,7 @@ async def test_every_accepted_shape_reaches_the_stream_once_with_every_field(
         assert entry["app"] == APP
         assert entry["received_at"] == "2026-11-30T10:00:00.000+0000"
     assert '"price": 1.50' in entries[4]["payload"]  # the bytes as sent, not re-encoded
+    assert_schema(entries, "infobip.push.mo.v1")
 
 
 async def test_a_delivery_repeated_after_a_lost_2xx_is_written_once(

@@ -20,7 +20,7 @@ from poller.sources.items import now_rfc3339, rows_from_items
 from poller.sources.pull import DrainResult, PullSource
 from poller.spool import Spool
 from poller.stop import Stop
-from tests.support import ids_at, ids_in_streams, make_settings, stream_entries
+from tests.support import assert_schema, ids_at, ids_in_streams, make_settings, stream_entries
 
 APPS = ["app-alpha", "app-beta", "app-gamma"]
 PULL_PATH = "/push/1/inbox/reports"
@@ -99,6 +99,7 @@ async def test_once_drains_every_app_into_its_stream_exactly_once_with_every_fie
             assert entry["received_at"] == original["receivedAt"]
             assert entry["schema"] == "infobip.push.mo.v1"
             assert entry["pulled_at"].endswith("Z")
+        assert_schema(entries, "infobip.push.mo.v1")
     assert configured_simulator.inbox_depth == 0
     assert len(configured_simulator.ledger.ids()) == 2400
 
@@ -266,6 +267,7 @@ async def test_garbled_entries_and_bodies_land_in_quarantine_and_dead_letter_str
     assert "messageId" in dead_beta[0]["reason"]
     dead_unknown = await stream_entries(redis_client, settings.stream_key("unknown") + ":dead")
     assert len(dead_unknown) == 1
+    assert_schema([*dead_beta, *dead_unknown], "infobip.push.mo.dead.v1")
     assert dead_unknown[0]["reason"].startswith("not JSON")
     # The garbled answer's first item arrived whole and is kept; the bytes from the first
     # item that did not are in the dead-letter stream for an operator to recover.

@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from poller.schemas import DEAD as DEAD_SCHEMA
+from poller.schemas import MO as MO_SCHEMA
 from poller.spool import QuarantineEntry, SpoolEntry
-
-MO_SCHEMA = "infobip.push.mo.v1"
-DEAD_SCHEMA = "infobip.push.mo.dead.v1"
 
 
 class SinkError(Exception):
