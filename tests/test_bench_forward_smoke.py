@@ -39,6 +39,7 @@ def test_quick_forward_benchmark_accounts_for_every_acknowledged_message(tmp_pat
     for name, case in results["cases"].items():
         assert "error" not in case, name
         assert case["accounted"] is True, name
+        assert case["dead_letter"] == 0, name
         assert case["poller_core_share"] > 0, name
         assert case["other_processes_cores"] >= 0, name
 
