@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 FLUSH_ROWS = 5000
 # Backoff of a failed flush and of a parked application: first delay, longest delay.
 RETRY_BASE = 0.5
-RETRY_MAX = 30.0
+RETRY_MAX = 10.0
 
 
 @dataclass
