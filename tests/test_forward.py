@@ -4,6 +4,7 @@ refusals with no side effect. Requests come from httpx or raw sockets, as any fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -80,21 +81,29 @@ class Receiver:
             return await client.post(url, content=content, headers=headers, **kw)
 
 
-@pytest.fixture
-async def receiver(
-    configured_simulator: Simulator, redis_url: str, tmp_path: Path, key_template: str
-) -> AsyncIterator[Receiver]:
-    settings = forward_settings(configured_simulator, redis_url, tmp_path, key_template)
+@contextlib.asynccontextmanager
+async def running(settings: Settings, *, flushing: bool = True) -> AsyncIterator[Receiver]:
+    """A runtime with its receiver listening (and its flusher running), stopped after."""
     rt = await Runtime.open(settings)
-    rt.start_flushing()
-    assert rt.receiver is not None
-    await rt.receiver.start()
     try:
+        if flushing:
+            rt.start_flushing()
+        assert rt.receiver is not None
+        await rt.receiver.start()
         yield Receiver(rt)
     finally:
         rt.stop.request("test")
         await rt.finish()
         await rt.close()
+
+
+@pytest.fixture
+async def receiver(
+    configured_simulator: Simulator, redis_url: str, tmp_path: Path, key_template: str
+) -> AsyncIterator[Receiver]:
+    settings = forward_settings(configured_simulator, redis_url, tmp_path, key_template)
+    async with running(settings) as started:
+        yield started
 
 
 async def settled(rt: Runtime) -> None:
@@ -233,11 +242,8 @@ async def test_slow_clients_are_cut_off_and_connections_are_capped(
     settings = forward_settings(
         configured_simulator, redis_url, tmp_path, key_template, max_connections=3
     )
-    rt = await Runtime.open(settings)
-    assert rt.receiver is not None
-    await rt.receiver.start()
-    port = rt.receiver.port
-    try:
+    async with running(settings) as receiver:
+        port = receiver.receiver.port
         slow = await asyncio.open_connection("127.0.0.1", port)
         slow[1].write(b"POST /infobip/forward HTTP/1.1\r\nHost: x\r\n")
         body = await asyncio.open_connection("127.0.0.1", port)
@@ -257,12 +263,8 @@ async def test_slow_clients_are_cut_off_and_connections_are_capped(
         assert await asyncio.wait_for(body[0].read(), 5)  # the rest, then the close
         for _reader, writer in (slow, body, third, fourth):
             writer.close()
-        stats = rt.spool.stats()
+        stats = receiver.rt.spool.stats()
         assert (stats.rows, stats.quarantined) == (0, 0)
-    finally:
-        rt.stop.request("test")
-        await rt.finish()
-        await rt.close()
 
 
 async def test_a_stopping_receiver_or_a_full_spool_answers_503(
@@ -276,22 +278,14 @@ async def test_a_stopping_receiver_or_a_full_spool_answers_503(
         spool={"max_rows": 2},
         forward={"applications": [APP], "token": TOKEN, "port": 0},
     )
-    rt = await Runtime.open(settings)
-    assert rt.receiver is not None
-    await rt.receiver.start()
-    receiver = Receiver(rt)
-    try:
+    async with running(settings, flushing=False) as receiver:
         assert (await receiver.post(json.dumps([message(1), message(2)]))).status_code == 200
         full = await receiver.post(json.dumps(message(3)))  # no flusher runs: spool at its cap
         assert (full.status_code, full.headers["Retry-After"]) == (503, "5")
-        rt.start_flushing()
-        await settled(rt)
-        rt.stop.request("test")
+        receiver.rt.start_flushing()
+        await settled(receiver.rt)
+        receiver.rt.stop.request("test")
         assert (await receiver.post(json.dumps(message(4)))).status_code == 503
-    finally:
-        rt.stop.request("test")
-        await rt.finish()
-        await rt.close()
 
 
 async def test_basic_auth_when_configured(
@@ -305,19 +299,11 @@ async def test_basic_auth_when_configured(
         basic_username="infobip",
         basic_password="basic-secret-pw",
     )
-    rt = await Runtime.open(settings)
-    assert rt.receiver is not None
-    await rt.receiver.start()
-    receiver = Receiver(rt)
-    try:
+    async with running(settings) as receiver:
         body = json.dumps(message(1))
         assert (await receiver.post(body)).status_code == 401
         assert (await receiver.post(body, auth=("infobip", "wrong"))).status_code == 401
         assert (await receiver.post(body, auth=("infobip", "basic-secret-pw"))).status_code == 200
-    finally:
-        rt.stop.request("test")
-        await rt.finish()
-        await rt.close()
 
 
 async def test_a_kill_before_the_answer_loses_nothing_and_the_repeat_is_written_once(
