@@ -1,21 +1,34 @@
 """A small helper for downstream services that read the poller's streams with a group.
 
 consumer = StreamConsumer(redis, "infobip:push:{my-app}:mo", "billing", "worker-1")
-await consumer.ensure_group()
-for message in await consumer.read(count=100, block_ms=5000):
-    handle(message.payload)
-    await consumer.ack([message.entry_id])
+async for delivery in consumer.deliveries():
+    handle(delivery.message.payload)
+    await delivery.ack()
+
+``deliveries`` creates the group when it is missing, takes over entries another consumer left
+unacknowledged for ``claim_idle_ms`` (a consumer that died), moves an entry delivered more than
+``max_deliveries`` times to the dead-letter stream and acknowledges it in one atomic step (a
+poison message), and ends cleanly when its task is cancelled (what was not acknowledged stays
+pending in the group, for a consumer to claim). ``read``/``ack``/``claim_stale`` are the steps.
+
+Every Redis command of the helper is here; the poller itself never reads the streams.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
+
+from poller.lua import Script
+
+_DEAD_LETTER = Script("dead_letter.lua")
 
 Fields = dict[str, str]
 Entry = tuple[Any, dict[Any, Any] | None]  # (entry id, fields); fields None once deleted
@@ -66,6 +79,19 @@ def parse_entry(entry_id: Any, raw: dict[Any, Any]) -> Message:
         fields=fields,
         error=error,
     )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message handed to this consumer; ``deliveries`` counts this one."""
+
+    message: Message
+    deliveries: int
+    consumer: StreamConsumer
+
+    async def ack(self) -> bool:
+        """Acknowledge it: done, never delivered again."""
+        return await self.consumer.ack([self.message.entry_id]) == 1
 
 
 class StreamConsumer:
@@ -134,5 +160,53 @@ class StreamConsumer:
                 break
         return claimed
 
+    @property
+    def dead_key(self) -> str:
+        """The stream's dead-letter stream (the same Cluster slot)."""
+        return self.stream_key + ":dead"
 
-__all__ = ["Message", "StreamConsumer", "parse_entry"]
+    async def dead_letter(self, entry_id: str, reason: str) -> bool:
+        """Move a pending entry to the dead-letter stream and acknowledge it, atomically."""
+        moved = await _DEAD_LETTER(
+            self.redis, (self.stream_key, self.dead_key), (self.group, entry_id, reason)
+        )
+        return bool(moved)
+
+    async def deliveries(
+        self,
+        *,
+        count: int = 100,
+        block_ms: int = 2000,
+        claim_idle_ms: int = 60_000,
+        max_deliveries: int = 5,
+    ) -> AsyncIterator[Delivery]:
+        """Messages for this consumer until cancelled: entries taken over from consumers that
+        left them unacknowledged for ``claim_idle_ms``, then new ones. An entry delivered more
+        than ``max_deliveries`` times goes to the dead-letter stream instead."""
+        await self.ensure_group()
+        next_claim = 0.0
+        while True:
+            if time.monotonic() >= next_claim:
+                next_claim = time.monotonic() + claim_idle_ms / 2000
+                for message in await self.claim_stale(claim_idle_ms, count):
+                    times = await self._times_delivered(message.entry_id)
+                    if times > max_deliveries:
+                        reason = (
+                            f"delivered {times} times to group {self.group} without an"
+                            f" acknowledgement (entry {message.entry_id})"
+                        )
+                        await self.dead_letter(message.entry_id, reason)
+                        continue
+                    yield Delivery(message, times, self)
+            block = max(1, min(block_ms, int((next_claim - time.monotonic()) * 1000)))
+            for message in await self.read(count, block):
+                yield Delivery(message, 1, self)
+
+    async def _times_delivered(self, entry_id: str) -> int:
+        rows = await self.redis.xpending_range(
+            self.stream_key, self.group, min=entry_id, max=entry_id, count=1
+        )
+        return int(rows[0]["times_delivered"]) if rows else 0
+
+
+__all__ = ["Delivery", "Message", "StreamConsumer", "parse_entry"]

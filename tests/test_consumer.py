@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sys
+from pathlib import Path
 
 from redis.asyncio import Redis
 
@@ -82,3 +85,88 @@ def test_malformed_entry_is_flagged_not_raised() -> None:
     assert message.payload == {}
     assert message.entry_id == "1-1"
     assert parse_entry("1-2", {"payload": "[1]"}).error == "payload is not a JSON object"
+
+
+async def test_a_consumer_that_dies_before_acking_has_its_message_delivered_to_another(
+    redis_url: str, key_template: str, redis_client: Redis
+) -> None:
+    # Tried: worker-1 takes three messages and dies (its task cancelled) after acking one;
+    # worker-2 gets the other two once they have been idle past the claim time.
+    key = await fill(redis_url, key_template, 3)
+    first = StreamConsumer(redis_client, key, "g", "worker-1")
+    got: list[str] = []
+
+    async def dies() -> None:
+        async for delivery in first.deliveries(claim_idle_ms=200, block_ms=50):
+            got.append(delivery.message.message_id)
+            if len(got) == 1:
+                await delivery.ack()
+
+    task = asyncio.create_task(dies())
+    while len(got) < 3:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    second = StreamConsumer(redis_client, key, "g", "worker-2")
+    rescued: list[tuple[str, int]] = []
+    async with asyncio.timeout(5):
+        async for delivery in second.deliveries(claim_idle_ms=200, block_ms=50):
+            rescued.append((delivery.message.message_id, delivery.deliveries))
+            await delivery.ack()
+            if len(rescued) == 2:
+                break
+    assert rescued == [("m2", 2), ("m3", 2)]
+    assert (await redis_client.xpending(key, "g"))["pending"] == 0
+
+
+async def test_a_poison_message_goes_to_the_dead_letter_stream_after_n_deliveries(
+    redis_url: str, key_template: str, redis_client: Redis
+) -> None:
+    # Tried: a consumer that fails on m2 every time (never acks it), max 3 deliveries.
+    key = await fill(redis_url, key_template, 3)
+    consumer = StreamConsumer(redis_client, key, "g", "w")
+    handled: list[str] = []
+    seen_m2 = 0
+
+    async def work() -> None:
+        nonlocal seen_m2
+        async for delivery in consumer.deliveries(claim_idle_ms=100, block_ms=20, max_deliveries=3):
+            if delivery.message.message_id == "m2":
+                seen_m2 += 1
+                continue  # fails: no ack
+            handled.append(delivery.message.message_id)
+            await delivery.ack()
+
+    task = asyncio.create_task(work())
+    try:
+        async with asyncio.timeout(10):
+            while not await redis_client.xlen(key + ":dead"):
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert handled == ["m1", "m3"]
+    assert seen_m2 == 3
+    (dead,) = await redis_client.xrange(key + ":dead")
+    fields = {k.decode(): v.decode() for k, v in dead[1].items()}
+    assert json.loads(fields["raw"])["messageId"] == "m2"
+    assert "delivered 4 times to group g" in fields["reason"]
+    assert fields["schema"] == "infobip.push.mo.dead.v1"
+    assert (await redis_client.xpending(key, "g"))["pending"] == 0
+
+
+async def test_the_example_consumer_reads_and_acks_what_the_poller_wrote(
+    redis_url: str, key_template: str, redis_client: Redis
+) -> None:
+    key = await fill(redis_url, key_template, 3)
+    example = Path(__file__).parent / "examples" / "consumer.py"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(example), redis_url, key, "example", "e1", "--count", "3",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    assert out.decode().splitlines() == [f"m{n} app1: 'hi {n}'" for n in (1, 2, 3)]
+    assert (await redis_client.xpending(key, "example"))["pending"] == 0

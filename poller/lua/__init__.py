@@ -1,1 +1,30 @@
-"""Lua scripts run by the Redis sink (loaded with importlib.resources)."""
+"""Lua scripts run on the Redis server (the sink's writes, the consumer helper's dead letters),
+loaded with importlib.resources and called by their SHA."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
+
+
+class Script:
+    """EVALSHA with a reload on NOSCRIPT (after SCRIPT FLUSH, a restart or a failover)."""
+
+    def __init__(self, name: str):
+        self.source = importlib.resources.files(__name__).joinpath(name).read_bytes()
+        self.sha = hashlib.sha1(self.source).hexdigest()  # noqa: S324 - Redis names scripts so
+
+    async def __call__(
+        self, client: Redis | RedisCluster, keys: Sequence[str], args: Sequence[str | bytes]
+    ) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)

@@ -17,8 +17,6 @@ written again. A restore can duplicate; it never loses.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.resources
 import inspect
 from collections import defaultdict
 from collections.abc import Sequence
@@ -45,6 +43,7 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
+from poller.lua import Script
 from poller.sink import (
     DEAD_SCHEMA,
     MO_SCHEMA,
@@ -104,25 +103,8 @@ _SERVER_WIDE_CODES = ("BUSY", "MISCONF", "NOREPLICAS", "MASTERDOWN", "CLUSTERDOW
 _PING_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, SinkError)
 
 
-class _Script:
-    """EVALSHA with a reload on NOSCRIPT (after SCRIPT FLUSH, a restart or a failover)."""
-
-    def __init__(self, name: str):
-        self.source = importlib.resources.files("poller.lua").joinpath(name).read_bytes()
-        self.sha = hashlib.sha1(self.source).hexdigest()  # noqa: S324 - Redis names scripts so
-
-    async def __call__(
-        self, client: Redis | RedisCluster, keys: Sequence[str], args: Sequence[Value]
-    ) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-
-
-_WRITE = _Script("write_batch.lua")
-_TRIM_ACKED = _Script("trim_acked.lua")
+_WRITE = Script("write_batch.lua")
+_TRIM_ACKED = Script("trim_acked.lua")
 
 
 def stream_key(template: str, app: str) -> str:
