@@ -209,4 +209,35 @@ class StreamConsumer:
         return int(rows[0]["times_delivered"]) if rows else 0
 
 
-__all__ = ["Delivery", "Message", "StreamConsumer", "parse_entry"]
+async def read_streams(
+    redis: Redis | RedisCluster,
+    positions: dict[str, str],
+    *,
+    count: int = 100,
+    block_ms: int | None = None,
+) -> list[tuple[str, Message]]:
+    """Entries after each stream's position (XREAD, no group), oldest first per stream;
+    ``positions`` moves past what was read. ``$`` means "only what comes from now on"."""
+    reply: Any = await redis.xread(positions, count=count, block=block_ms)  # type: ignore[arg-type]
+    streams = reply.items() if isinstance(reply, dict) else (reply or [])
+    found: list[tuple[str, Message]] = []
+    for key, batch in streams:
+        name = _text(key)
+        for entry_id, raw in batch:
+            positions[name] = _text(entry_id)
+            if raw is not None:
+                found.append((name, parse_entry(entry_id, raw)))
+    return found
+
+
+async def last_ids(redis: Redis | RedisCluster, keys: list[str]) -> dict[str, str]:
+    """Each stream's last entry id now (``0-0`` when empty): XREAD from "now" without ``$``,
+    which some servers read once per call instead of keeping."""
+    positions: dict[str, str] = {}
+    for key in keys:
+        last: Any = await redis.xrevrange(key, count=1)
+        positions[key] = _text(last[0][0]) if last else "0-0"
+    return positions
+
+
+__all__ = ["Delivery", "Message", "StreamConsumer", "last_ids", "parse_entry", "read_streams"]

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = cverbs.add_parser("show", help="print the effective settings (secrets masked)")
     show.add_argument("--json", action="store_true", help="print JSON")
 
+    from poller.cli import tail
+
+    tail.add_arguments(sub)
     simulate = sub.add_parser("simulate", help="serve the Infobip simulator on loopback")
     import poller.simulator.cli as simulator_cli
 
@@ -144,6 +147,10 @@ def _run_command(args: argparse.Namespace, settings: Settings) -> int:
         from poller.status import run_status
 
         return asyncio.run(run_status(settings, as_json=args.json))
+    if command == "tail":
+        from poller.cli import tail
+
+        return asyncio.run(tail.run(args, settings))
     raise AssertionError(f"unknown command {command}")
 
 

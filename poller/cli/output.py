@@ -7,11 +7,21 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
+# C0 and C1 control characters (and DEL): what a terminal would act on instead of showing.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: a mobile user's message (or an application
+    code) must not move the operator's cursor, clear the screen or retitle the terminal."""
+    return text.translate(_CONTROLS)
+
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO | None = None) -> None:
-    """Print rows under headers, columns aligned; `(none)` when there are no rows."""
+    """Print rows under headers, columns aligned; `(none)` when there are no rows. Control
+    characters in cells are escaped."""
     out = out or sys.stdout
-    text_rows = [["" if cell is None else str(cell) for cell in row] for row in rows]
+    text_rows = [["" if cell is None else printable(str(cell)) for cell in row] for row in rows]
     if not text_rows:
         out.write("(none)\n")
         return

@@ -67,6 +67,7 @@ Mode = Literal["standalone", "sentinel", "cluster"]
 Durability = Literal["none", "wait", "waitaof"]
 Trim = Literal["none", "acked", "maxlen"]
 Value = str | bytes
+StreamRead = tuple[Redis | RedisCluster, list[str]]  # a client, stream keys
 # (spool seq, application, values in field order, skip if its message id was seen lately)
 Row = tuple[int, str, Sequence[Value], bool]
 Batches = dict[str, dict[str, list[Row]]]  # stream key -> high-water mark key -> rows
@@ -655,6 +656,19 @@ class RedisSink:
             return [await self._one_stream_info(key) for key in names]
         except REDIS_ERRORS as exc:
             raise self._error("stream info", exc) from exc
+
+    async def reader(self, apps: Sequence[str] = (), *, dead: bool = False) -> StreamRead:
+        """A client and the stream keys of these applications (every stream of the template
+        when none is named), dead-letter streams with ``dead``: for ``poller tail``."""
+        try:
+            await self._ensure_ready()
+            if apps:
+                keys = [self.dead_key(a) if dead else self.stream_key(a) for a in apps]
+            else:
+                keys = [k for k in await self._scan_streams() if k.endswith(":dead") == dead]
+        except REDIS_ERRORS as exc:
+            raise self._error("scan", exc) from exc
+        return self._writer(), keys
 
     async def _scan_streams(self) -> list[str]:
         pattern = self.key_template.replace(APP_PLACEHOLDER, "*")
