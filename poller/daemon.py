@@ -19,6 +19,7 @@ from poller.health import HealthServer, Readiness
 from poller.infobip import AuthError, InfobipError
 from poller.runtime import Runtime
 from poller.settings import Settings, SettingsError
+from poller.sink import SinkError
 from poller.sources.pull import DrainResult
 from poller.stop import Stop
 
@@ -122,8 +123,8 @@ class Daemon:
                 return 1
             if not self.stop.requested:
                 retry = asyncio.create_task(self._retry_bootstrap(rt), name="bootstrap-retry")
-                if s.pulls:
-                    scheduler = self._scheduler(rt)
+                scheduler = self._scheduler(rt)
+                if scheduler is not None:
                     scheduler.start()
                 self._ready = True
                 systemd.ready("polling" if s.pulls else "receiving")
@@ -190,26 +191,50 @@ class Daemon:
             except AuthError as exc:
                 log.error("infobip refused the credentials", error=str(exc))
 
-    def _scheduler(self, rt: Runtime) -> AsyncIOScheduler:
+    def _scheduler(self, rt: Runtime) -> AsyncIOScheduler | None:
+        """The drains (pulled applications) and the retention trim (when set), or None."""
         s = self.settings.schedule
-        trigger: Any
-        if s.cron:
-            trigger = CronTrigger.from_crontab(s.cron, timezone=UTC)
-        else:
-            trigger = IntervalTrigger(seconds=s.interval, jitter=s.jitter or None)
+        r = self.settings.redis
         scheduler = AsyncIOScheduler(timezone=UTC)
-        scheduler.add_job(
-            self._tick,
-            trigger,
-            args=(rt,),
-            id="poll",
-            name="pull drain",
-            next_run_time=datetime.now(UTC),
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-        )
-        return scheduler
+        if self.settings.pulls:
+            trigger: Any
+            if s.cron:
+                trigger = CronTrigger.from_crontab(s.cron, timezone=UTC)
+            else:
+                trigger = IntervalTrigger(seconds=s.interval, jitter=s.jitter or None)
+            scheduler.add_job(
+                self._tick,
+                trigger,
+                args=(rt,),
+                id="poll",
+                name="pull drain",
+                next_run_time=datetime.now(UTC),
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+        if r.retention_seconds or r.retention_entries:
+            scheduler.add_job(
+                self._trim,
+                IntervalTrigger(seconds=r.retention_interval),
+                args=(rt,),
+                id="retention",
+                name="retention trim",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+        return scheduler if scheduler.get_jobs() else None
+
+    async def _trim(self, rt: Runtime) -> None:
+        r = self.settings.redis
+        try:
+            removed = await rt.sink.trim_retention(r.retention_seconds, r.retention_entries)
+        except SinkError as exc:
+            log.warning("retention trim failed; the next one tries again", error=str(exc))
+            return
+        if removed:
+            log.info("streams trimmed to their retention", removed=removed)
 
     async def _tick(self, rt: Runtime) -> None:
         if self.stop.requested:

@@ -179,6 +179,21 @@ class RedisSettings(_Section):
         description="none; acked (only what every group acknowledged); maxlen (plain MAXLEN ~).",
     )
     maxlen: int = Field(0, ge=0, description="Entries kept per stream with trim=maxlen.")
+    retention_seconds: int = Field(
+        0,
+        ge=0,
+        description="Scheduled trim: entries older than this go (0: no age limit); never one a"
+        " consumer group has not read and acknowledged.",
+    )
+    retention_entries: int = Field(
+        0,
+        ge=0,
+        description="Scheduled trim: entries kept per stream (0: no length limit); never"
+        " removes one a consumer group has not read and acknowledged.",
+    )
+    retention_interval: float = Field(
+        60.0, gt=0, description="Seconds between scheduled trims (with a retention set)."
+    )
 
     @field_validator("sentinels", mode="before")
     @classmethod

@@ -719,3 +719,36 @@ async def test_a_pull_throttled_to_the_end_is_counted_as_throttled(
     assert result.pull_error is not None
     assert sample("poller_infobip_throttled_total") - throttled == 3
     assert sample("poller_pulls_total", outcome="throttled") - outcome == 1
+
+
+async def test_the_daemon_trims_streams_to_their_retention_on_its_schedule(
+    configured_simulator: Simulator,
+    redis_url: str,
+    redis_client: Redis,
+    key_template: str,
+    tmp_path: Path,
+) -> None:
+    # Tried: `poller run` with POLLER_REDIS__RETENTION_ENTRIES=50, a trim every 0.2 s, 300
+    # messages and no consumer group: the stream ends at 50 entries, the newest.
+    from poller.daemon import Daemon
+
+    configured_simulator.inject("app-alpha", 300)
+    settings = make_settings(
+        configured_simulator,
+        redis_url,
+        tmp_path,
+        key_template,
+        redis={"retention_entries": 50, "retention_interval": 0.2},
+    )
+    daemon = Daemon(settings)
+    task = asyncio.create_task(daemon.run())
+    key = settings.stream_key("app-alpha")
+    try:
+        async with asyncio.timeout(20):
+            while configured_simulator.inbox_depth or await redis_client.xlen(key) != 50:
+                await asyncio.sleep(0.05)
+    finally:
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
+    ids = [e["id"] for e in await stream_entries(redis_client, key)]
+    assert ids == configured_simulator.ledger.ids()[-50:]

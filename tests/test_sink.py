@@ -743,3 +743,40 @@ async def test_a_late_connect_then_writes(own_redis: EmbeddedRedis, key_template
     finally:
         await sink.close()
         await sink.close()
+
+
+async def test_retention_trim_never_removes_what_a_group_still_needs(
+    make_sink: SinkFactory, redis_client: Redis
+) -> None:
+    # Tried: 10 entries; a group read 6 and acknowledged 4; keep 2. And a stream with no group.
+    sink = make_sink()
+    await sink.connect()
+    await sink.write([entry(seq) for seq in range(1, 11)])
+    key = sink.stream_key("app1")
+    await redis_client.xgroup_create(key, "g", id="0")
+    read = await redis_client.xreadgroup("g", "c", {key: ">"}, count=6)
+    ids = [entry_id for entry_id, _ in read[0][1]]
+    await redis_client.xack(key, "g", *ids[:4])
+    await sink.write([entry(seq, "app2") for seq in range(1, 11)])  # no group on this one
+    removed = await sink.trim_retention(0, 2)
+    assert removed == 4 + 8
+    kept = [row["id"].decode() for row in await stream(redis_client, key)]
+    assert kept == [f"m{seq}" for seq in range(5, 11)]  # m5, m6 pending; m7.. undelivered
+    other = [row["id"].decode() for row in await stream(redis_client, sink.stream_key("app2"))]
+    assert other == ["m9", "m10"]
+    # Once everything is acknowledged, the length limit applies to this stream too.
+    rest = await redis_client.xreadgroup("g", "c", {key: ">"})
+    await redis_client.xack(key, "g", *ids[4:], *(i for i, _ in rest[0][1]))
+    assert await sink.trim_retention(0, 2) == 4
+    assert await redis_client.xlen(key) == 2
+
+
+async def test_retention_by_age(make_sink: SinkFactory, redis_client: Redis) -> None:
+    sink = make_sink()
+    await sink.connect()
+    await sink.write([entry(seq) for seq in range(1, 4)])
+    await asyncio.sleep(1.1)
+    await sink.write([entry(seq) for seq in range(4, 6)])
+    assert await sink.trim_retention(1, 0) == 3
+    kept = [row["id"].decode() for row in await stream(redis_client, sink.stream_key("app1"))]
+    assert kept == ["m4", "m5"]

@@ -114,6 +114,11 @@ class Sink(Protocol):
         """Length and consumer groups of these applications' streams, or of every one."""
         ...
 
+    async def trim_retention(self, seconds: int, entries: int) -> int:
+        """Keep every stream within the retention, never removing an entry a consumer group
+        still needs; the number of entries removed."""
+        ...
+
     def describe(self) -> str:
         """Where the sink writes, for logs (no secret in it)."""
         ...

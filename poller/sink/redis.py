@@ -106,6 +106,9 @@ _PING_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, SinkError)
 
 _WRITE = Script("write_batch.lua")
 _TRIM_ACKED = Script("trim_acked.lua")
+_RETENTION = Script("trim_retention.lua")
+# Entries one retention call removes at most for the length limit (the next call goes on).
+RETENTION_STEP = 10_000
 
 
 def stream_key(template: str, app: str) -> str:
@@ -640,6 +643,25 @@ class RedisSink:
             )
 
     # -- status -------------------------------------------------------------------------
+
+    async def trim_retention(self, seconds: int, entries: int) -> int:
+        """Trim every stream of the template (dead-letter ones too) to the retention, never
+        past an entry a consumer group still needs; the number of entries removed."""
+        removed = 0
+        try:
+            await self._ensure_ready()
+            client = self._writer()
+            args = (str(seconds * 1000), str(entries), str(RETENTION_STEP))
+            for key in await self._scan_streams():
+                try:
+                    removed += int(await _RETENTION(client, (key,), args))
+                except ResponseError as exc:
+                    if _server_wide(exc):
+                        raise
+                    log.warning("stream not trimmed", stream=key, error=self._scrub(str(exc)))
+        except REDIS_ERRORS as exc:
+            raise self._error("trim", exc) from exc
+        return removed
 
     def describe(self) -> str:
         """The Redis URL with its password masked, and the mode."""
