@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -9,6 +10,7 @@ from contextvars import ContextVar
 from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from pydantic import (
@@ -97,6 +99,11 @@ class InfobipSettings(_Section):
         False,
         description="Bootstrap deletes an existing HTTP_FORWARD action (else only warns).",
     )
+    allow_insecure_http: bool = Field(
+        False,
+        description="Accept an http:// base or token URL for a host other than loopback"
+        " (credentials would cross the network in clear).",
+    )
     pull_limit: int = Field(1000, ge=1, le=1000, description="Messages per pull (1..1000).")
     pulls_in_flight: int = Field(
         4,
@@ -136,6 +143,17 @@ class InfobipSettings(_Section):
             )
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _check_transport(self) -> InfobipSettings:
+        for name in ("base_url", "token_url"):
+            url = getattr(self, name)
+            if url is None:
+                continue
+            problem = _url_problem(url, allow_http=self.allow_insecure_http)
+            if problem:
+                raise ValueError(f"{name} ({env_name(('infobip', name))}): {problem}")
+        return self
+
     def credential_problems(self) -> list[str]:
         """What the chosen auth scheme lacks, one line per missing setting."""
         needed = CREDENTIAL_SETTINGS[self.auth]
@@ -144,6 +162,32 @@ class InfobipSettings(_Section):
             for name in needed
             if getattr(self, name) is None
         ]
+
+
+def _url_problem(url: str, *, allow_http: bool) -> str | None:
+    """Why an Infobip URL must not be used: credentials in it, or plain HTTP off this host."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return "not a URL"
+    if parts.username is not None or parts.password is not None:
+        return "credentials in the URL: set them with the auth settings instead"
+    if parts.scheme == "http" and not allow_http and not _loopback(host):
+        return (
+            "http:// to a host other than this one would send the credentials in clear; use"
+            f" https://, or set {env_name(('infobip', 'allow_insecure_http'))}=true"
+        )
+    return None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class RedisSettings(_Section):

@@ -306,3 +306,22 @@ def test_durability_timeout_must_be_shorter_than_the_socket_timeout(
     monkeypatch.setenv("POLLER_REDIS__DURABILITY_TIMEOUT_MS", "9000")
     with pytest.raises(SettingsError, match="POLLER_REDIS__DURABILITY_TIMEOUT_MS"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://api.infobip.example", "in clear"),
+        ("https://user:secret@xxxxx.api.infobip.com", "credentials in the URL"),
+    ],
+)
+def test_urls_that_would_expose_credentials_are_refused(url: str, says: str) -> None:
+    # Tried: plain HTTP to another host (the API key would cross the network in clear) and a
+    # password in the URL (it would reach logs and `config show`).
+    with pytest.raises(SettingsError) as info:
+        load_settings(infobip={"base_url": url})
+    assert says in str(info.value)
+    assert "secret" not in str(info.value)
+    allowed = load_settings(infobip={"base_url": "http://10.0.0.5", "allow_insecure_http": True})
+    assert allowed.infobip.base_url == "http://10.0.0.5"
+    assert load_settings(infobip={"base_url": "http://[::1]:8089"}).infobip.base_url
