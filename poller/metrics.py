@@ -124,6 +124,10 @@ LAST_SUCCESSFUL_POLL = _gauge(
 BACKPRESSURE_ACTIVE = _gauge(
     "poller_backpressure_active", "1 while pulling is paused because the spool is at its cap."
 )
+PULL_LIMIT = _gauge(
+    "poller_pull_limit",
+    "Messages asked for per pull: POLLER_INFOBIP__PULL_LIMIT, or less once Infobip refused it.",
+)
 FORWARD_REQUESTS = _counter(
     "poller_forward_requests",
     "Requests to the HTTP forward receiver by status code.",

@@ -752,3 +752,31 @@ async def test_the_daemon_trims_streams_to_their_retention_on_its_schedule(
         assert await asyncio.wait_for(task, 20) == 0
     ids = [e["id"] for e in await stream_entries(redis_client, key)]
     assert ids == configured_simulator.ledger.ids()[-50:]
+
+
+async def test_a_pull_limit_infobip_refuses_is_stepped_down_and_remembered(
+    configured_simulator: Simulator,
+    redis_url: str,
+    redis_client: Redis,
+    key_template: str,
+    tmp_path: Path,
+) -> None:
+    # Tried: an Infobip that answers 400 to any limit above 100; 1,200 messages waiting.
+    from poller import metrics
+
+    configured_simulator.api.max_limit = 100
+    configured_simulator.inject("app-alpha", 1200)
+    settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
+    rt = await Runtime.open(settings)
+    try:
+        result, _ = await drain_and_flush(rt)
+        assert rt.source.pull_limit == 100
+        assert metrics.REGISTRY.get_sample_value("poller_pull_limit") == 100
+        again, _ = await drain_and_flush(rt)  # remembered: no 400 any more
+    finally:
+        await rt.close()
+    assert result.pull_error is None and again.pull_error is None
+    assert configured_simulator.inbox_depth == 0
+    counts = await ids_in_streams(redis_client, key_template)
+    assert len(counts) == 1200
+    assert set(counts.values()) == {1}

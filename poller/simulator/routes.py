@@ -52,6 +52,8 @@ class InfobipApi:
         self.account = account
         self.ledger = ledger
         self.auth = auth
+        # The largest pull limit answered (the push spec states none: 1000 is the SMS twin's).
+        self.max_limit = MAX_LIMIT
         self._routes: list[tuple[re.Pattern[str], dict[str, Operation]]] = [
             (re.compile(re.escape(INBOX_PATH)), {"GET": self.pull}),
             (re.compile(_CONFIGS), {"GET": self.list_configurations, "POST": self.create_config}),
@@ -82,10 +84,10 @@ class InfobipApi:
         text = request.query.get("limit")
         if text is None:
             limit = DEFAULT_LIMIT
-        elif _INTEGER.fullmatch(text) and 1 <= int(text) <= MAX_LIMIT:
+        elif _INTEGER.fullmatch(text) and 1 <= int(text) <= self.max_limit:
             limit = int(text)
         else:
-            return bad_request(f"limit must be an integer from 1 to {MAX_LIMIT}")
+            return bad_request(f"limit must be an integer from 1 to {self.max_limit}")
         if request.peer_gone():
             # Nobody would read the answer (e.g. the client timed out during a latency fault).
             return bad_request("client went away")

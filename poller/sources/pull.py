@@ -26,6 +26,7 @@ from poller import metrics
 from poller.flusher import Flusher
 from poller.infobip import (
     AuthError,
+    BadRequestError,
     InfobipClient,
     InfobipError,
     MalformedResponseError,
@@ -40,6 +41,9 @@ from poller.stop import Stop
 
 log = structlog.get_logger(__name__)
 
+# Pull limits to step down through when Infobip answers 400 to one (the push API states no
+# maximum; 1000 is the SMS twin's).
+LIMIT_STEPS = (1000, 500, 100, 50)
 # Malformed answers in a row after which a drain stops pulling until the next tick.
 MAX_MALFORMED_IN_A_ROW = 3
 _CUT_BY_A_STOP = "answer cut short by the end of an earlier run"
@@ -73,6 +77,8 @@ class _Unit:
     auth_failed: bool = False
     malformed: bool = False
     sent: bool = True
+    limit: int = 0  # messages asked for
+    limit_refused: bool = False  # a 400 to the limit asked for: nothing was handed out
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,7 @@ class PullSource:
         self.pull_limit = pull_limit
         self.max_pulls = max_pulls
         self.in_flight = in_flight
+        metrics.PULL_LIMIT.set(pull_limit)
         self._units: set[asyncio.Task[_Unit]] = set()
         self._last_turn: asyncio.Future[None] | None = None
         self._forget: list[str] = []  # journal files deleted since the last append
@@ -169,6 +176,8 @@ class PullSource:
                     result.pulls -= 1
                     halt = True
                     continue
+                if unit.limit_refused and self._step_down(unit.limit, unit.error):
+                    continue  # the next pulls ask for less; nothing was handed out
                 if unit.error is not None:
                     halt = True
                     if unit.malformed:
@@ -197,6 +206,24 @@ class PullSource:
             seconds=round(result.seconds, 3),
         )
         return result
+
+    def _step_down(self, refused: int, error: str | None) -> bool:
+        """After a 400 to a pull of ``refused`` messages: ask for less from now on; False
+        when already at the smallest."""
+        if refused > self.pull_limit:
+            return True  # a pull sent before the last step down: that step covers it
+        smaller = [step for step in LIMIT_STEPS if step < refused]
+        if not smaller:
+            return False
+        log.warning(
+            "infobip refused the pull limit; asking for fewer messages per pull from now on",
+            refused=self.pull_limit,
+            limit=smaller[0],
+            error=error,
+        )
+        self.pull_limit = smaller[0]
+        metrics.PULL_LIMIT.set(self.pull_limit)
+        return True
 
     def _want(self, result: DrainResult, pending: int | None, running: int) -> bool:
         """Whether to send one more pull now."""
@@ -243,10 +270,10 @@ class PullSource:
         pulled_at = now_rfc3339()
         entry = self.journal.open_entry(pulled_at) if self.journal is not None else None
         started = time.monotonic()
-        unit = _Unit()
+        unit = _Unit(limit=self.pull_limit)
         try:
             response = await self.client.pull(
-                self.pull_limit, on_chunk=entry.write if entry is not None else None
+                unit.limit, on_chunk=entry.write if entry is not None else None
             )
         except MalformedResponseError as exc:
             # The body may hold messages that Infobip will never hand out again: keep them.
@@ -271,6 +298,7 @@ class PullSource:
                 return unit
             unit.error = str(exc)
             unit.auth_failed = isinstance(exc, AuthError)
+            unit.limit_refused = isinstance(exc, BadRequestError)
             outcome = "throttled" if isinstance(exc, ThrottledError) else "error"
             metrics.PULLS.labels(outcome=outcome).inc()
             log.warning("pull failed; will try again at the next tick", error=str(exc))
