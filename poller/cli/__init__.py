@@ -8,6 +8,7 @@ import base64
 import sys
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 from poller import __version__
 from poller.cli import admin
@@ -163,9 +164,13 @@ def _register_secrets(settings: Settings) -> None:
         settings.infobip.ibsso_token,
         settings.infobip.client_secret,
         settings.redis.password,
+        settings.forward.token,
+        settings.forward.basic_password,
     ):
         if secret is not None:
-            logs.register_secret(secret.get_secret_value())
+            value = secret.get_secret_value()
+            logs.register_secret(value)
+            logs.register_secret(quote(value, safe=""))  # as it travels in a URL or a form
     if settings.infobip.username and settings.infobip.password:
         # The form Basic auth puts on the wire, should a header ever reach a log line.
         pair = f"{settings.infobip.username}:{settings.infobip.password.get_secret_value()}"

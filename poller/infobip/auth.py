@@ -11,6 +11,7 @@ import httpx
 import structlog
 
 from poller.infobip.errors import AuthError, InfobipError, TransportError, api_error
+from poller.logs import register_secret
 
 log = structlog.get_logger(__name__)
 
@@ -132,6 +133,8 @@ class OAuth2ClientCredentials(httpx.Auth):
             expires_in = float(data.get("expires_in", 3600))
         except (ValueError, KeyError, TypeError):
             raise InfobipError("OAuth2 token response has no access_token") from None
+        # The live token is a secret like the client secret: masked in any log line.
+        register_secret(token)
         self._token = token
         # A token shorter-lived than twice the margin is renewed at half its life instead of
         # on every call.
