@@ -38,6 +38,15 @@ def redact_text(text: str) -> str:
     return text
 
 
+def redact_bytes(data: bytes) -> bytes:
+    """Mask registered secrets in raw bytes (an answer that echoes our request, say)."""
+    for secret in _known_secrets:
+        encoded = secret.encode()
+        if encoded in data:
+            data = data.replace(encoded, REDACTED.encode())
+    return data
+
+
 def _redact_value(key: str, value: Any) -> Any:
     if _SECRET_KEY.search(key) and value not in (None, "", False):
         return REDACTED

@@ -22,6 +22,7 @@ from tests.support import (
     ids_in_streams,
     make_settings,
     poller_command,
+    run_poller,
     settings_env,
     stream_entries,
 )
@@ -154,3 +155,39 @@ def test_numbers_python_cannot_hold_and_a_bad_byte_spoil_only_their_own_item() -
     ]
     (bad,) = rows.quarantined
     assert (bad.raw, bad.reason) == (items[2], "result item is not valid UTF-8 (byte 44)")
+
+
+async def test_an_answer_echoing_our_request_keeps_no_secret_in_quarantine(
+    redis_url: str, redis_client: Redis, key_template: str, tmp_path: Path
+) -> None:
+    # Tried: POLLER_INFOBIP__BASE_URL pointing at a server that answers 200 with the request
+    # echoed back, Authorization header included (a wrong URL, a debugging proxy).
+    from poller.httpserver import HttpServer, Request, Response
+    from poller.settings import Settings
+
+    key = "distinctive-api-key-7f3a9c"
+
+    async def echo(request: Request) -> Response:
+        text = "".join(f"{k}: {v}\n" for k, v in request.headers.items())
+        return Response(200, f"ECHO {request.method} {request.path}\n{text}".encode())
+
+    server = HttpServer(echo)
+    await server.start()
+    try:
+        settings = Settings(
+            infobip={"base_url": f"http://127.0.0.1:{server.port}", "api_key": key},
+            redis={"url": redis_url, "stream_key_template": key_template},
+            spool={"path": tmp_path / "spool.db"},
+            health={"enabled": False},
+        )
+        done = await asyncio.to_thread(run_poller, settings, "once", "--no-bootstrap")
+    finally:
+        await server.stop()
+    assert key not in done.stdout + done.stderr
+    dead = await stream_entries(redis_client, key_template.replace("${app}", "unknown") + ":dead")
+    assert dead
+    assert "ECHO GET /push/1/inbox/reports" in dead[0]["raw"]
+    assert key not in dead[0]["raw"]
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path

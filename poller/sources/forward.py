@@ -40,7 +40,7 @@ from poller.flusher import Flusher
 from poller.infobip.body import scan_pull
 from poller.infobip.client import PARSE_IN_THREAD
 from poller.settings import ForwardSettings
-from poller.sources.items import now_rfc3339, rows_from_items
+from poller.sources.items import now_rfc3339, quarantine, rows_from_items
 from poller.spool import NewMessage, NewQuarantine, Spool, SpoolError
 from poller.stop import Stop
 from poller.web import GuardedServer
@@ -231,11 +231,9 @@ class ForwardReceiver:
             items, problem = parse_forward(body)
         if problem is not None:
             # Nothing silently dropped: the bytes are kept, as for a pulled body.
-            quarantine = NewQuarantine(
-                raw=body, reason=f"forwarded body: {problem}", app=None, pulled_at=received_at
-            )
+            kept = quarantine(body, f"forwarded body: {problem}", None, received_at)
             try:
-                await self.commit.append([], [quarantine])
+                await self.commit.append([], [kept])
             except SpoolError as exc:
                 log.error("forwarded body not kept: spool refused it", error=str(exc))
                 return _reply(503, "spool unavailable", {"Retry-After": RETRY_AFTER})

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from poller.infobip.body import Unreadable
+from poller.logs import redact_bytes
 from poller.spool import NewMessage, NewQuarantine
 
 # One encoder for every item: json.dumps would rebuild it per call.
@@ -28,6 +29,12 @@ def encode_item(item: Any) -> str:
     except UnicodeEncodeError:
         return _ENCODE_ASCII(item)
     return text
+
+
+def quarantine(raw: bytes, reason: str, app: str | None, at: str) -> NewQuarantine:
+    """A quarantine row: the bytes as received, but never a secret of ours (a wrong base URL
+    pointing at a server that echoes the request back would put the API key there)."""
+    return NewQuarantine(raw=redact_bytes(raw), reason=reason, app=app, pulled_at=at)
 
 
 def now_rfc3339() -> str:
@@ -60,12 +67,7 @@ def rows_from_items(
         else:
             app = item.get("applicationCode") if isinstance(item, dict) else None
             quarantined.append(
-                NewQuarantine(
-                    raw=data,
-                    reason=problem,
-                    app=app if _is_text(app) and app else None,
-                    pulled_at=pulled_at,
-                )
+                quarantine(data, problem, app if _is_text(app) and app else None, pulled_at)
             )
     return messages, quarantined
 

@@ -35,7 +35,7 @@ from poller.infobip import (
 from poller.infobip.body import scan_pull
 from poller.infobip.client import PARSE_IN_THREAD
 from poller.journal import Journal, JournalEntry
-from poller.sources.items import now_rfc3339, rows_from_items
+from poller.sources.items import now_rfc3339, quarantine, rows_from_items
 from poller.spool import NewMessage, NewQuarantine, Spool, SpoolError
 from poller.stop import Stop
 
@@ -104,7 +104,7 @@ def rows_from_body(body: bytes, pulled_at: str, reason: str | None = None) -> Ro
             why = reason or problem
             if not whole:
                 why = f"{why}; {len(scan.items)} whole items before it were kept"
-            quarantined.append(NewQuarantine(raw=raw, reason=why, app=None, pulled_at=pulled_at))
+            quarantined.append(quarantine(raw, why, None, pulled_at))
     return Rows(messages, quarantined)
 
 
