@@ -775,7 +775,8 @@ async def test_a_pull_limit_infobip_refuses_is_stepped_down_and_remembered(
         again, _ = await drain_and_flush(rt)  # remembered: no 400 any more
     finally:
         await rt.close()
-    assert result.pull_error is None and again.pull_error is None
+    assert result.pull_error is None
+    assert again.pull_error is None
     assert configured_simulator.inbox_depth == 0
     counts = await ids_in_streams(redis_client, key_template)
     assert len(counts) == 1200
