@@ -25,6 +25,7 @@ from poller.infobip import (
     InfobipError,
     NotFoundError,
 )
+from poller.logs import redact_text
 from poller.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -152,11 +153,18 @@ async def bootstrap(
 
 
 def _mask(report: AppReport, secrets: Sequence[str]) -> None:
-    for secret in secrets:
-        if secret:
-            report.warnings = [w.replace(secret, "***") for w in report.warnings]
-            if report.error:
-                report.error = report.error.replace(secret, "***")
+    """No secret in what is printed or logged: ``secrets`` and every registered one (an
+    upstream error body may quote the Authorization header or the client secret)."""
+
+    def clean(text: str) -> str:
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return redact_text(text)
+
+    report.warnings = [clean(w) for w in report.warnings]
+    if report.error:
+        report.error = clean(report.error)
 
 
 async def _ensure(client: InfobipClient, report: AppReport, want: Want, dry_run: bool) -> None:
