@@ -285,7 +285,12 @@ class ScheduleSettings(_Section):
     """When to poll, and how long a stop may take."""
 
     interval: float = Field(5.0, gt=0, description="Seconds between pull drains (scheduler ticks).")
-    jitter: float = Field(1.0, ge=0, description="Random extra delay per tick, seconds.")
+    jitter: float = Field(
+        0.0,
+        ge=0,
+        description="Random extra delay per tick, seconds: spreads the pulls of several"
+        " pollers on one account; each second of it adds to the worst-case latency.",
+    )
     cron: str | None = Field(
         None, description="Cron expression (5 fields); replaces interval when set."
     )

@@ -48,7 +48,7 @@ def test_defaults_need_nothing() -> None:
     assert settings.stream_key("shop") == "infobip:push:{shop}:mo"
     assert settings.schedule.cron is None
     assert settings.spool.path == Path("poller-spool.db")
-    assert settings.max_poll_age() == 3 * (5.0 + 1.0) + 15.0 + 30
+    assert settings.max_poll_age() == 3 * (5.0 + 0.0) + 15.0 + 30
 
 
 def test_environment_with_prefix_and_nested_delimiter(monkeypatch: pytest.MonkeyPatch) -> None:
