@@ -19,7 +19,7 @@ from typing import Literal
 import pytest
 
 from poller.embedded import EmbeddedRedis
-from poller.sink import Sink
+from poller.sink.redis import RedisSink
 from poller.spool import NewMessage, Spool, SpoolEntry
 
 MESSAGES = 100_000
@@ -59,13 +59,13 @@ def spool_rows(count: int) -> list[SpoolEntry]:
 
 
 async def bench_write(appendonly: bool, fsync: Fsync, count: int = MESSAGES) -> float:
-    """Best of ``RUNS`` messages/s through Sink.write, each run one flush of ``count``."""
+    """Best of ``RUNS`` messages/s through RedisSink.write, each run one flush of ``count``."""
     entries = spool_rows(count)
     rates: list[float] = []
     replays: list[float] = []
     with EmbeddedRedis(appendonly=appendonly, appendfsync=fsync) as server:
         for run in range(RUNS):
-            sink = Sink(
+            sink = RedisSink(
                 url=server.url,
                 instance_id="bench",
                 batch_size=BATCH,
