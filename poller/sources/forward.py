@@ -78,10 +78,11 @@ class GroupCommit:
             quarantined = [q for _m, qs, _f in batch for q in qs]
             try:
                 await asyncio.to_thread(self.spool.append, messages, quarantined)
-            except SpoolError as exc:
+            except Exception as exc:  # whatever it is, each waiting request must hear of it
+                error = exc if isinstance(exc, SpoolError) else SpoolError(f"append: {exc!r}")
                 for _m, _q, done in batch:
                     if not done.done():
-                        done.set_exception(exc)
+                        done.set_exception(error)
                 continue
             self.commits += 1
             for _m, _q, done in batch:
