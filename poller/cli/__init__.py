@@ -164,6 +164,7 @@ def _register_secrets(settings: Settings) -> None:
         settings.infobip.ibsso_token,
         settings.infobip.client_secret,
         settings.redis.password,
+        settings.redis.tls_key_password,
         settings.forward.token,
         settings.forward.basic_password,
     ):
