@@ -301,7 +301,9 @@ class Daemon:
 
 async def run_daemon(settings: Settings) -> int:
     """`poller run`."""
-    problems = settings.stop_problems()
+    # Every check before the spool is opened: a refused start leaves no file behind.
+    problems = settings.start_problems(bootstrap=settings.infobip.bootstrap)
+    problems += settings.stop_problems()
     if problems:
         raise SettingsError(problems)
     return await Daemon(settings).run()
@@ -309,6 +311,9 @@ async def run_daemon(settings: Settings) -> int:
 
 async def run_once(settings: Settings, *, bootstrap: bool = True) -> int:
     """`poller once`: drain the inbox into Redis; 0 only when the spool ends empty."""
+    problems = settings.start_problems(bootstrap=bootstrap and settings.infobip.bootstrap)
+    if problems:
+        raise SettingsError(problems)
     stop = Stop(settings.schedule.grace_period)
     rt = await Runtime.open_or_report(settings, stop)
     if rt is None:

@@ -70,9 +70,10 @@ class _Section(BaseModel):
 class InfobipSettings(_Section):
     """The Infobip account: where, how to authenticate, how hard to pull."""
 
-    base_url: str = Field(
-        "https://api.infobip.com",
-        description="Infobip API base URL (your account's https://xxxxx.api.infobip.com).",
+    base_url: str | None = Field(
+        None,
+        description="Your account's Infobip API base URL, https://xxxxx.api.infobip.com"
+        " (required: each account has its own).",
     )
     auth: Literal["app", "basic", "ibsso", "oauth2"] = Field(
         "app", description="Authentication scheme: app (API key), basic, ibsso, oauth2."
@@ -139,7 +140,9 @@ class InfobipSettings(_Section):
 
     @field_validator("base_url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(
                 "expected an http:// or https:// URL, such as https://xxxxx.api.infobip.com"
@@ -165,6 +168,16 @@ class InfobipSettings(_Section):
             for name in needed
             if getattr(self, name) is None
         ]
+
+    def account_problems(self) -> list[str]:
+        """What calling Infobip lacks: the account's base URL, the auth scheme's credentials."""
+        problems = []
+        if self.base_url is None:
+            problems.append(
+                f"infobip.base_url ({env_name(('infobip', 'base_url'))}): not set; your"
+                " account's own base URL, https://xxxxx.api.infobip.com"
+            )
+        return problems + self.credential_problems()
 
 
 def _url_problem(url: str, *, allow_http: bool) -> str | None:
@@ -617,6 +630,22 @@ class Settings(BaseSettings):
         """True when the daemon pulls: pull applications are configured, or no forward ones
         (then it pulls whatever reaches the account's inbox)."""
         return bool(self.infobip.applications) or not self.forward.applications
+
+    def start_problems(self, *, bootstrap: bool) -> list[str]:
+        """What `run` and `once` lack, found before either touches the disk or the network.
+
+        With bootstrap on, an empty application list is refused: bootstrap would route
+        nothing to the inbox, and a forgotten setting would look like a quiet account."""
+        problems = self.infobip.account_problems()
+        if bootstrap and not (self.infobip.applications or self.forward.applications):
+            problems.append(
+                f"infobip.applications ({env_name(('infobip', 'applications'))}): none"
+                " configured; list the application codes to bootstrap and pull (or"
+                f" {env_name(('forward', 'applications'))} for HTTP forward), or set"
+                f" {env_name(('infobip', 'bootstrap'))}=false to pull the account's inbox"
+                " with the actions it already has"
+            )
+        return problems
 
     def stop_problems(self) -> list[str]:
         """Why a graceful stop could not finish a pull in flight; checked by `poller run`.

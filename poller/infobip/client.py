@@ -134,6 +134,10 @@ class InfobipClient:
     ) -> None:
         self.settings = settings
         self._on_throttled = on_throttled  # every 429, retried or not
+        problems = settings.account_problems()
+        if problems:
+            raise SettingsError(problems)
+        assert settings.base_url is not None
         self._auth = build_auth(settings)
         # Evenly spaced, no burst: Infobip counts requests per second, so a burst that a bucket
         # allows can still land 11 calls in one of Infobip's windows.
