@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
+import subprocess  # nosec B404  # runs the Redis/Valkey server binary, for tests and the demo
 import tempfile
 import time
 from collections.abc import Sequence
@@ -140,7 +140,7 @@ class EmbeddedRedis:
     def version(self) -> str:
         """Server name and version, e.g. ``valkey 9.1.2`` or ``redis 7.0.15``."""
         if self._version is None:
-            out = subprocess.run(
+            out = subprocess.run(  # nosec B603  # the server binary, fixed arguments, no shell
                 [str(self.binary), "--version"], capture_output=True, text=True, check=True
             ).stdout
             # "Valkey server v=9.1.2 sha=..." / "Redis server v=7.0.15 sha=..."
@@ -191,7 +191,7 @@ class EmbeddedRedis:
         for attempt in range(attempts):
             if self._requested_port == 0 and (attempt or not self.port):
                 self.port = free_port()
-            self._process = subprocess.Popen(
+            self._process = subprocess.Popen(  # nosec B603  # the server binary, fixed arguments, no shell
                 self._args(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
