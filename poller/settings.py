@@ -544,7 +544,7 @@ class ForwardSettings(_Section):
         """The forwardUrl bootstrap sets: the public URL, with the token when token_in=path."""
         if self.public_url is None:
             return None
-        if self.token_in == "path" and self.token is not None:  # noqa: S105 (a mode)
+        if self.token_in == "path" and self.token is not None:  # noqa: S105 (a mode)  # nosec B105  # a mode, not a secret
             return f"{self.public_url}/{self.token.get_secret_value()}"
         return self.public_url
 
