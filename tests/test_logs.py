@@ -12,15 +12,16 @@ from typing import Any
 import pytest
 import structlog
 
-from poller import logs
-from poller.logs import REDACTED, redact_processor, redact_text, register_secret
+from poller import logs, redact
+from poller.logs import redact_processor
+from poller.redact import REDACTED
 
 
 @pytest.fixture
 def secret() -> str:
     """A registered secret value unique to the test."""
     value = f"s3cr3t-{uuid.uuid4().hex[:12]}"
-    register_secret(value)
+    redact.register(value)
     return value
 
 
@@ -87,15 +88,15 @@ def test_registered_secrets_are_masked_in_free_text_and_exceptions(secret: str) 
     ],
 )
 def test_passwords_in_urls_are_masked(text: str, expected: str) -> None:
-    assert redact_text(text) == expected
+    assert redact.text(text) == expected
     assert process(event="e", url=text)["url"] == expected
 
 
 def test_short_values_are_not_registered() -> None:
     # Masking "a" or "ab" everywhere would wreck every line; such a secret is not one anyway.
-    register_secret("ab")
-    register_secret(None)
-    assert redact_text("about a cab") == "about a cab"
+    redact.register("ab")
+    redact.register(None)
+    assert redact.text("about a cab") == "about a cab"
 
 
 def test_empty_context_is_dropped() -> None:
