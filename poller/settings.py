@@ -296,7 +296,9 @@ def _redis_url_problem(url: str) -> str | None:
         parts.port  # noqa: B018 (raises on a port that is not a number)
     except ValueError:
         return advice
-    if parts.fragment or "#" in url:
+    if "#" in url or "@" in parts.path + parts.query:
+        # An @ past the host: the password went on after a # ? or /, and its tail would be
+        # read as the host, the path or the query.
         return advice
     if parts.scheme == "unix":
         return None if parts.path else advice
