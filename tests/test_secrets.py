@@ -470,6 +470,10 @@ async def run_failures_phase(session: Session, echo: Echo) -> None:
             # `once` with nothing pulled has nothing left behind: it may exit 0.
             assert done.returncode != 0 or args[0] == "once", done.stdout + done.stderr
             assert "Traceback" not in done.stderr
+    # ssl_password on a plain redis:// URL, which the client library refuses.
+    plain = session.redis_url(quote(REDIS_PASSWORD, safe=""), query=f"?ssl_password={SSL_PASSWORD}")
+    done = await session.run("redis ssl_password without TLS", "status", POLLER_REDIS__URL=plain)
+    assert done.returncode != 0, done.stdout + done.stderr
     done = await session.run("config show ssl", "config", "show", POLLER_REDIS__URL=ssl)
     assert "ssl_password=***" in done.stdout
     done = await session.run(
@@ -682,3 +686,34 @@ def test_settings_from_a_secrets_directory(monkeypatch: pytest.MonkeyPatch, tmp_
     with pytest.raises(SettingsError) as caught:
         load_settings()
     assert caught.value.lines == [f"{SECRETS_DIR_ENV}: no such directory: {tmp_path / 'nowhere'}"]
+
+
+async def test_readyz_details_carry_no_secret() -> None:
+    # Tried: a Redis probe failing with an error that quotes the URL and a registered secret,
+    # and a spool problem that quotes a password-bearing URL.
+    from poller.health import HealthServer, Readiness
+
+    secret = f"SeCrEt-probe-{uuid.uuid4().hex[:8]}"
+    redact.register(secret)
+
+    async def probe() -> bool:
+        raise ConnectionError(f"redis://:{secret}@h:6379/0 refused AUTH {secret}")
+
+    readiness = Readiness(
+        max_poll_age=60,
+        redis_check=probe,
+        spool_problem=lambda: "disk full at redis://:pw-in-url-1234@h/0",
+    )
+    server = HealthServer(readiness, "127.0.0.1", 0)
+    await server.start()
+    try:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            response = await client.get(f"http://127.0.0.1:{server.port}/readyz")
+    finally:
+        await server.stop()
+    assert response.status_code == 503
+    body = response.text
+    assert "PING failed: ConnectionError: redis://:***@h:6379/0 refused AUTH ***" in body
+    assert "redis://:***@h/0" in body
+    assert secret not in body
+    assert "pw-in-url-1234" not in body

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,10 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except SettingsError as exc:
         for line in exc.lines:
-            sys.stderr.write(f"poller: bad setting: {line}\n")
+            sys.stderr.write(f"poller: bad setting: {redact.text(line)}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # Unexpected: the traceback is what a bug report needs, with every secret masked
+        # (an exception's text may quote a URL, a header or a request body).
+        sys.stderr.write(redact.text(traceback.format_exc()))
+        return EXIT_FAILURE
 
 
 def _dispatch(args: argparse.Namespace) -> int:
