@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import structlog
 
+from poller import redact
 from poller.cli.output import emit_json, error, table
 from poller.infobip import (
     Action,
@@ -25,7 +26,6 @@ from poller.infobip import (
     InfobipError,
     NotFoundError,
 )
-from poller.logs import redact_text
 from poller.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -156,15 +156,11 @@ def _mask(report: AppReport, secrets: Sequence[str]) -> None:
     """No secret in what is printed or logged: ``secrets`` and every registered one (an
     upstream error body may quote the Authorization header or the client secret)."""
 
-    def clean(text: str) -> str:
-        for secret in secrets:
-            if secret:
-                text = text.replace(secret, "***")
-        return redact_text(text)
-
-    report.warnings = [clean(w) for w in report.warnings]
+    for secret in secrets:
+        redact.register(secret)
+    report.warnings = [redact.text(w) for w in report.warnings]
     if report.error:
-        report.error = clean(report.error)
+        report.error = redact.text(report.error)
 
 
 async def _ensure(client: InfobipClient, report: AppReport, want: Want, dry_run: bool) -> None:

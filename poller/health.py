@@ -15,7 +15,7 @@ import httpx
 import structlog
 from aiohttp import web
 
-from poller import metrics
+from poller import metrics, redact
 from poller.web import GuardedServer
 
 log = structlog.get_logger(__name__)
@@ -193,14 +193,16 @@ class HealthServer:
         path = request.path.rstrip("/") or "/"
         if path == "/livez":
             ok, detail = self.liveness()
-            return _json(200 if ok else 503, {"status": "ok" if ok else "fail", "detail": detail})
+            live = {"status": "ok" if ok else "fail", "detail": redact.text(detail)}
+            return _json(200 if ok else 503, live)
         if path == "/readyz":
             checks = await self.readiness.evaluate()
             ready = all(ok for ok, _ in checks.values())
             body = {
                 "status": "ok" if ready else "fail",
                 "checks": {
-                    name: {"ok": ok, "detail": detail} for name, (ok, detail) in checks.items()
+                    name: {"ok": ok, "detail": redact.text(detail)}
+                    for name, (ok, detail) in checks.items()
                 },
             }
             return _json(200 if ready else 503, body)

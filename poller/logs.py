@@ -3,69 +3,19 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import structlog
 
-_SECRET_KEY = re.compile(r"(api_?key|password|secret|token|authorization|credential)", re.I)
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
-# A credential in a URL's query string: redis://host/0?password=..., ...&api_key=...
-_QUERY_SECRET = re.compile(
-    r"(?P<key>[?&](?:password|passwd|pass|pwd|secret|token|api_?key|client_secret)=)[^&#\s]*",
-    re.IGNORECASE,
-)
-_known_secrets: set[str] = set()
-
-REDACTED = "***"
-
-
-def register_secret(value: str | None) -> None:
-    """Remember a secret value so that it is masked wherever it shows up in a log line."""
-    if value and len(value) >= 4:
-        _known_secrets.add(value)
-
-
-def redact_text(text: str) -> str:
-    """Mask registered secrets and URL passwords in free text."""
-    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
-    text = _QUERY_SECRET.sub(lambda m: f"{m['key']}{REDACTED}", text)
-    for secret in _known_secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
-
-
-def redact_bytes(data: bytes) -> bytes:
-    """Mask registered secrets in raw bytes (an answer that echoes our request, say)."""
-    for secret in _known_secrets:
-        encoded = secret.encode()
-        if encoded in data:
-            data = data.replace(encoded, REDACTED.encode())
-    return data
-
-
-def _redact_value(key: str, value: Any) -> Any:
-    if _SECRET_KEY.search(key) and value not in (None, "", False):
-        return REDACTED
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, dict):
-        return {k: _redact_value(str(k), v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        # Structured tracebacks (dict_tracebacks) are lists of dicts holding exception texts.
-        return [_redact_value(key, item) for item in value]
-    if isinstance(value, BaseException):
-        return redact_text(f"{type(value).__name__}: {value}")
-    return value
+from poller import redact
 
 
 def redact_processor(
     _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: secrets never reach a log line."""
+    """structlog processor: secrets never reach a log line (``poller.redact``)."""
     for key in list(event_dict):
         if key == "exc_info":
             continue
@@ -73,9 +23,8 @@ def redact_processor(
             # Optional context (an error that did not happen) makes lines longer, not clearer.
             del event_dict[key]
             continue
-        event_dict[key] = _redact_value(key, event_dict[key])
-    if isinstance(event_dict.get("exception"), str):
-        event_dict["exception"] = redact_text(event_dict["exception"])
+        # A rendered traceback ("exception") is text like any other value.
+        event_dict[key] = redact.field(key, event_dict[key])
     return event_dict
 
 

@@ -25,15 +25,19 @@ from pydantic import (
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
+    NestedSecretsSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 ENV_PREFIX = "POLLER_"
 ENV_DELIMITER = "__"
 CONFIG_ENV = "POLLER_CONFIG"
+# A directory of files named like the variables (Docker and Kubernetes secrets); no default.
+SECRETS_DIR_ENV = "POLLER_SECRETS_DIR"
 DOTENV_FILE = ".env"
 APP_PLACEHOLDER = "${app}"
 # The settings each Infobip auth scheme needs.
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
     from poller.sink.tls import TLSOptions
 
 _toml_file: ContextVar[Path | None] = ContextVar("_toml_file", default=None)
+_secrets_dir: ContextVar[Path | None] = ContextVar("_secrets_dir", default=None)
 
 
 def split_list(value: Any) -> Any:
@@ -297,6 +302,9 @@ class RedisSettings(_Section):
     def _check_url(cls, value: str) -> str:
         if not re.match(r"^(redis|rediss|unix|valkey|valkeys)://", value):
             raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        problem = _redis_url_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("stream_key_template")
@@ -405,6 +413,30 @@ def _readable(path: Path) -> bool:
             return path.is_file()
     except OSError:
         return False
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """Why a Redis URL cannot be read as meant; never quotes the URL (it may hold a password).
+
+    An unencoded ``@`` in the password is read as urllib and redis-py read it (the last ``@``
+    ends the userinfo); an unencoded ``#``, ``?`` or ``/`` cuts the URL short, its host is
+    then lost and what follows would be taken for a port, a query or a fragment."""
+    advice = (
+        "cannot be read as a Redis URL: a # ? or / in the password must be percent-encoded"
+        f" (%23 %3F %2F), or the password set with {ENV_PREFIX}REDIS{ENV_DELIMITER}PASSWORD"
+    )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        return advice
+    if "#" in url or "@" in parts.path + parts.query:
+        # An @ past the host: the password went on after a # ? or /, and its tail would be
+        # read as the host, the path or the query.
+        return advice
+    if parts.scheme == "unix":
+        return None if parts.path else advice
+    return None if parts.hostname else advice
 
 
 class SpoolSettings(_Section):
@@ -607,13 +639,35 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Order: arguments, environment, .env, the TOML file, defaults."""
+        """Order: arguments, environment, .env, secret files, the TOML file, defaults."""
         dotenv = _DotEnvSource(settings_cls)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv]
+        secrets_dir = _secrets_dir.get()
+        if secrets_dir is not None:
+            # Files named like the variables (POLLER_INFOBIP__API_KEY, any case), one value
+            # each, surrounding whitespace (the trailing newline of `echo`) stripped.
+            sources.append(
+                NestedSecretsSettingsSource(
+                    file_secret_settings,
+                    secrets_dir=secrets_dir,
+                    secrets_dir_missing="error",
+                    secrets_prefix=ENV_PREFIX,
+                    secrets_nested_delimiter=ENV_DELIMITER,
+                )
+            )
         toml = _toml_file.get()
         if toml is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _register_secrets(self) -> Settings:
+        # Every secret setting (any SecretStr field, URL passwords) is masked wherever it
+        # could show up, by whatever code holds these settings.
+        from poller import redact
+
+        redact.register_settings(self)
+        return self
 
     @model_validator(mode="after")
     def _one_mode_per_application(self) -> Settings:
@@ -720,16 +774,34 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     path = Path(path_text) if path_text else None
     if path is not None and not path.is_file():
         raise SettingsError([f"{CONFIG_ENV}/--config: no such file: {path}"])
+    secrets_dir = _secrets_dir_of()
     token = _toml_file.set(path)
+    secrets_token = _secrets_dir.set(secrets_dir)
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_describe(exc, prefix=())) from None
+    except PydanticSettingsError as exc:  # the secrets directory cannot be read
+        raise SettingsError([f"{SECRETS_DIR_ENV} ({secrets_dir}): {exc}"]) from None
     except ValueError as exc:  # a malformed TOML file
         raise SettingsError([f"{path}: {exc}"]) from None
     finally:
+        _secrets_dir.reset(secrets_token)
         _toml_file.reset(token)
     return settings
+
+
+def _secrets_dir_of() -> Path | None:
+    """The secrets directory: $POLLER_SECRETS_DIR, else the .env file's; it must exist."""
+    text = os.environ.get(SECRETS_DIR_ENV)
+    if text is None and Path(DOTENV_FILE).is_file():
+        text = dotenv_values(DOTENV_FILE).get(SECRETS_DIR_ENV)
+    if not text:
+        return None
+    directory = Path(text)
+    if not directory.is_dir():
+        raise SettingsError([f"{SECRETS_DIR_ENV}: no such directory: {directory}"])
+    return directory
 
 
 def _describe(exc: ValidationError, prefix: tuple[str, ...]) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from poller.cli.output import emit_json, table
+from poller.cli.output import emit_json, say, table
 from poller.health import check, failing, local_url
 from poller.runtime import make_sink
 from poller.settings import Settings
@@ -19,7 +19,7 @@ async def run_check(settings: Settings) -> int:
     """Ask the running daemon's /readyz; print one line; 0 when ready."""
     url = local_url(settings.health.host, settings.health.port)
     ok, reason = await check(url, timeout=5.0)
-    print(("ok: " if ok else "not ready: ") + reason)
+    say(("ok: " if ok else "not ready: ") + reason)
     return 0 if ok else 1
 
 
@@ -99,7 +99,7 @@ def _print(report: dict[str, Any]) -> None:
     spool = report["spool"]
     if spool:
         age = spool["oldest_age_seconds"]
-        print(
+        say(
             f"spool {spool['path']}: {spool['rows']} rows ({spool['bytes']} bytes) waiting"
             f"{f', oldest {age:.0f} s' if age is not None else ''}; "
             f"cap {spool['cap_rows']} rows / {spool['cap_bytes']} bytes; "
@@ -111,9 +111,9 @@ def _print(report: dict[str, Any]) -> None:
         checks = body.get("checks", {}) if isinstance(body, dict) else {}
         last = checks.get("last_poll", {}).get("detail", "?")
         state = "ready" if health["ready"] else "NOT READY: " + "; ".join(failing(body))
-        print(f"daemon: {state}; {last}")
+        say(f"daemon: {state}; {last}")
     elif health:
-        print(f"daemon: not running here (no health server at {health['url']})")
+        say(f"daemon: not running here (no health server at {health['url']})")
     rows = []
     for stream in report["streams"] or []:
         if not stream["groups"]:
@@ -126,4 +126,4 @@ def _print(report: dict[str, Any]) -> None:
     if report["streams"] is not None:
         table(["stream", "length", "group", "consumers", "pending", "lag"], rows)
     for err in report["errors"]:
-        print(f"problem: {err}")
+        say(f"problem: {err}")

@@ -237,10 +237,18 @@ def tls_client(port: int, files: TLSFiles) -> SyncRedis:
 class TLSRedis(EmbeddedRedis):
     """A server that speaks TLS only: its plain port is 0 (off), ``port`` is the tls-port."""
 
-    def __init__(self, files: TLSFiles, *, auth_clients: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        files: TLSFiles,
+        *,
+        auth_clients: bool = False,
+        protocols: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.files = files
         self.auth_clients = auth_clients
+        self.protocols = protocols
 
     @property
     def url(self) -> str:
@@ -256,6 +264,7 @@ class TLSRedis(EmbeddedRedis):
             "--tls-port",
             str(self.port),
             *tls_server_args(self.files, auth_clients=self.auth_clients),
+            *(["--tls-protocols", self.protocols] if self.protocols else []),
         ]
 
     def _wait_ready(self) -> bool:

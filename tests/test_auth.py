@@ -166,12 +166,12 @@ async def test_an_unreachable_token_endpoint_is_a_transport_error(simulator: Sim
 
 async def test_the_live_oauth2_token_is_masked_in_log_lines(simulator: Simulator) -> None:
     # Tried: a log line that quotes the Authorization header after a token was fetched.
-    from poller import logs
+    from poller import logs, redact
 
     async with InfobipClient(settings(simulator, "oauth2", **SCHEMES["oauth2"])) as client:
         await client.list_configurations("app-alpha")
         token = client._auth._token  # type: ignore[attr-defined]
     assert token
-    assert token not in logs.redact_text(f"Authorization: Bearer {token}")
+    assert token not in redact.text(f"Authorization: Bearer {token}")
     line = logs.redact_processor(None, "warning", {"event": "echo", "header": f"Bearer {token}"})
     assert token not in str(line)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from poller.settings import Settings, env_name, load_settings
+from poller.settings import SECRETS_DIR_ENV, Settings, env_name, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -49,7 +49,7 @@ def _yaml() -> Any:
 
 def _known_names() -> set[str]:
     """Every POLLER_* variable the settings model reads."""
-    names = {"POLLER_CONFIG"}
+    names = {"POLLER_CONFIG", SECRETS_DIR_ENV}
     for section, field in Settings.model_fields.items():
         model = field.annotation
         assert isinstance(model, type)
@@ -61,6 +61,8 @@ def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp: Pa
     """What the poller would read from exactly these variables (no stray .env, no TOML)."""
     # The model ignores unknown variables: a misspelt one would silently do nothing.
     assert set(env) <= _known_names(), set(env) - _known_names()
+    if SECRETS_DIR_ENV in env:
+        env = {**env, SECRETS_DIR_ENV: str(_secret_volume(tmp))}
     monkeypatch.chdir(tmp)
     monkeypatch.delenv("POLLER_CONFIG", raising=False)
     for name in [n for n in os.environ if n.startswith("POLLER_")]:
@@ -68,6 +70,20 @@ def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp: Pa
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return load_settings()
+
+
+def _secret_volume(tmp: Path) -> Path:
+    """secret.env as a Secret volume shows it: one file per key behind the ..data link."""
+    secrets = tmp / "secrets"
+    data = secrets / "..2026_11_30_00_00_00.000000000"
+    data.mkdir(parents=True, exist_ok=True)
+    if not (secrets / "..data").exists():
+        (secrets / "..data").symlink_to(data.name)
+    for key, value in _env_file(K8S / "secret.env").items():
+        (data / key).write_text(value)
+        if not (secrets / key).exists():
+            (secrets / key).symlink_to(f"..data/{key}")
+    return secrets
 
 
 def _seconds(text: str) -> float:
@@ -185,25 +201,35 @@ def test_resources_have_requests_and_limits(container: dict[str, Any]) -> None:
     assert {"cpu", "memory"} <= set(container["resources"]["limits"])
 
 
-def test_api_key_comes_from_the_secret_only(
-    container: dict[str, Any], configmap_env: dict[str, str]
+def test_secrets_come_from_the_secret_as_files(
+    statefulset: dict[str, Any], container: dict[str, Any], configmap_env: dict[str, str]
 ) -> None:
-    env = {e["name"]: e for e in container["env"]}
-    ref = env["POLLER_INFOBIP__API_KEY"]["valueFrom"]["secretKeyRef"]
-    secret = _env_file(K8S / "secret.env")
-    assert ref["key"] in secret
-    assert ref["name"] == "infobip-push-poller"
-    assert "PLACEHOLDER" in secret[ref["key"]]
-    assert not any(key.endswith(("API_KEY", "PASSWORD", "SECRET")) for key in configmap_env)
+    # The Secret is mounted read-only where POLLER_SECRETS_DIR points; no secret in the
+    # environment or the ConfigMap.
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "secrets"]
+    assert mount["readOnly"] is True
+    assert configmap_env[SECRETS_DIR_ENV] == mount["mountPath"]
+    volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["secrets"]["secret"]["secretName"] == "infobip-push-poller"
+    assert "env" not in container
     assert container["envFrom"] == [{"configMapRef": {"name": "infobip-push-poller"}}]
+    secret = _env_file(K8S / "secret.env")
+    assert "PLACEHOLDER" in secret["POLLER_INFOBIP__API_KEY"]
+    assert not any(
+        key.endswith(("API_KEY", "PASSWORD", "SECRET", "TOKEN")) for key in configmap_env
+    )
 
 
 def test_configmap_settings_are_valid_settings(
     configmap_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    # The Secret's keys as the volume shows them (one file each, behind Kubernetes' ..data
+    # link), read through POLLER_SECRETS_DIR.
     secret = _env_file(K8S / "secret.env")
-    settings = _settings_from({**configmap_env, **secret}, monkeypatch, tmp_path)
+    settings = _settings_from(configmap_env, monkeypatch, tmp_path)
     assert str(settings.spool.path) == configmap_env["POLLER_SPOOL__PATH"]
+    assert settings.infobip.api_key is not None
+    assert settings.infobip.api_key.get_secret_value() == secret["POLLER_INFOBIP__API_KEY"]
 
 
 def test_services_and_servicemonitor_line_up(statefulset: dict[str, Any]) -> None:

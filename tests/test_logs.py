@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 import structlog
 
-from poller import logs
-from poller.logs import REDACTED, redact_processor, redact_text, register_secret
+from poller import logs, redact
+from poller.logs import redact_processor
+from poller.redact import REDACTED
 
 
 @pytest.fixture
 def secret() -> str:
     """A registered secret value unique to the test."""
     value = f"s3cr3t-{uuid.uuid4().hex[:12]}"
-    register_secret(value)
+    redact.register(value)
     return value
 
 
@@ -84,18 +87,52 @@ def test_registered_secrets_are_masked_in_free_text_and_exceptions(secret: str) 
         ("connect to unix://u:pw@/tmp/r.sock failed", "connect to unix://u:***@/tmp/r.sock failed"),
         ("redis://redis:6379/0", "redis://redis:6379/0"),
         ("https://user@host/x", "https://user@host/x"),
+        # An unencoded @ in the password: the last @ before the host ends the user info.
+        ("redis://u:p@ss@w0rd@h:6379/0 failed", "redis://u:***@h:6379/0 failed"),
+        (
+            "rediss://h/0?ssl_password=s5l&db=1&ssl_keyfile_password=k3y&ssl_certfile=/c.pem",
+            "rediss://h/0?ssl_password=***&db=1&ssl_keyfile_password=***&ssl_certfile=/c.pem",
+        ),
+        ("unix:///tmp/r.sock?db=0&password=s3cret", "unix:///tmp/r.sock?db=0&password=***"),
+        (
+            "grant_type=client_credentials&client_id=c&client_secret=x%2Fy",
+            "grant_type=client_credentials&client_id=c&client_secret=***",
+        ),
+        ("GET /x?token=abc HTTP/1.1", "GET /x?token=*** HTTP/1.1"),
     ],
 )
 def test_passwords_in_urls_are_masked(text: str, expected: str) -> None:
-    assert redact_text(text) == expected
+    assert redact.text(text) == expected
     assert process(event="e", url=text)["url"] == expected
+
+
+def test_a_registered_secret_is_masked_in_every_form_it_travels_in() -> None:
+    # Tried: the forms a server echoing our request could quote it in.
+    value = f'k/{uuid.uuid4().hex[:8]}+=&"é x'
+    redact.register(value)
+    redact.register_basic("user", value)
+    for form in (
+        value,
+        quote(value, safe=""),
+        quote_plus(value),
+        json.dumps(value)[1:-1],
+        json.dumps(value)[1:-1].replace("/", "\\/"),
+        base64.b64encode(f"user:{value}".encode()).decode(),
+    ):
+        assert redact.text(f"<{form}>") == f"<{REDACTED}>", form
+        assert redact.data(f"<{form}>".encode()) == f"<{REDACTED}>".encode(), form
+
+
+def test_json_output_masks_strings_and_keeps_shapes(secret: str) -> None:
+    shown = redact.strings({"a": [f"x {secret}", 3, None], "b": {"url": "redis://:pw99@h"}})
+    assert shown == {"a": [f"x {REDACTED}", 3, None], "b": {"url": "redis://:***@h"}}
 
 
 def test_short_values_are_not_registered() -> None:
     # Masking "a" or "ab" everywhere would wreck every line; such a secret is not one anyway.
-    register_secret("ab")
-    register_secret(None)
-    assert redact_text("about a cab") == "about a cab"
+    redact.register("ab")
+    redact.register(None)
+    assert redact.text("about a cab") == "about a cab"
 
 
 def test_empty_context_is_dropped() -> None:

@@ -20,6 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from poller.embedded import EmbeddedRedis, free_port
+from poller.redact import text as redact_url
 from poller.sink import (
     DEAD_SCHEMA,
     MO_SCHEMA,
@@ -28,7 +29,7 @@ from poller.sink import (
     SinkError,
     WriteResult,
 )
-from poller.sink.redis import HWM_TTL_SECONDS, RedisSink, redact_url
+from poller.sink.redis import HWM_TTL_SECONDS, RedisSink
 from poller.spool import NewMessage, QuarantineEntry, Spool, SpoolEntry
 from tests.fixtures_redis import has_waitaof
 from tests.test_spool import make_v1_spool

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import sys
 import textwrap
+import traceback
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
 
-from poller import __version__
+from poller import __version__, redact
 from poller.cli import admin
 from poller.cli.output import emit_json, error, table
 from poller.settings import CONFIG_ENV, Settings, SettingsError, load_settings
@@ -141,10 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except SettingsError as exc:
         for line in exc.lines:
-            sys.stderr.write(f"poller: bad setting: {line}\n")
+            sys.stderr.write(f"poller: bad setting: {redact.text(line)}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # Unexpected: the traceback is what a bug report needs, with every secret masked
+        # (an exception's text may quote a URL, a header or a request body).
+        sys.stderr.write(redact.text(traceback.format_exc()))
+        return EXIT_FAILURE
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -163,14 +167,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     from poller import logs
 
     logs.configure(settings.log.level, settings.log.format)
-    _register_secrets(settings)
     try:
         return _run_command(args, settings)
     except InfobipError as exc:
-        error(logs.redact_text(str(exc)))
+        error(str(exc))
         return EXIT_FAILURE
     except OSError as exc:
-        error(logs.redact_text(f"{type(exc).__name__}: {exc}"))
+        error(f"{type(exc).__name__}: {exc}")
         return EXIT_FAILURE
 
 
@@ -208,45 +211,10 @@ def _run_command(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(f"unknown command {command}")
 
 
-def _register_secrets(settings: Settings) -> None:
-    from poller import logs
-
-    for secret in (
-        settings.infobip.api_key,
-        settings.infobip.password,
-        settings.infobip.ibsso_token,
-        settings.infobip.client_secret,
-        settings.redis.password,
-        settings.redis.tls_key_password,
-        settings.forward.token,
-        settings.forward.basic_password,
-    ):
-        if secret is not None:
-            value = secret.get_secret_value()
-            logs.register_secret(value)
-            logs.register_secret(quote(value, safe=""))  # as it travels in a URL or a form
-    if settings.infobip.username and settings.infobip.password:
-        # The form Basic auth puts on the wire, should a header ever reach a log line.
-        pair = f"{settings.infobip.username}:{settings.infobip.password.get_secret_value()}"
-        logs.register_secret(base64.b64encode(pair.encode()).decode("ascii"))
-
-
-def _masked(value: Any) -> Any:
-    from poller.logs import redact_text
-
-    if isinstance(value, str):
-        return redact_text(value)  # a password inside a URL, say
-    if isinstance(value, dict):
-        return {k: _masked(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_masked(v) for v in value]
-    return value
-
-
 def flatten(settings: Settings) -> list[tuple[str, Any]]:
     """(dotted name, value) for every setting; secrets come out masked."""
     rows: list[tuple[str, Any]] = []
-    for group, values in _masked(settings.model_dump(mode="json")).items():
+    for group, values in redact.strings(settings.model_dump(mode="json")).items():
         for name, value in values.items():
             rows.append((f"{group}.{name}", value))
     return rows
@@ -256,7 +224,7 @@ def _show_config(settings: Settings, *, as_json: bool) -> None:
     from poller.settings import env_name
 
     if as_json:
-        emit_json(_masked(settings.model_dump(mode="json")))
+        emit_json(settings.model_dump(mode="json"))
         return
     rows = []
     for dotted, value in flatten(settings):

@@ -11,7 +11,8 @@ import tempfile
 from datetime import UTC, datetime
 from typing import Any
 
-from poller.cli.output import emit_json, error, table, warn
+from poller import redact
+from poller.cli.output import emit_json, error, say, table, warn
 from poller.infobip import (
     Action,
     ActionRequest,
@@ -138,7 +139,7 @@ async def _configurations(client: InfobipClient, args: argparse.Namespace) -> in
             emit_json(config.model_dump(by_alias=True))
         else:
             actions = await client.list_actions(args.app, config.key)
-            print(f"configuration {config.key} of {args.app}")
+            say(f"configuration {config.key} of {args.app}")
             _action_table(actions)
     elif args.verb == "create":
         try:
@@ -153,13 +154,13 @@ async def _configurations(client: InfobipClient, args: argparse.Namespace) -> in
         if args.json:
             emit_json(config.model_dump(by_alias=True))
         else:
-            print(f"created configuration {config.key} for {args.app}")
+            say(f"created configuration {config.key} for {args.app}")
     else:
         await client.delete_configuration(args.app, args.key)
         if args.json:
             emit_json({"deleted": args.key})
         else:
-            print(f"deleted configuration {args.key} of {args.app}")
+            say(f"deleted configuration {args.key} of {args.app}")
     return 0
 
 
@@ -196,13 +197,13 @@ async def _actions(client: InfobipClient, args: argparse.Namespace) -> int:
         if args.json:
             emit_json(action.model_dump(by_alias=True, exclude_none=True))
         else:
-            print(f"created {action.type} action {action.key} on configuration {key}")
+            say(f"created {action.type} action {action.key} on configuration {key}")
     else:
         await client.delete_action(args.app, key, args.action_key)
         if args.json:
             emit_json({"deleted": args.action_key})
         else:
-            print(f"deleted action {args.action_key} of configuration {key}")
+            say(f"deleted action {args.action_key} of configuration {key}")
     return 0
 
 
@@ -247,7 +248,7 @@ async def _pull(client: InfobipClient, args: argparse.Namespace) -> int:
             [_row(item) for item in results],
         )
         saved = f", appended to {args.out}" if args.out else ""
-        print(f"{len(results)} message(s){saved}; {response.pending_message_count} still pending")
+        say(f"{len(results)} message(s){saved}; {response.pending_message_count} still pending")
     if results and not args.out:
         warn("pulled messages are consumed: Infobip will not hand them out again (see --out)")
     return 0
@@ -259,14 +260,14 @@ def _save_raw(body: bytes) -> str:
         path = os.path.join(folder, name)
         try:
             with open(path, "wb") as out:
-                out.write(body)
+                out.write(redact.data(body))
                 out.flush()
                 os.fsync(out.fileno())
         except OSError:
             continue
         return path
     # Nowhere to write: the bytes go to the terminal, so they are not lost.
-    sys.stdout.write(base64.b64encode(body).decode("ascii") + "\n")
+    sys.stdout.write(base64.b64encode(redact.data(body)).decode("ascii") + "\n")
     return "the base64 text printed above"
 
 

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
+from poller import redact
+
 # C0 and C1 control characters (and DEL): what a terminal would act on instead of showing.
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
@@ -19,9 +21,11 @@ def printable(text: str) -> str:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO | None = None) -> None:
     """Print rows under headers, columns aligned; `(none)` when there are no rows. Control
-    characters in cells are escaped."""
+    characters in cells are escaped, secrets masked."""
     out = out or sys.stdout
-    text_rows = [["" if cell is None else printable(str(cell)) for cell in row] for row in rows]
+    text_rows = [
+        ["" if cell is None else printable(redact.text(str(cell))) for cell in row] for row in rows
+    ]
     if not text_rows:
         out.write("(none)\n")
         return
@@ -36,20 +40,26 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO | N
 
 
 def emit_json(value: Any, out: TextIO | None = None) -> None:
-    """Print one JSON document (escaped ASCII where text has no UTF-8 form)."""
+    """Print one JSON document (escaped ASCII where text has no UTF-8 form), secrets masked."""
+    value = redact.strings(value)
     text = json.dumps(value, ensure_ascii=False, indent=2, default=str)
     try:
         text.encode()
     except UnicodeEncodeError:
         text = json.dumps(value, indent=2, default=str)
-    (out or sys.stdout).write(text + "\n")
+    (out or sys.stdout).write(redact.text(text) + "\n")
+
+
+def say(message: str, out: TextIO | None = None) -> None:
+    """One line on stdout (or ``out``), secrets masked."""
+    (out or sys.stdout).write(redact.text(message) + "\n")
 
 
 def error(message: str) -> None:
-    """One line on stderr."""
-    sys.stderr.write(f"poller: error: {message}\n")
+    """One line on stderr, secrets masked."""
+    sys.stderr.write(f"poller: error: {redact.text(message)}\n")
 
 
 def warn(message: str) -> None:
-    """One line on stderr."""
-    sys.stderr.write(f"poller: warning: {message}\n")
+    """One line on stderr, secrets masked."""
+    sys.stderr.write(f"poller: warning: {redact.text(message)}\n")

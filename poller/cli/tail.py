@@ -9,7 +9,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
-from poller.cli.output import printable
+from poller.cli.output import error, printable, say
 
 if TYPE_CHECKING:  # the command's own imports wait until it runs: `poller check` stays quick
     from poller.consumer import Message
@@ -57,7 +57,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             _print(stream, message, as_json=args.json)
         return 0
     except SinkError as exc:
-        sys.stderr.write(f"poller: error: {exc}\n")
+        error(str(exc))
         return 1
     finally:
         await sink.close()
@@ -116,7 +116,7 @@ def _print(stream: str, message: Message, *, as_json: bool) -> None:
     if as_json:
         # One document per line (JSON escapes control characters itself).
         document = {"stream": stream, "entry_id": message.entry_id, **message.fields}
-        sys.stdout.write(json.dumps(document, ensure_ascii=True) + "\n")
+        say(json.dumps(document, ensure_ascii=True))
         sys.stdout.flush()
         return
     if message.fields.get("schema", "").endswith(".dead.v1"):
@@ -124,5 +124,5 @@ def _print(stream: str, message: Message, *, as_json: bool) -> None:
     else:
         text = str(message.payload.get("text", message.fields.get("payload", "")))
     line = f"{message.entry_id}  {message.app or '-'}  {message.message_id or '-'}  {text}"
-    sys.stdout.write(printable(line) + "\n")
+    say(printable(line))
     sys.stdout.flush()

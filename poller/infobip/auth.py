@@ -10,8 +10,8 @@ from collections.abc import AsyncGenerator, Generator
 import httpx
 import structlog
 
+from poller import redact
 from poller.infobip.errors import AuthError, InfobipError, TransportError, api_error
-from poller.logs import register_secret
 
 log = structlog.get_logger(__name__)
 
@@ -134,7 +134,7 @@ class OAuth2ClientCredentials(httpx.Auth):
         except (ValueError, KeyError, TypeError):
             raise InfobipError("OAuth2 token response has no access_token") from None
         # The live token is a secret like the client secret: masked in any log line.
-        register_secret(token)
+        redact.register(token)
         self._token = token
         # A token shorter-lived than twice the margin is renewed at half its life instead of
         # on every call.

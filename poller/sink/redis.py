@@ -21,7 +21,7 @@ import inspect
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, Literal, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import structlog
 from redis import exceptions as redis_exceptions
@@ -43,6 +43,7 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
+from poller import redact
 from poller.lua import Script
 from poller.sink import (
     DEAD_SCHEMA,
@@ -129,29 +130,6 @@ def has_hash_tag(key: str) -> bool:
     return end > start + 1
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-        netloc = f"{user}:***@{host}" if user or ":" in userinfo else f"***@{host}"
-    query = "&".join(
-        "password=***" if item.lower().startswith("password=") else item
-        for item in parts.query.split("&")
-        if item
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _url_password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
 class RedisSink:
     """Writes spool entries and quarantined bodies to Redis streams (a ``Sink``)."""
 
@@ -212,8 +190,11 @@ class RedisSink:
         self._sentinel_addrs = [_host_port(s) for s in sentinels]
         self._password = password
         self._tls = tls
-        secrets = (password, _url_password(url), tls.key_password if tls else None)
-        self._secrets = [s for s in secrets if s]
+        # Masked in every error and log line, however this sink was made.
+        redact.register(password)
+        redact.register_url(url)
+        if tls is not None:
+            redact.register(tls.key_password)
         self._socket_timeout = socket_timeout
         self._redis: Redis | None = None
         self._cluster: RedisCluster | None = None
@@ -312,7 +293,7 @@ class RedisSink:
         self.server = _server_version(info)
         await self._check_durability()
         self._ready = True
-        log.info("redis connected", url=redact_url(self.url), server=self.server, mode=self.mode)
+        log.info("redis connected", url=redact.text(self.url), server=self.server, mode=self.mode)
 
     async def _open_clients(self) -> None:
         # A second connect() must not leak the first clients, nor fail on closing them.
@@ -359,10 +340,11 @@ class RedisSink:
         if client is None:
             kwargs = self._client_kwargs()
             parts = urlsplit(self.url)
+            # Percent-decoded, as redis-py reads the URL of the cluster client itself.
             if parts.username:
-                kwargs["username"] = parts.username
+                kwargs["username"] = unquote(parts.username)
             if self._password is None and parts.password:
-                kwargs["password"] = parts.password
+                kwargs["password"] = unquote(parts.password)
             kwargs.update(self._tls_kwargs())
             client = Redis(host=node.host, port=int(node.port), **kwargs)
             self._node_clients[node.name] = client
@@ -390,7 +372,7 @@ class RedisSink:
                     ) from exc
                 raise SinkConfigError(
                     f"{_SETTING}DURABILITY=waitaof: the server ({self.server}) refused"
-                    f" WAITAOF: {self._scrub(str(exc))}"
+                    f" WAITAOF: {redact.text(str(exc))}"
                 ) from exc
             fsync = await self._config_get(admin, "appendfsync")
             if self.durability_local and fsync not in (None, "always"):
@@ -457,17 +439,12 @@ class RedisSink:
 
     # -- errors -------------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
     def _describe(self, op: str, exc: BaseException) -> str:
-        text = f"redis {op} failed ({redact_url(self.url)}): {type(exc).__name__}: {exc}"
+        text = f"redis {op} failed ({self.url}): {type(exc).__name__}: {exc}"
         advice = hint(str(exc), tls_on=self._tls is not None)
         if advice is not None:
             text += f" ({advice})"
-        return self._scrub(text)
+        return redact.text(text)
 
     def _error(self, op: str, exc: BaseException) -> SinkError:
         """Turn ``exc`` into a SinkError with no secret in it; a write failure is counted."""
@@ -486,7 +463,7 @@ class RedisSink:
             log.info(
                 f"redis recovered after {self._failures} tries",
                 tries=self._failures,
-                url=redact_url(self.url),
+                url=redact.text(self.url),
             )
             self._failures = 0
 
@@ -564,7 +541,7 @@ class RedisSink:
 
     def _refused(self, key: str, exc: ResponseError) -> str:
         """The text for ``WriteResult.failed``; logged at error level, it needs a human."""
-        text = self._scrub(f"{type(exc).__name__}: {exc}")
+        text = redact.text(f"{type(exc).__name__}: {exc}")
         log.error("redis refused a stream; its rows stay in the spool", stream=key, error=text)
         return text
 
@@ -632,7 +609,7 @@ class RedisSink:
         except ResponseError as exc:
             if _server_wide(exc):
                 raise
-            log.warning("stream not trimmed", stream=key, error=self._scrub(str(exc)))
+            log.warning("stream not trimmed", stream=key, error=redact.text(str(exc)))
 
     async def _wait_durable(self, client: Redis, mark: str) -> None:
         """One WAIT or WAITAOF covering every write of this flush on ``client``'s server.
@@ -690,14 +667,14 @@ class RedisSink:
                 except ResponseError as exc:
                     if _server_wide(exc):
                         raise
-                    log.warning("stream not trimmed", stream=key, error=self._scrub(str(exc)))
+                    log.warning("stream not trimmed", stream=key, error=redact.text(str(exc)))
         except REDIS_ERRORS as exc:
             raise self._error("trim", exc) from exc
         return removed
 
     def describe(self) -> str:
         """The Redis URL with its password masked, and the mode."""
-        return f"{redact_url(self.url)} ({self.mode})"
+        return f"{redact.text(self.url)} ({self.mode})"
 
     async def stream_info(self, apps: Sequence[str] | None = None) -> list[StreamInfo]:
         """Length and consumer groups of these applications' streams, or of every stream
@@ -796,4 +773,4 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-__all__ = ["RedisSink", "has_hash_tag", "redact_url", "stream_key"]
+__all__ = ["RedisSink", "has_hash_tag", "stream_key"]

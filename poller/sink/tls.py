@@ -36,6 +36,11 @@ _REFUSALS = (
         f"the server wants a client certificate: set {_SETTING}TLS_CERT_FILE and"
         f" {_SETTING}TLS_KEY_FILE",
     ),
+    (
+        "alert handshake failure",
+        "the server refused the handshake: it may want a client certificate (set"
+        f" {_SETTING}TLS_CERT_FILE and {_SETTING}TLS_KEY_FILE) or other TLS versions",
+    ),
     ("unknown ca", f"the server does not trust the client certificate ({_SETTING}TLS_CERT_FILE)"),
     ("bad certificate", f"the server refused the client certificate ({_SETTING}TLS_CERT_FILE)"),
     (

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from poller import redact
 from poller.infobip.body import Unreadable
-from poller.logs import redact_bytes
 from poller.spool import NewMessage, NewQuarantine
 
 # One encoder for every item: json.dumps would rebuild it per call.
@@ -34,7 +34,7 @@ def encode_item(item: Any) -> str:
 def quarantine(raw: bytes, reason: str, app: str | None, at: str) -> NewQuarantine:
     """A quarantine row: the bytes as received, but never a secret of ours (a wrong base URL
     pointing at a server that echoes the request back would put the API key there)."""
-    return NewQuarantine(raw=redact_bytes(raw), reason=reason, app=app, pulled_at=at)
+    return NewQuarantine(raw=redact.data(raw), reason=redact.text(reason), app=app, pulled_at=at)
 
 
 def now_rfc3339() -> str:
