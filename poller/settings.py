@@ -513,8 +513,8 @@ class Settings(BaseSettings):
             " flight at a stop could not finish"
         ]
 
-    def stream_key(self, app: str) -> str:
-        """The stream key for one application (the Redis sink's rule)."""
+    def stream_key(self, app: str | None) -> str:
+        """The stream key for one application, None for none (the Redis sink's rule)."""
         from poller.sink.redis import stream_key
 
         return stream_key(self.redis.stream_key_template, app)
