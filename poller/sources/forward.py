@@ -239,7 +239,7 @@ class ForwardReceiver:
                 log.error("forwarded body not kept: spool refused it", error=str(exc))
                 return _reply(503, "spool unavailable", {"Retry-After": RETRY_AFTER})
             self.flusher.wake()
-            metrics.MESSAGES_QUARANTINED.labels(app="unknown").inc()
+            metrics.MESSAGES_QUARANTINED.labels(app=None).inc()
             log.warning("forwarded body refused and quarantined", reason=problem, bytes=len(body))
             return _reply(400, problem)
         messages, quarantined = rows_from_items(items, received_at, dedupe=True)
@@ -253,7 +253,7 @@ class ForwardReceiver:
         for app, count in Counter(m.app for m in messages).items():
             metrics.FORWARD_MESSAGES.labels(app=app).inc(count)
         for item in quarantined:
-            metrics.MESSAGES_QUARANTINED.labels(app=item.app or "unknown").inc()
+            metrics.MESSAGES_QUARANTINED.labels(app=item.app).inc()
             log.error("forwarded item quarantined", reason=item.reason, app=item.app)
         metrics.FORWARD_ACK_SECONDS.observe(time.monotonic() - started)
         if self.on_received is not None:

@@ -340,7 +340,7 @@ class PullSource:
         for app, count in Counter(m.app for m in rows.messages).items():
             metrics.MESSAGES_PULLED.labels(app=app).inc(count)
         for item in rows.quarantined:
-            metrics.MESSAGES_QUARANTINED.labels(app=item.app or "unknown").inc()
+            metrics.MESSAGES_QUARANTINED.labels(app=item.app).inc()
             log.error("pulled item quarantined", reason=item.reason, app=item.app)
 
     def _progress(self) -> None:
