@@ -1,9 +1,14 @@
-"""Prometheus metrics: one dedicated registry, every metric named `poller_*` and documented."""
+"""Prometheus metrics: one dedicated registry, every metric named `poller_*` and documented.
+
+Series by application are bounded: the `app` label is a configured application's code, or
+`other` for every code that is not configured (messages of any application still flow, and
+each new code would otherwise add series for good: 40,000 of them made /metrics 10 MB).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -46,6 +51,30 @@ METRICS: list[MetricDoc] = []
 """Every poller_* metric, in the order the README lists them."""
 
 PULL_OUTCOMES = ("ok", "empty", "error", "throttled", "malformed")
+# The `app` label of every application that is not configured (and of bodies with none).
+OTHER_APP = "other"
+
+_applications: frozenset[str] = frozenset()
+_C = TypeVar("_C", bound="_AppCounter")
+
+
+def app_label(app: str | None) -> str:
+    """The `app` label value for an application code: itself when configured, else `other`."""
+    return app if app is not None and app in _applications else OTHER_APP
+
+
+class _AppCounter(Counter):
+    """A counter by application whose `app` label takes only the bounded values."""
+
+    def labels(self: _C, *labelvalues: object, **labelkwargs: object) -> _C:
+        if "app" in labelkwargs:
+            app = labelkwargs["app"]
+            labelkwargs["app"] = app_label(app if isinstance(app, str) else None)
+        elif labelvalues and self._labelnames == ("app",):
+            app = labelvalues[0]
+            labelvalues = (app_label(app if isinstance(app, str) else None),)
+        return super().labels(*labelvalues, **labelkwargs)
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _CYCLE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -54,6 +83,11 @@ _CYCLE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 def _counter(name: str, text: str, labels: Sequence[str] = ()) -> Counter:
     METRICS.append(MetricDoc(f"{name}_total", "counter", tuple(labels), text))
     return Counter(name, text, labels, registry=REGISTRY)
+
+
+def _app_counter(name: str, text: str) -> _AppCounter:
+    METRICS.append(MetricDoc(f"{name}_total", "counter", ("app",), text))
+    return _AppCounter(name, text, ["app"], registry=REGISTRY)
 
 
 def _gauge(name: str, text: str, labels: Sequence[str] = ()) -> Gauge:
@@ -66,16 +100,15 @@ def _histogram(name: str, text: str, buckets: Sequence[float]) -> Histogram:
     return Histogram(name, text, buckets=buckets, registry=REGISTRY)
 
 
-MESSAGES_PULLED = _counter(
-    "poller_messages_pulled", "Messages pulled from Infobip and spooled.", ["app"]
+MESSAGES_PULLED = _app_counter(
+    "poller_messages_pulled", "Messages pulled from Infobip and spooled."
 )
-MESSAGES_WRITTEN = _counter(
-    "poller_messages_written", "Messages written to their Redis stream.", ["app"]
+MESSAGES_WRITTEN = _app_counter(
+    "poller_messages_written", "Messages written to their Redis stream."
 )
-MESSAGES_QUARANTINED = _counter(
+MESSAGES_QUARANTINED = _app_counter(
     "poller_messages_quarantined",
     "Messages or bodies that could not be parsed, kept in quarantine and the dead-letter stream.",
-    ["app"],
 )
 DUPLICATES_SKIPPED = _counter(
     "poller_duplicates_skipped",
@@ -133,30 +166,49 @@ FORWARD_REQUESTS = _counter(
     "Requests to the HTTP forward receiver by status code.",
     ["status"],
 )
-FORWARD_MESSAGES = _counter(
+FORWARD_MESSAGES = _app_counter(
     "poller_forward_messages",
     "Messages received by HTTP forward and spooled (acknowledged to Infobip).",
-    ["app"],
 )
 FORWARD_ACK_SECONDS = _histogram(
     "poller_forward_ack_seconds",
     "From a forwarded request's body read to its 2xx: the spool append and its fsync.",
     _LATENCY_BUCKETS,
 )
-DUPLICATE_DELIVERIES = _counter(
+DUPLICATE_DELIVERIES = _app_counter(
     "poller_duplicate_deliveries",
     "Forwarded messages not written again: their messageId reached the stream within the"
     " dedupe window (Infobip delivered them again).",
-    ["app"],
 )
 INFO = Info("poller", "Version and spool instance id of this process.", registry=REGISTRY)
 METRICS.append(
     MetricDoc("poller_info", "gauge", ("version", "instance"), "Always 1; carries the labels.")
 )
 
+_BY_APP = (
+    MESSAGES_PULLED,
+    MESSAGES_WRITTEN,
+    MESSAGES_QUARANTINED,
+    FORWARD_MESSAGES,
+    DUPLICATE_DELIVERIES,
+)
+
 # Known label values exist from the start, so rate() sees a zero before the first event.
 for _outcome in PULL_OUTCOMES:
     PULLS.labels(outcome=_outcome)
+
+
+def set_applications(applications: Iterable[str]) -> None:
+    """The configured applications: the `app` label values besides `other`. Their series
+    exist from then on, at zero until their first event."""
+    global _applications
+    _applications = frozenset(applications)
+    for metric in _BY_APP:
+        for app in (*sorted(_applications), OTHER_APP):
+            metric.labels(app=app)
+
+
+set_applications(())
 
 
 def set_info(version: str, instance: str) -> None:

@@ -124,6 +124,7 @@ class Runtime:
             receiver = ForwardReceiver(settings.forward, spool, flusher, stop)
         runtime = cls(settings, stop, spool, sink, client, flusher, source, receiver)
         metrics.set_info(__version__, spool.instance_id)
+        metrics.set_applications([*settings.infobip.applications, *settings.forward.applications])
         try:
             runtime.redis_server = await sink.connect()
         except SinkConfigError:

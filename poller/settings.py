@@ -129,7 +129,10 @@ class InfobipSettings(_Section):
         15.0, gt=0, description="Read timeout, seconds (at most grace period - connect - 5)."
     )
     max_body_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="Largest accepted response body, bytes."
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest accepted response body, bytes; pulls ask for fewer messages when"
+        " answers pass half of it.",
     )
     max_retries: int = Field(5, ge=0, le=50, description="Retries of one call on transient errors.")
     backoff_base: float = Field(0.5, gt=0, description="First retry delay, seconds (doubles).")
@@ -519,6 +522,13 @@ class ForwardSettings(_Section):
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="Largest request body, bytes."
     )
+    max_bytes_in_flight: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Request bodies read or spooled at once, bytes (declared sizes, or"
+        " max_body_bytes when undeclared); past it, 503 with Retry-After. Bounds the memory"
+        " of concurrent requests.",
+    )
     read_timeout: float = Field(
         10.0, gt=0, description="Seconds a request's headers and body may take to arrive."
     )
@@ -717,8 +727,8 @@ class Settings(BaseSettings):
             " flight at a stop could not finish"
         ]
 
-    def stream_key(self, app: str) -> str:
-        """The stream key for one application (the Redis sink's rule)."""
+    def stream_key(self, app: str | None) -> str:
+        """The stream key for one application, None for none (the Redis sink's rule)."""
         from poller.sink.redis import stream_key
 
         return stream_key(self.redis.stream_key_template, app)

@@ -213,7 +213,7 @@ async def test_a_body_that_is_not_a_message_is_refused_and_kept(
         assert answer.status_code == 400, body
         assert answer.json()["error"]
     await settled(receiver.rt)
-    dead = await stream_entries(redis_client, receiver.rt.settings.stream_key("unknown") + ":dead")
+    dead = await stream_entries(redis_client, receiver.rt.settings.stream_key(None) + ":dead")
     assert [d["raw"] for d in dead] == [
         "{not json",
         '"just a string"',

@@ -153,6 +153,7 @@ async def test_last_poll_before_first_poll_has_a_start_allowance(
 
 
 async def test_metrics_exposes_poller_metrics(client: httpx.AsyncClient) -> None:
+    metrics.set_applications(["health-test"])
     metrics.MESSAGES_PULLED.labels(app="health-test").inc(3)
     response = await client.get("/metrics")
     assert response.status_code == 200

@@ -117,7 +117,7 @@ async def test_a_kill_while_a_large_answer_arrives_loses_no_item_that_had_arrive
     entries = await stream_entries(redis_client, settings.stream_key("app-alpha"))
     assert [json.loads(e["payload"]) for e in entries] == sent[: len(arrived)]
     # The item cut in the middle is in the dead-letter stream, as its bytes arrived.
-    (dead,) = await stream_entries(redis_client, settings.stream_key("unknown") + ":dead")
+    (dead,) = await stream_entries(redis_client, settings.stream_key(None) + ":dead")
     assert ids[len(arrived)] in dead["raw"]
     assert "earlier run" in dead["reason"]
     assert not list(journal.iterdir())

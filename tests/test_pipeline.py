@@ -265,7 +265,7 @@ async def test_garbled_entries_and_bodies_land_in_quarantine_and_dead_letter_str
     assert len(dead_beta) == 1
     assert json.loads(dead_beta[0]["raw"]) == {"applicationCode": "app-beta", "text": "no id"}
     assert "messageId" in dead_beta[0]["reason"]
-    dead_unknown = await stream_entries(redis_client, settings.stream_key("unknown") + ":dead")
+    dead_unknown = await stream_entries(redis_client, settings.stream_key(None) + ":dead")
     assert len(dead_unknown) == 1
     assert_schema([*dead_beta, *dead_unknown], "infobip.push.mo.dead.v1")
     assert dead_unknown[0]["reason"].startswith("not JSON")
@@ -530,7 +530,7 @@ async def test_unstorable_text_in_any_field_loses_no_message(
     entries = await stream_entries(redis_client, settings.stream_key("app-alpha"))
     assert [e["id"] for e in entries] == ["app-alpha-msg-00001", "app-alpha-msg-00002"]
     assert json.loads(entries[1]["payload"])["receivedAt"] == odd_time["receivedAt"]
-    dead = await stream_entries(redis_client, settings.stream_key("unknown") + ":dead")
+    dead = await stream_entries(redis_client, settings.stream_key(None) + ":dead")
     assert len(dead) == 1
     assert "applicationCode" in dead[0]["reason"]
 

@@ -456,7 +456,7 @@ async def test_sentinel_mode(
 
 def test_braces_in_an_app_code_cannot_break_the_hash_tag() -> None:
     tagged = RedisSink(url="redis://x", key_template="infobip:push:{${app}}:mo", instance_id="i1")
-    assert tagged.stream_key("a}b") == "infobip:push:{a)b}:mo"
+    assert tagged.stream_key("a}b") == "infobip:push:{a%7Db}:mo"
     assert tagged.stream_key("") == "infobip:push:{unknown}:mo"
     untagged = RedisSink(url="redis://x", key_template="mo:${app}", instance_id="i1")
     for sink in (tagged, untagged):

@@ -17,6 +17,7 @@ written again. A restore can duplicate; it never loses.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections import defaultdict
 from collections.abc import Sequence
@@ -61,7 +62,17 @@ from poller.spool import QuarantineEntry, SpoolEntry
 log = structlog.get_logger(__name__)
 
 APP_PLACEHOLDER = "${app}"
-UNKNOWN_APP = "unknown"
+# What stands for ${app} when a quarantined body has no application (not a code's form:
+# a real application named so is escaped, see ``app_key``).
+NO_APPLICATION = "unknown"
+# Characters an application code may hold and still name its stream as it is; everything
+# else is percent-encoded (braces would move the Cluster hash tag, colons could meet the
+# ``:dead`` suffix, glob characters would defeat the SCAN patterns).
+APP_KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+# Longest ${app} part of a key; a longer encoding is cut and given a hash of the whole code.
+APP_KEY_MAX = 100
+_APP_KEY_PREFIX = 60
+_APP_KEY_HASH = 32  # hex digits of SHA-256: 128 bits
 MO_FIELDS = ("id", "app", "received_at", "pulled_at", "payload", "schema")
 DEAD_FIELDS = ("reason", "raw", "app", "pulled_at", "schema")
 
@@ -113,12 +124,46 @@ _RETENTION = Script("trim_retention.lua")
 RETENTION_STEP = 10_000
 
 
-def stream_key(template: str, app: str) -> str:
-    """The stream key of one application under ``template`` (the one rule for it)."""
-    # Braces in an application code would move or break the Cluster hash tag, and the
-    # high-water mark could then land in another slot (CROSSSLOT on every retry).
-    safe = (app or UNKNOWN_APP).replace("{", "(").replace("}", ")")
-    return template.replace(APP_PLACEHOLDER, safe)
+def stream_key(template: str, app: str | None) -> str:
+    """The stream key of one application under ``template`` (the one rule for it); None
+    (or "") for a quarantined body whose application could not be read."""
+    return template.replace(APP_PLACEHOLDER, app_key(app))
+
+
+def app_key(app: str | None) -> str:
+    """What stands for ``${app}`` in a key: distinct codes never share it.
+
+    A code of 1 to ``APP_KEY_MAX`` characters from ``APP_KEY_SAFE`` stands as it is. Any other
+    character is percent-encoded (its UTF-8 bytes as ``%XX``; ``%`` itself is not safe, so
+    the form decodes back to the code). An encoding longer than ``APP_KEY_MAX`` is cut to its
+    first ``_APP_KEY_PREFIX`` characters, then ``~`` and 32 hex digits of the SHA-256 of the
+    whole code (``~`` is never in an encoding). No application: ``unknown``; a real
+    application named ``unknown`` stands as ``%75nknown`` (its ``u`` encoded)."""
+    if not app:
+        return NO_APPLICATION
+    if app == NO_APPLICATION:
+        return f"%{ord(app[0]):02X}{app[1:]}"
+    if len(app) <= APP_KEY_MAX and APP_KEY_SAFE.issuperset(app):
+        return app
+    # Only the start of a long code is encoded: the hash stands for all of it.
+    encoded = _percent(app[: APP_KEY_MAX + 1])
+    if len(app) <= APP_KEY_MAX and len(encoded) <= APP_KEY_MAX:
+        return encoded
+    prefix = encoded[:_APP_KEY_PREFIX]
+    cut = prefix.rfind("%", len(prefix) - 2)
+    if cut != -1:
+        prefix = prefix[:cut]  # never half of a %XX
+    digest = hashlib.sha256(app.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{prefix}~{digest[:_APP_KEY_HASH]}"
+
+
+def _percent(text: str) -> str:
+    return "".join(
+        char
+        if char in APP_KEY_SAFE
+        else "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+        for char in text
+    )
 
 
 def has_hash_tag(key: str) -> bool:
@@ -214,13 +259,13 @@ class RedisSink:
 
     # -- keys ---------------------------------------------------------------------------
 
-    def stream_key(self, app: str) -> str:
-        """The stream of one application."""
+    def stream_key(self, app: str | None) -> str:
+        """The stream of one application (None: no application, for dead letters)."""
         return stream_key(self.key_template, app)
 
     def dead_key(self, app: str | None) -> str:
-        """The dead-letter stream of one application (``unknown`` when it is not known)."""
-        return self.stream_key(app or UNKNOWN_APP) + ":dead"
+        """The dead-letter stream of one application (None: its application is not known)."""
+        return self.stream_key(app or None) + ":dead"
 
     def hwm_key(self, stream_key: str, writer: str | None = None) -> str:
         """The high-water mark key of ``writer`` (default: this instance's id) for
@@ -481,7 +526,7 @@ class RedisSink:
         not in ``failed``."""
         streams: Batches = defaultdict(lambda: defaultdict(list))
         keys: dict[tuple[str, str], tuple[str, str]] = {}
-        # In seq order: two codes can share a stream once braces are replaced.
+        # In seq order (one writer's rows of a stream must reach its mark in order).
         for e in sorted(entries, key=lambda e: e.seq):
             values = (e.message_id, e.app, e.received_at, e.pulled_at, e.payload, MO_SCHEMA)
             pair = keys.get((e.app, e.writer))
@@ -773,4 +818,4 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-__all__ = ["RedisSink", "has_hash_tag", "stream_key"]
+__all__ = ["RedisSink", "app_key", "has_hash_tag", "stream_key"]

@@ -145,6 +145,7 @@ class ForwardReceiver:
         )
         self.server.on_refused(metrics.FORWARD_REQUESTS.labels(status="503").inc)
         self.received = 0
+        self._in_flight = 0  # bytes reserved by the requests being read or spooled
         # Called after every request whose messages were spooled (readiness, status).
         self.on_received: Callable[[], None] | None = None
 
@@ -195,14 +196,23 @@ class ForwardReceiver:
             return _reply(503, "stopping", {"Retry-After": RETRY_AFTER})
         if not self.spool.has_room():
             return _reply(503, "spool at its cap", {"Retry-After": RETRY_AFTER})
+        # Memory: a body costs about three times its size until its rows are spooled (see
+        # the README's Memory paragraph); the sizes of the bodies in hand are capped.
+        size = limit if request.content_length is None else request.content_length
+        if self._in_flight and self._in_flight + size > self.settings.max_bytes_in_flight:
+            return _reply(503, "too many bytes in flight", {"Retry-After": "1"})
+        self._in_flight += size
         try:
-            async with asyncio.timeout(self.settings.read_timeout):
-                body = await _read(request, limit)
-        except TimeoutError:
-            return _reply(408, f"body not received within {self.settings.read_timeout:g} s")
-        if body is None:
-            return _reply(413, f"body larger than {limit} bytes")
-        return await self._store(body)
+            try:
+                async with asyncio.timeout(self.settings.read_timeout):
+                    body = await _read(request, limit)
+            except TimeoutError:
+                return _reply(408, f"body not received within {self.settings.read_timeout:g} s")
+            if body is None:
+                return _reply(413, f"body larger than {limit} bytes")
+            return await self._store(body)
+        finally:
+            self._in_flight -= size
 
     def _check_auth(self, request: web.Request) -> web.Response | None:
         given = request.match_info.get("token") or request.headers.get(TOKEN_HEADER)
@@ -239,7 +249,7 @@ class ForwardReceiver:
                 log.error("forwarded body not kept: spool refused it", error=str(exc))
                 return _reply(503, "spool unavailable", {"Retry-After": RETRY_AFTER})
             self.flusher.wake()
-            metrics.MESSAGES_QUARANTINED.labels(app="unknown").inc()
+            metrics.MESSAGES_QUARANTINED.labels(app=None).inc()
             log.warning("forwarded body refused and quarantined", reason=problem, bytes=len(body))
             return _reply(400, problem)
         messages, quarantined = rows_from_items(items, received_at, dedupe=True)
@@ -253,7 +263,7 @@ class ForwardReceiver:
         for app, count in Counter(m.app for m in messages).items():
             metrics.FORWARD_MESSAGES.labels(app=app).inc(count)
         for item in quarantined:
-            metrics.MESSAGES_QUARANTINED.labels(app=item.app or "unknown").inc()
+            metrics.MESSAGES_QUARANTINED.labels(app=item.app).inc()
             log.error("forwarded item quarantined", reason=item.reason, app=item.app)
         metrics.FORWARD_ACK_SECONDS.observe(time.monotonic() - started)
         if self.on_received is not None:

@@ -144,6 +144,10 @@ class PullSource:
         # Called when a pull worked and what it spooled reached the sink (readiness).
         self.on_progress: Callable[[], None] | None = None
         self._unconfirmed = False  # spooled rows of a good pull the sink has not taken yet
+        # Messages per pull that fill half the body limit at the size of the last answer's
+        # messages (None: the pull limit fits). An answer past the limit loses what was not
+        # read, and Infobip does not hand it out again: pulls ask for fewer before that.
+        self._fit: int | None = None
         flusher.on_flushed.append(self._confirmed)
 
     async def drain(self) -> DrainResult:
@@ -229,7 +233,7 @@ class PullSource:
         """Whether to send one more pull now."""
         if self.stop.requested or result.pulls >= self.max_pulls or running >= self.in_flight:
             return False
-        if not self.spool.has_room(self.pull_limit * running):
+        if not self.spool.has_room(self._asked() * running):
             # At the cap, counting what the pulls on their way will add.
             self.flusher.wake()
             result.backpressure = running == 0
@@ -237,7 +241,26 @@ class PullSource:
         if pending is None:
             return running == 0  # the first answer tells how much is waiting
         # What the latest answer left, less what the pulls already on their way will take.
-        return pending - self.pull_limit * running > 0
+        return pending - self._asked() * running > 0
+
+    def _asked(self) -> int:
+        """Messages the next pull asks for."""
+        return self.pull_limit if self._fit is None else min(self.pull_limit, self._fit)
+
+    def _measure(self, size: int, count: int) -> None:
+        """Fit the next pulls' size to the messages of an answer of ``size`` bytes."""
+        if count == 0:
+            return
+        fitting = int(self.client.settings.max_body_bytes / 2 / (size / count))
+        fit = max(1, fitting) if fitting < self.pull_limit else None
+        if (fit is None) != (self._fit is None):
+            log.warning(
+                "pull answers near the body limit; asking for fewer messages per pull",
+                limit=fit or self.pull_limit,
+                bytes_per_message=size // count,
+                max_body_bytes=self.client.settings.max_body_bytes,
+            )
+        self._fit = fit
 
     def _start(self) -> asyncio.Task[_Unit]:
         previous = self._last_turn
@@ -270,7 +293,7 @@ class PullSource:
         pulled_at = now_rfc3339()
         entry = self.journal.open_entry(pulled_at) if self.journal is not None else None
         started = time.monotonic()
-        unit = _Unit(limit=self.pull_limit)
+        unit = _Unit(limit=self._asked())
         try:
             response = await self.client.pull(
                 unit.limit, on_chunk=entry.write if entry is not None else None
@@ -312,6 +335,9 @@ class PullSource:
             unit.pending = response.pending_message_count
             metrics.PULLS.labels(outcome="ok" if response.items else "empty").inc()
             metrics.INFOBIP_PENDING_MESSAGES.set(response.pending_message_count)
+            self._measure(len(response.body), len(response.items))
+            # The rows hold each item's bytes: the body need not stay in memory with them.
+            del response
         finally:
             metrics.PULL_REQUEST_SECONDS.observe(time.monotonic() - started)
         if previous is not None and not previous.done():
@@ -340,7 +366,7 @@ class PullSource:
         for app, count in Counter(m.app for m in rows.messages).items():
             metrics.MESSAGES_PULLED.labels(app=app).inc(count)
         for item in rows.quarantined:
-            metrics.MESSAGES_QUARANTINED.labels(app=item.app or "unknown").inc()
+            metrics.MESSAGES_QUARANTINED.labels(app=item.app).inc()
             log.error("pulled item quarantined", reason=item.reason, app=item.app)
 
     def _progress(self) -> None:

@@ -1,0 +1,219 @@
+"""Application codes into stream keys and metric labels: no two codes share a stream, no code
+makes a huge key, and no code adds metric series without bound."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from poller import metrics
+from poller.consumer import StreamConsumer
+from poller.daemon import run_once
+from poller.runtime import Runtime
+from poller.simulator import Simulator
+from poller.sink.redis import APP_KEY_MAX, APP_KEY_SAFE, RedisSink, app_key, stream_key
+from tests.support import make_settings, run_poller, stream_entries
+
+TEMPLATE = "infobip:push:{${app}}:mo"
+TOKEN = "forward-token-0123456789abcdef"
+HUGE = "h" * 100_000
+# Codes that once shared a stream, or could: braces and their old stand-ins, the name of the
+# no-application stream, a 100 KB code, glob and separator characters, text beyond ASCII.
+ODD_CODES = ["a{b", "a(b", "a_b", "a}b", "unknown", HUGE, "a*b", "a:dead", "a%7Bb", "ça va 🚆"]
+
+
+def test_ordinary_codes_keep_the_key_they_always_had() -> None:
+    # Tried: codes as Infobip hands them out and as the tests and docs use them; their
+    # streams hold users' data, so their keys must not move.
+    for code in ["app-alpha", "my-ios-app", "2bd1c4e3b85f49f7a8c2", "A.b_c-9", "x" * APP_KEY_MAX]:
+        assert stream_key(TEMPLATE, code) == f"infobip:push:{{{code}}}:mo"
+
+
+def test_codes_that_once_shared_a_stream_have_their_own() -> None:
+    keys = [stream_key(TEMPLATE, code) for code in ODD_CODES]
+    assert len(set(keys)) == len(keys)
+    assert stream_key(TEMPLATE, "a{b") != stream_key(TEMPLATE, "a(b")
+    # No application (a body that could not be read) is not the application named unknown.
+    assert stream_key(TEMPLATE, None) == "infobip:push:{unknown}:mo"
+    assert stream_key(TEMPLATE, "") == stream_key(TEMPLATE, None)
+    assert stream_key(TEMPLATE, "unknown") != stream_key(TEMPLATE, None)
+    huge = stream_key(TEMPLATE, HUGE)
+    assert len(huge) < 200
+    assert huge != stream_key(TEMPLATE, HUGE + "h")
+    assert huge != stream_key(TEMPLATE, HUGE[:-1] + "i")
+
+
+@given(st.text(max_size=300), st.text(max_size=300))
+def test_two_different_codes_never_share_a_key(a: str, b: str) -> None:
+    if a != b and {a, b} != {"", "unknown"} and "" not in (a, b):
+        assert app_key(a) != app_key(b)
+
+
+@given(st.text(min_size=1, max_size=300))
+def test_a_key_part_is_short_safe_and_decodes_back_when_not_hashed(code: str) -> None:
+    part = app_key(code)
+    assert len(part) <= APP_KEY_MAX
+    assert set(part) <= APP_KEY_SAFE | set("%~0123456789ABCDEF")
+    if "~" not in part and code:
+        assert unquote(part, errors="surrogatepass") == code
+    # The hash tag stays the code's own: the high-water mark lands in the stream's slot.
+    sink = RedisSink(url="redis://127.0.0.1:1", key_template=TEMPLATE, instance_id="w")
+    key = sink.stream_key(code)
+    assert key_slot(key.encode()) == key_slot(sink.hwm_key(key).encode())
+    assert key_slot(key.encode()) == key_slot(sink.seen_key(key).encode())
+    assert key.count("{") == 1
+    assert key.count("}") == 1
+
+
+def message(n: int, code: str, via: str) -> dict[str, Any]:
+    return {
+        "messageId": f"{via}-{n}",
+        "applicationCode": code,
+        "receivedAt": "2026-11-30T10:00:00.000+0000",
+        "text": f"{via} {n}",
+    }
+
+
+async def test_pulled_and_forwarded_messages_of_odd_codes_reach_one_stream_per_code(
+    configured_simulator: Simulator,
+    redis_url: str,
+    redis_client: Redis,
+    tmp_path: Path,
+    key_template: str,
+) -> None:
+    # Tried: each odd code once pulled and once forwarded, plus an item with no application
+    # (quarantined to the no-application dead-letter stream) among them.
+    settings = make_settings(
+        configured_simulator,
+        redis_url,
+        tmp_path,
+        key_template,
+        apps=["app-alpha"],
+        forward={"applications": ["app-fwd"], "token": TOKEN, "port": 0},
+    )
+    configured_simulator.inject_raw(
+        [message(n, code, "pull") for n, code in enumerate(ODD_CODES)]
+        + [{"messageId": "no-app", "text": "no application"}]
+    )
+    rt = await Runtime.open(settings)
+    try:
+        rt.start_flushing()
+        assert rt.receiver is not None
+        await rt.receiver.start()
+        await rt.source.drain()
+        body = json.dumps([message(n, code, "fwd") for n, code in enumerate(ODD_CODES)])
+        url = f"http://127.0.0.1:{rt.receiver.port}{settings.forward.path}/{TOKEN}"
+        async with httpx.AsyncClient(trust_env=False) as client:
+            answer = await client.post(
+                url, content=body, headers={"Content-Type": "application/json"}
+            )
+        assert answer.json() == {"accepted": len(ODD_CODES), "quarantined": 0}
+        for _ in range(200):
+            stats = rt.spool.stats()
+            if not stats.rows and not stats.quarantine_pending:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        rt.stop.request("test")
+        await rt.finish()
+        await rt.close()
+
+    for n, code in enumerate(ODD_CODES):
+        entries = await stream_entries(redis_client, settings.stream_key(code))
+        assert [e["id"] for e in entries] == [f"pull-{n}", f"fwd-{n}"], code
+        assert {e["app"] for e in entries} == {code}  # the whole code, in the entry
+        assert json.loads(entries[0]["payload"])["applicationCode"] == code
+    (dead,) = await stream_entries(redis_client, settings.stream_key(None) + ":dead")
+    assert dead["app"] == ""
+    assert not await redis_client.exists(settings.stream_key("unknown") + ":dead")
+    prefix = key_template.split("{")[0]
+    keys = [k async for k in redis_client.scan_iter(match=prefix + "*")]
+    assert max(len(k) for k in keys) < 250  # not a 100 KB key
+
+
+async def test_tail_and_the_consumer_helper_find_the_streams_of_odd_codes(
+    configured_simulator: Simulator,
+    redis_url: str,
+    redis_client: Redis,
+    tmp_path: Path,
+    key_template: str,
+) -> None:
+    codes = ["a{b", "a(b", "unknown", HUGE]
+    configured_simulator.inject_raw([message(n, code, "pull") for n, code in enumerate(codes)])
+    configured_simulator.inject_raw([{"messageId": "no-app"}])
+    settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
+    assert await run_once(settings, bootstrap=False) == 0
+
+    # Every stream, by SCAN over the template's pattern.
+    every = await asyncio.to_thread(run_poller, settings, "tail", "--json")
+    assert every.returncode == 0, every.stderr
+    found = sorted(json.loads(line)["id"] for line in every.stdout.splitlines())
+    assert found == [f"pull-{n}" for n in range(len(codes))]
+    dead = await asyncio.to_thread(run_poller, settings, "tail", "--dead", "--json")
+    assert len(dead.stdout.splitlines()) == 1
+    # One application by its code, as typed on the command line.
+    one = await asyncio.to_thread(run_poller, settings, "tail", "a{b", "--json")
+    assert [json.loads(line)["id"] for line in one.stdout.splitlines()] == ["pull-0"]
+    unknown = await asyncio.to_thread(run_poller, settings, "tail", "unknown", "--json")
+    assert [json.loads(line)["id"] for line in unknown.stdout.splitlines()] == ["pull-2"]
+
+    # The consumer helper on the key of the 100 KB code, and its dead-letter stream is the
+    # one the sink would use for that code.
+    key = settings.stream_key(HUGE)
+    consumer = StreamConsumer(redis_client, key, "g", "w1", start_id="0")
+    await consumer.ensure_group()
+    (got,) = await consumer.read(count=10)
+    assert (got.message_id, got.app) == ("pull-3", HUGE)
+    assert consumer.dead_key == settings.stream_key(HUGE) + ":dead"
+
+
+async def test_a_thousand_codes_keep_metrics_bounded(
+    configured_simulator: Simulator,
+    redis_url: str,
+    redis_client: Redis,
+    tmp_path: Path,
+    key_template: str,
+) -> None:
+    # Tried: 1,000 distinct application codes, one message each, through a real drain; the
+    # configured application keeps its own series, every other code counts under `other`.
+    codes = [f"code-{n:04d}" for n in range(1000)]
+    configured_simulator.inject_raw([message(n, code, "pull") for n, code in enumerate(codes)])
+    configured_simulator.inject_raw([message(9999, "app-alpha", "pull")])
+    settings = make_settings(
+        configured_simulator, redis_url, tmp_path, key_template, apps=["app-alpha"]
+    )
+
+    def written(app: str) -> float:
+        value = metrics.REGISTRY.get_sample_value("poller_messages_written_total", {"app": app})
+        return value or 0.0
+
+    before = written("other"), written("app-alpha")
+    assert await run_once(settings, bootstrap=False) == 0
+    assert (written("other") - before[0], written("app-alpha") - before[1]) == (1000, 1)
+    text, _ = metrics.render()
+    assert b"code-0" not in text
+    app_values = {
+        line.split(b'app="')[1].split(b'"')[0]
+        for line in text.splitlines()
+        if line.startswith(b"poller_") and b'app="' in line
+    }
+    assert len(app_values) < 20  # what earlier tests in this process configured, plus other
+    assert len(text) < 64 * 1024
+    assert await redis_client.xlen(settings.stream_key("code-0999")) == 1
+
+
+@pytest.mark.parametrize("code", [None, "", "not-configured"])
+def test_every_unconfigured_code_is_labelled_other(code: str | None) -> None:
+    metrics.set_applications(["app-alpha"])
+    assert metrics.app_label(code) == "other"
+    assert metrics.app_label("app-alpha") == "app-alpha"
