@@ -20,11 +20,17 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# Every dependency and the build backend come hash-pinned from deploy/requirements/ (the
+# dependencies' layer stays cached while only the code changes); the wheel adds no others.
+COPY deploy/requirements/runtime.txt deploy/requirements/build.txt deploy/requirements/
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r deploy/requirements/runtime.txt \
+    && python -m venv /opt/build \
+    && /opt/build/bin/pip install --no-cache-dir --require-hashes -r deploy/requirements/build.txt
 COPY pyproject.toml README.md ./
 COPY poller/ poller/
-RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
-    && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir /wheels/*.whl
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels . \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/*.whl
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="infobip-push-poller" \
