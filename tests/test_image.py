@@ -203,9 +203,9 @@ def test_no_compiler_and_no_build_leftovers(rootfs: Path) -> None:
         if "Status: install ok installed" in block
     }
     assert [name for name in installed if BUILD_PACKAGES.fullmatch(name)] == []
-    # The builder stage's sources and wheels stay in the builder stage.
-    assert not (rootfs / "src").exists()
-    assert not (rootfs / "wheels").exists()
+    # The builder stage's sources, wheels and build backend stay in the builder stage.
+    for path in ["src", "wheels", "opt/build"]:
+        assert not (rootfs / path).exists(), path
 
 
 def test_build_time_pip_settings_are_not_in_the_image(rootfs: Path) -> None:
