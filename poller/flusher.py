@@ -258,7 +258,7 @@ class Flusher:
 
     def _backoff(self, failures: int) -> float:
         ceiling = min(self.retry_max, self.retry_base * 2.0 ** max(0, failures - 1))
-        return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+        return float(ceiling / 2 + random.uniform(0, ceiling / 2))  # nosec B311  # retry jitter: no security meaning
 
     def _update_gauges(self) -> None:
         stats = self.spool.stats()

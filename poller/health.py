@@ -228,7 +228,7 @@ def _json(
 
 def local_url(host: str, port: int, path: str = "/readyz") -> str:
     """URL to reach our own health server: a wildcard bind address becomes loopback."""
-    if host in ("", "0.0.0.0"):
+    if host in ("", "0.0.0.0"):  # nosec B104  # maps a wildcard bind to loopback; binds nothing
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"

@@ -105,7 +105,7 @@ class HttpServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         task = asyncio.current_task()
-        assert task is not None
+        assert task is not None  # nosec B101  # a connection handler always runs in a task
         self._connections.add(task)
         try:
             await self._serve(reader, writer)

@@ -45,6 +45,7 @@ def make_sink(settings: Settings, instance_id: str) -> RedisSink:
         trim=r.trim,
         maxlen=r.maxlen,
         dedupe_window=settings.forward.dedupe_window,
+        tls=r.tls_options(),
     )
 
 

@@ -9,7 +9,7 @@ import re
 from contextvars import ContextVar
 from datetime import UTC
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -44,6 +44,9 @@ CREDENTIAL_SETTINGS: dict[str, tuple[str, ...]] = {
     "oauth2": ("client_id", "client_secret"),
 }
 
+if TYPE_CHECKING:
+    from poller.sink.tls import TLSOptions
+
 _toml_file: ContextVar[Path | None] = ContextVar("_toml_file", default=None)
 
 
@@ -67,9 +70,10 @@ class _Section(BaseModel):
 class InfobipSettings(_Section):
     """The Infobip account: where, how to authenticate, how hard to pull."""
 
-    base_url: str = Field(
-        "https://api.infobip.com",
-        description="Infobip API base URL (your account's https://xxxxx.api.infobip.com).",
+    base_url: str | None = Field(
+        None,
+        description="Your account's Infobip API base URL, https://xxxxx.api.infobip.com"
+        " (required: each account has its own).",
     )
     auth: Literal["app", "basic", "ibsso", "oauth2"] = Field(
         "app", description="Authentication scheme: app (API key), basic, ibsso, oauth2."
@@ -136,7 +140,9 @@ class InfobipSettings(_Section):
 
     @field_validator("base_url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(
                 "expected an http:// or https:// URL, such as https://xxxxx.api.infobip.com"
@@ -162,6 +168,16 @@ class InfobipSettings(_Section):
             for name in needed
             if getattr(self, name) is None
         ]
+
+    def account_problems(self) -> list[str]:
+        """What calling Infobip lacks: the account's base URL, the auth scheme's credentials."""
+        problems = []
+        if self.base_url is None:
+            problems.append(
+                f"infobip.base_url ({env_name(('infobip', 'base_url'))}): not set; your"
+                " account's own base URL, https://xxxxx.api.infobip.com"
+            )
+        return problems + self.credential_problems()
 
 
 def _url_problem(url: str, *, allow_http: bool) -> str | None:
@@ -238,6 +254,38 @@ class RedisSettings(_Section):
     retention_interval: float = Field(
         60.0, gt=0, description="Seconds between scheduled trims (with a retention set)."
     )
+    tls: bool | None = Field(
+        None,
+        description="Connect over TLS (every connection, in every mode); default: on for a"
+        " rediss:// URL, off otherwise; true turns it on with a redis:// URL.",
+    )
+    tls_ca_file: Path | None = Field(
+        None, description="CA certificates (PEM) that verify the server (default: the system's)."
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="Client certificate (PEM) for servers with tls-auth-clients."
+    )
+    tls_key_file: Path | None = Field(
+        None, description="The client certificate's private key (PEM), unless in the cert file."
+    )
+    tls_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted client key (not with mode=cluster)."
+    )
+    tls_verify: bool = Field(
+        True,
+        description="Verify the server's certificate; false encrypts without knowing who"
+        " answers (testing only).",
+    )
+    tls_check_hostname: bool = Field(
+        True,
+        description="The server's certificate must name the host connected to (for sentinel"
+        " and cluster: the address each server announces).",
+    )
+    tls_sentinels: bool | None = Field(
+        None,
+        description="mode=sentinel: the sentinels speak TLS too (default: as the master)."
+        " false for sentinels on a plain port.",
+    )
 
     @field_validator("sentinels", mode="before")
     @classmethod
@@ -271,6 +319,92 @@ class RedisSettings(_Section):
                 f"{ENV_PREFIX}REDIS{ENV_DELIMITER}SOCKET_TIMEOUT ({self.socket_timeout:g} s)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> RedisSettings:
+        problems = _tls_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def tls_on(self) -> bool:
+        """True when Redis connections use TLS (the URL's scheme, or the tls setting)."""
+        from poller.sink.tls import is_tls_url
+
+        return self.tls if self.tls is not None else is_tls_url(self.url)
+
+    def tls_options(self) -> TLSOptions | None:
+        """The TLS options every Redis connection uses, or None when TLS is off."""
+        if not self.tls_on:
+            return None
+        from poller.sink.tls import TLSOptions
+
+        password = self.tls_key_password
+        return TLSOptions(
+            ca_file=self.tls_ca_file,
+            cert_file=self.tls_cert_file,
+            key_file=self.tls_key_file,
+            key_password=password.get_secret_value() if password else None,
+            verify=self.tls_verify,
+            check_hostname=self.tls_check_hostname,
+            sentinels=self.tls_sentinels if self.tls_sentinels is not None else True,
+        )
+
+
+def _tls_problems(redis: RedisSettings) -> list[str]:
+    """Why the Redis TLS settings cannot be honoured, one line each (naming the setting)."""
+    from poller.sink import tls
+
+    name = f"{ENV_PREFIX}REDIS{ENV_DELIMITER}"
+    scheme = redis.url.partition("://")[0].lower()
+    query = redis.url.partition("?")[2]
+    problems = [
+        f"{param} in {name}URL: set {name}{setting} instead (TLS is configured by settings)"
+        for param, setting in tls.URL_QUERY_SETTINGS.items()
+        if re.search(rf"(^|&){param}=", query)
+    ]
+    files = {"TLS_CA_FILE": redis.tls_ca_file, "TLS_CERT_FILE": redis.tls_cert_file}
+    files["TLS_KEY_FILE"] = redis.tls_key_file
+    given = [f"{name}{key}" for key, value in files.items() if value is not None]
+    if redis.tls_key_password is not None:
+        given.append(f"{name}TLS_KEY_PASSWORD")
+    if redis.tls_sentinels is not None:
+        given.append(f"{name}TLS_SENTINELS")
+    if redis.tls is False and tls.is_tls_url(redis.url):
+        problems.append(f"{name}TLS=false contradicts the {scheme}:// URL")
+    if not redis.tls_on:
+        if given:
+            problems.append(
+                f"{', '.join(given)} set but TLS is off: use a rediss:// URL or {name}TLS=true"
+            )
+        return problems
+    if scheme == "unix" and redis.mode == "standalone":
+        problems.append(f"TLS over a unix:// socket ({name}URL) is not supported")
+    if redis.tls_key_file is not None and redis.tls_cert_file is None:
+        problems.append(f"{name}TLS_KEY_FILE needs {name}TLS_CERT_FILE")
+    if redis.tls_key_password is not None and redis.tls_cert_file is None:
+        problems.append(f"{name}TLS_KEY_PASSWORD needs {name}TLS_CERT_FILE")
+    if redis.tls_key_password is not None and redis.mode == "cluster":
+        problems.append(
+            f"{name}TLS_KEY_PASSWORD is not supported with mode=cluster (redis-py's cluster"
+            " client cannot pass it): use an unencrypted key file readable by the poller only"
+        )
+    for key, path in files.items():
+        if path is not None and not _readable(path):
+            problems.append(f"{name}{key}: cannot read {path}")
+    options = redis.tls_options()
+    if not problems and options is not None:
+        problems.extend(tls.check(options))
+    return problems
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with path.open("rb"):
+            return path.is_file()
+    except OSError:
+        return False
 
 
 class SpoolSettings(_Section):
@@ -410,7 +544,7 @@ class ForwardSettings(_Section):
         """The forwardUrl bootstrap sets: the public URL, with the token when token_in=path."""
         if self.public_url is None:
             return None
-        if self.token_in == "path" and self.token is not None:  # noqa: S105 (a mode)
+        if self.token_in == "path" and self.token is not None:  # noqa: S105 (a mode)  # nosec B105  # a mode, not a secret
             return f"{self.public_url}/{self.token.get_secret_value()}"
         return self.public_url
 
@@ -496,6 +630,22 @@ class Settings(BaseSettings):
         """True when the daemon pulls: pull applications are configured, or no forward ones
         (then it pulls whatever reaches the account's inbox)."""
         return bool(self.infobip.applications) or not self.forward.applications
+
+    def start_problems(self, *, bootstrap: bool) -> list[str]:
+        """What `run` and `once` lack, found before either touches the disk or the network.
+
+        With bootstrap on, an empty application list is refused: bootstrap would route
+        nothing to the inbox, and a forgotten setting would look like a quiet account."""
+        problems = self.infobip.account_problems()
+        if bootstrap and not (self.infobip.applications or self.forward.applications):
+            problems.append(
+                f"infobip.applications ({env_name(('infobip', 'applications'))}): none"
+                " configured; list the application codes to bootstrap and pull (or"
+                f" {env_name(('forward', 'applications'))} for HTTP forward), or set"
+                f" {env_name(('infobip', 'bootstrap'))}=false to pull the account's inbox"
+                " with the actions it already has"
+            )
+        return problems
 
     def stop_problems(self) -> list[str]:
         """Why a graceful stop could not finish a pull in flight; checked by `poller run`.

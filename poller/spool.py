@@ -413,11 +413,11 @@ class Spool:
                 with self._transaction():
                     for param in params:
                         n, s = self._conn.execute(
-                            f"SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE {where}",  # noqa: S608
+                            f"SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE {where}",  # noqa: S608  # nosec B608  # `where` is one of two literal clauses; values are bound
                             param,
                         ).fetchone()
                         if n:
-                            self._conn.execute(f"DELETE FROM messages WHERE {where}", param)  # noqa: S608
+                            self._conn.execute(f"DELETE FROM messages WHERE {where}", param)  # noqa: S608  # nosec B608  # `where` is one of two literal clauses; values are bound
                         count += n
                         size += s
             except sqlite3.Error as exc:

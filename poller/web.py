@@ -55,7 +55,7 @@ class _Guard(asyncio.Protocol):
         self._admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        assert isinstance(transport, asyncio.Transport)  # nosec B101  # a TCP server's transport: narrows the type
         self.transport = transport
         if self.gate.open >= self.gate.cap:
             self.gate.refused += 1
@@ -179,7 +179,7 @@ class GuardedServer:
         )
         await runner.setup()
         factory = runner.server
-        assert factory is not None
+        assert factory is not None  # nosec B101  # setup() just above made it: narrows the type
         gate = self._gate
         loop = asyncio.get_running_loop()
         try:

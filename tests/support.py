@@ -30,12 +30,17 @@ def make_settings(
     health: dict[str, Any] | None = None,
     forward: dict[str, Any] | None = None,
 ) -> Settings:
-    """Settings pointing at a simulator and a Redis server, with a spool under tmp_path."""
+    """Settings pointing at a simulator and a Redis server, with a spool under tmp_path.
+
+    With no application, bootstrap is off: the daemon pulls the simulator's inbox with the
+    actions it has (what `run` and `once` require for an empty application list)."""
+    apps = apps or []
     return Settings(
         infobip={
             "base_url": sim.base_url,
             "api_key": "sim-api-key",
-            "applications": apps if apps is not None else [],
+            "applications": apps,
+            "bootstrap": bool(apps or (forward or {}).get("applications")),
             "backoff_base": 0.05,
             "backoff_max": 0.5,
             "read_timeout": 4.0,

@@ -1,13 +1,13 @@
 """Regenerate the hash-pinned lock files from pyproject.toml: python deploy/requirements/lock.py
 
 runtime.txt holds the runtime dependencies (what the image installs); dev.txt holds those at the
-same versions plus the extras CI installs; build.txt holds the wheel's build backend (pyproject's
-[build-system] requires, at dev.txt's versions where they share a package), which the image's
-build stage and CI install before building the package without build isolation. All are
-universal resolutions (any OS and CPU, Python 3.11 and later), so one file serves x86_64 and
-aarch64 alike, with the hash of every published file of each pinned version. Each file's first
-line carries a digest of the pyproject.toml fields it was made from, so a test can tell when
-pyproject.toml changed and the locks did not.
+same versions plus the extras CI installs; build.txt holds what building the package takes
+(pyproject's [build-system] requires, plus editables for CI's editable install), at dev.txt's
+versions where they share a package: the image's build stage and CI install it and then build
+without build isolation. All are universal resolutions (any OS and CPU, Python 3.11 and
+later), so one file serves x86_64 and aarch64 alike, with the hash of every published file of
+each pinned version. Each file's first line carries a digest of the pyproject.toml fields it
+was made from, so a test can tell when pyproject.toml changed and the locks did not.
 
 Needs uv (in dev.txt; `pip install uv` otherwise) and the package index.
 """
@@ -30,6 +30,9 @@ COMMAND = "python deploy/requirements/lock.py"
 DIGEST_PREFIX = "# inputs-sha256: "
 
 BUILD = "build.txt"
+# What hatchling asks for besides itself to build the editable install CI makes (`pip install
+# --no-build-isolation -e .`).
+EDITABLE_BUILD_REQUIRES = ["editables"]
 # Lock file name -> the extras it covers (runtime: none). build.txt is made from [build-system].
 LOCKS: dict[str, tuple[str, ...]] = {
     "runtime.txt": (),
@@ -42,7 +45,10 @@ def inputs_digest(pyproject_text: str, lock: str) -> str:
     pyproject = tomllib.loads(pyproject_text)
     inputs: dict[str, object] = {"python": PYTHON_VERSION}
     if lock == BUILD:
-        inputs["build-requires"] = pyproject["build-system"]["requires"]
+        inputs["build-requires"] = [
+            *pyproject["build-system"]["requires"],
+            *EDITABLE_BUILD_REQUIRES,
+        ]
     else:
         project = pyproject["project"]
         optional = project.get("optional-dependencies", {})
@@ -60,7 +66,8 @@ def compile_lock(name: str, constraint: Path | None) -> None:
         if name == BUILD:
             source = Path(tmp) / "build-system.in"
             requires = tomllib.loads(pyproject_text)["build-system"]["requires"]
-            source.write_text("".join(f"{line}\n" for line in requires))
+            lines = [*requires, *EDITABLE_BUILD_REQUIRES]
+            source.write_text("".join(f"{line}\n" for line in lines))
             inputs = [str(source)]
         else:
             inputs = [str(PYPROJECT.relative_to(ROOT))]

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import base64
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +19,19 @@ from poller.settings import CONFIG_ENV, Settings, SettingsError, load_settings
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+REQUIRED_SETTINGS_HELP = """\
+settings it needs (environment, .env or --config; `poller config show` prints them):
+  POLLER_INFOBIP__BASE_URL      your account's base URL, https://xxxxx.api.infobip.com
+  POLLER_INFOBIP__API_KEY       or the credentials of POLLER_INFOBIP__AUTH (basic, ibsso,
+                                oauth2)
+  POLLER_INFOBIP__APPLICATIONS  the application codes to bootstrap and pull (and/or
+                                POLLER_FORWARD__APPLICATIONS); none only with
+                                POLLER_INFOBIP__BOOTSTRAP=false or `once
+                                --no-bootstrap` (the account's inbox as it is)
+  POLLER_REDIS__URL             default redis://127.0.0.1:6379/0
+  POLLER_SPOOL__PATH            default poller-spool.db in the working directory
+Every setting is checked before anything is written; a bad one exits 2 naming it."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +46,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help=f"TOML settings file (also ${CONFIG_ENV})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("run", help="the daemon: bootstrap, then pull on the schedule until stopped")
+    sub.add_parser(
+        "run",
+        help="the daemon: bootstrap, then pull on the schedule until stopped",
+        description=_wrap(
+            "The daemon. Flushes what an earlier run left in the spool, bootstraps each"
+            " application (a configuration with a PULL action, or an HTTP_FORWARD action),"
+            " serves /livez, /readyz and /metrics, then pulls the Infobip inbox on the"
+            " schedule into the spool and flushes it into Redis streams, until SIGTERM or"
+            " SIGINT."
+        ),
+        epilog=REQUIRED_SETTINGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     once = sub.add_parser(
-        "once", help="drain the inbox into Redis and exit (non-zero if anything stayed behind)"
+        "once",
+        help="drain the inbox into Redis and exit (non-zero if anything stayed behind)",
+        description=_wrap(
+            "Bootstrap, pull until Infobip reports nothing pending, flush the spool into Redis"
+            " and exit: 0 when everything reached Redis, 1 when messages stayed in the spool"
+            " (the next run flushes them). For cron jobs and tests."
+        ),
+        epilog=REQUIRED_SETTINGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     once.add_argument("--no-bootstrap", action="store_true", help="skip the bootstrap step")
 
@@ -77,7 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulator_cli.add_arguments(simulate)
     admin.add_arguments(sub)
+    _describe_subcommands(parser)
     return parser
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=78)
+
+
+def _describe_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand without a description its one-line help as one, so that
+    `poller COMMAND --help` always says what COMMAND does."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, child in action.choices.items():
+            if not child.description and helps.get(name):
+                text = str(helps[name])
+                child.description = text[0].upper() + text[1:] + "."
+            _describe_subcommands(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,6 +217,7 @@ def _register_secrets(settings: Settings) -> None:
         settings.infobip.ibsso_token,
         settings.infobip.client_secret,
         settings.redis.password,
+        settings.redis.tls_key_password,
         settings.forward.token,
         settings.forward.basic_password,
     ):

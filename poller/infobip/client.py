@@ -80,17 +80,17 @@ def build_auth(settings: InfobipSettings) -> httpx.Auth:
     if problems:
         raise SettingsError(problems)
     if settings.auth == "app":
-        assert settings.api_key is not None
+        assert settings.api_key is not None  # nosec B101  # credential_problems() refused a missing one above
         return HeaderAuth.app(settings.api_key.get_secret_value())
     if settings.auth == "basic":
-        assert settings.username is not None
-        assert settings.password is not None
+        assert settings.username is not None  # nosec B101  # credential_problems() refused a missing one above
+        assert settings.password is not None  # nosec B101  # credential_problems() refused a missing one above
         return HeaderAuth.basic(settings.username, settings.password.get_secret_value())
     if settings.auth == "ibsso":
-        assert settings.ibsso_token is not None
+        assert settings.ibsso_token is not None  # nosec B101  # credential_problems() refused a missing one above
         return HeaderAuth.ibsso(settings.ibsso_token.get_secret_value())
-    assert settings.client_id is not None
-    assert settings.client_secret is not None
+    assert settings.client_id is not None  # nosec B101  # credential_problems() refused a missing one above
+    assert settings.client_secret is not None  # nosec B101  # credential_problems() refused a missing one above
     return OAuth2ClientCredentials(
         settings.token_url or f"{settings.base_url}/auth/1/oauth2/token",
         settings.client_id,
@@ -134,6 +134,10 @@ class InfobipClient:
     ) -> None:
         self.settings = settings
         self._on_throttled = on_throttled  # every 429, retried or not
+        problems = settings.account_problems()
+        if problems:
+            raise SettingsError(problems)
+        assert settings.base_url is not None  # nosec B101  # account_problems() refused a missing one: narrows the type
         self._auth = build_auth(settings)
         # Evenly spaced, no burst: Infobip counts requests per second, so a burst that a bucket
         # allows can still land 11 calls in one of Infobip's windows.
@@ -464,7 +468,7 @@ class InfobipClient:
             delay = retry_after
         else:
             ceiling = min(self.settings.backoff_max, self.settings.backoff_base * 2**attempt)
-            delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+            delay = ceiling / 2 + random.uniform(0, ceiling / 2)  # nosec B311  # retry jitter: no security meaning
         # A stop cuts the wait short: nothing is in flight, and the grace period is short.
         until = time.monotonic() + delay
         while (left := until - time.monotonic()) > 0:

@@ -58,19 +58,19 @@ class Simulator:
         forward: batch size, POSTs in flight, timeout and retries of the forwarder."""
         if pull_delay < 0:
             raise ValueError("pull_delay must not be negative")
-        seeds = random.Random(seed)
+        seeds = random.Random(seed)  # nosec B311  # seeded, reproducible test traffic
         self.ledger = Ledger()
         self.outbox = Outbox(self.ledger)
-        factory = MessageFactory(random.Random(seeds.getrandbits(64)))
+        factory = MessageFactory(random.Random(seeds.getrandbits(64)))  # nosec B311  # seeded, reproducible test traffic
         self.account = Account(applications, factory, self.outbox)
-        self.faults = FaultSet(random.Random(seeds.getrandbits(64)))
-        self._pick_rng = random.Random(seeds.getrandbits(64))
+        self.faults = FaultSet(random.Random(seeds.getrandbits(64)))  # nosec B311  # seeded, reproducible test traffic
+        self._pick_rng = random.Random(seeds.getrandbits(64))  # nosec B311  # seeded, reproducible test traffic
         self.forwarder = Forwarder(
             self.outbox,
             self.ledger,
             self.faults,
             forward or ForwarderSettings(),
-            random.Random(seeds.getrandbits(64)),
+            random.Random(seeds.getrandbits(64)),  # nosec B311  # seeded, reproducible test traffic
         )
         credentials = Credentials(
             api_key, forbidden_api_key, username, password, ibsso_token, client_id, client_secret

@@ -234,7 +234,7 @@ class Forwarder:
         return min(settings.backoff_max, delay) * (0.5 + self._rng.random() / 2)
 
     async def _post(self, url: str, body: bytes, attempt: ForwardAttempt) -> None:
-        assert self._client is not None
+        assert self._client is not None  # nosec B101  # start() opened the client: narrows the type
         try:
             response = await self._client.post(url, content=body, headers=_HEADERS)
         except httpx.TimeoutException:

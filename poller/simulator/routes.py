@@ -32,7 +32,7 @@ from poller.simulator.state import (
 )
 
 INBOX_PATH = "/push/1/inbox/reports"
-TOKEN_PATH = "/auth/1/oauth2/token"  # noqa: S105 (a path, not a secret)
+TOKEN_PATH = "/auth/1/oauth2/token"  # noqa: S105 (a path, not a secret)  # nosec B105  # a URL path, not a secret
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 
@@ -152,7 +152,8 @@ class InfobipApi:
             return json_response(401, {"error": "invalid_client"})
         token, expires_in = self.auth.issue_token()
         return json_response(
-            200, {"access_token": token, "expires_in": expires_in, "token_type": "Bearer"}
+            200,
+            {"access_token": token, "expires_in": expires_in, "token_type": "Bearer"},  # nosec B105  # the OAuth2 token type, not a secret
         )
 
 

@@ -54,6 +54,7 @@ from poller.sink import (
     StreamInfo,
     WriteResult,
 )
+from poller.sink.tls import TLSOptions, hint, refused, ssl_kwargs, tls_url
 from poller.spool import QuarantineEntry, SpoolEntry
 
 log = structlog.get_logger(__name__)
@@ -174,6 +175,7 @@ class RedisSink:
         maxlen: int = 0,
         hwm_ttl: int = HWM_TTL_SECONDS,
         dedupe_window: int = 3600,
+        tls: TLSOptions | None = None,
     ) -> None:
         if APP_PLACEHOLDER not in key_template:
             raise ValueError(f"key_template {key_template!r} must contain {APP_PLACEHOLDER}")
@@ -191,6 +193,8 @@ class RedisSink:
             raise ValueError("mode=sentinel needs at least one sentinel host:port")
         if hwm_ttl < 1:
             raise ValueError("hwm_ttl must be at least 1 second")
+        if tls is not None and url.startswith("unix://") and mode == "standalone":
+            raise ValueError("TLS over a unix:// socket is not supported")
         self.url = url
         self.mode: Mode = mode
         self.key_template = key_template
@@ -207,7 +211,9 @@ class RedisSink:
         self._sentinel_master = sentinel_master
         self._sentinel_addrs = [_host_port(s) for s in sentinels]
         self._password = password
-        self._secrets = [s for s in (password, _url_password(url)) if s]
+        self._tls = tls
+        secrets = (password, _url_password(url), tls.key_password if tls else None)
+        self._secrets = [s for s in secrets if s]
         self._socket_timeout = socket_timeout
         self._redis: Redis | None = None
         self._cluster: RedisCluster | None = None
@@ -265,13 +271,25 @@ class RedisSink:
             kwargs["password"] = self._password
         return kwargs
 
+    def _tls_kwargs(self, *, sentinel: bool = False) -> dict[str, Any]:
+        """``ssl=True`` and the TLS options, for a client built from host and port (every
+        connection gets the same ones); empty when TLS is off."""
+        if self._tls is None or (sentinel and not self._tls.sentinels):
+            return {}
+        return {"ssl": True, **ssl_kwargs(self._tls)}
+
+    def _client_url(self) -> str:
+        """The URL a client is built from: rediss:// whenever TLS is on."""
+        return tls_url(self.url) if self._tls is not None else self.url
+
     async def connect(self) -> str:
         """Connect, check the durability settings against the server; returns its version.
 
-        Raises SinkConfigError when the server cannot honour the settings, SinkError when it
-        cannot be reached. Either way the clients stay: the first write finishes a connect
-        that failed (and checks the durability settings then, before it writes anything).
-        Safe to call again; it replaces the clients."""
+        Raises SinkConfigError when the server cannot honour the settings (a TLS handshake
+        refused over certificates included), SinkError when it cannot be reached. Either way
+        the clients stay: the first write finishes a connect that failed (and checks the
+        durability settings then, before it writes anything). Safe to call again; it
+        replaces the clients."""
         self._ready = False
         try:
             await self._open_clients()
@@ -279,6 +297,8 @@ class RedisSink:
         except SinkError:
             raise
         except REDIS_ERRORS as exc:
+            if refused(str(exc)):
+                raise SinkConfigError(self._describe("connect", exc)) from exc
             raise self._error("connect", exc) from exc
         return self.server or "unknown"
 
@@ -298,19 +318,29 @@ class RedisSink:
         # A second connect() must not leak the first clients, nor fail on closing them.
         await self._close_clients()
         kwargs = self._client_kwargs()
+        tls = ssl_kwargs(self._tls) if self._tls is not None else {}
         if self.mode == "cluster":
             kwargs.pop("retry")
-            self._cluster = RedisCluster.from_url(self.url, **kwargs)
+            self._cluster = RedisCluster.from_url(self._client_url(), **kwargs, **tls)
         elif self.mode == "sentinel":
             # The URL carries only what the master needs (user, password, db); the address
             # comes from the sentinels.
             for name, value in parse_url(self.url).items():
                 if name in ("username", "password", "db"):
                     kwargs.setdefault(name, value)
-            self._sentinel = Sentinel(self._sentinel_addrs, **kwargs)  # type: ignore[no-untyped-call]
+            # The sentinels get the socket options and, unless told otherwise, TLS: never
+            # the master's password.
+            sentinel_kwargs = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
+            sentinel_kwargs.update(self._tls_kwargs(sentinel=True))
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                self._sentinel_addrs,
+                sentinel_kwargs=sentinel_kwargs,
+                **kwargs,
+                **self._tls_kwargs(),
+            )
             self._redis = self._sentinel.master_for(self._sentinel_master, redis_class=Redis)
         else:
-            self._redis = Redis.from_url(self.url, **kwargs)
+            self._redis = Redis.from_url(self._client_url(), **kwargs, **tls)
 
     def _admin(self) -> Redis:
         """A client for commands that are not about one key (INFO, CONFIG, PING)."""
@@ -333,7 +363,7 @@ class RedisSink:
                 kwargs["username"] = parts.username
             if self._password is None and parts.password:
                 kwargs["password"] = parts.password
-            kwargs["ssl"] = parts.scheme == "rediss"
+            kwargs.update(self._tls_kwargs())
             client = Redis(host=node.host, port=int(node.port), **kwargs)
             self._node_clients[node.name] = client
         return client
@@ -433,9 +463,11 @@ class RedisSink:
         return text
 
     def _describe(self, op: str, exc: BaseException) -> str:
-        return self._scrub(
-            f"redis {op} failed ({redact_url(self.url)}): {type(exc).__name__}: {exc}"
-        )
+        text = f"redis {op} failed ({redact_url(self.url)}): {type(exc).__name__}: {exc}"
+        advice = hint(str(exc), tls_on=self._tls is not None)
+        if advice is not None:
+            text += f" ({advice})"
+        return self._scrub(text)
 
     def _error(self, op: str, exc: BaseException) -> SinkError:
         """Turn ``exc`` into a SinkError with no secret in it; a write failure is counted."""

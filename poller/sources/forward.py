@@ -47,7 +47,7 @@ from poller.web import GuardedServer
 
 log = structlog.get_logger(__name__)
 
-TOKEN_HEADER = "X-Forward-Token"  # noqa: S105 (a header name)
+TOKEN_HEADER = "X-Forward-Token"  # noqa: S105 (a header name)  # nosec B105  # a header name, not a secret
 RETRY_AFTER = "5"
 
 
