@@ -67,6 +67,6 @@ def test_two_minute_soak_loses_nothing_and_grows_within_its_bounds(tmp_path: Pat
     samples = report["samples"]
     assert len(samples) >= 40
     assert {s["phase"] for s in samples} == {"kills", "tail"}
-    lines = (out / "samples.csv").read_text().splitlines()
+    lines = (out / "soak-samples.csv").read_text().splitlines()
     assert lines[0].startswith("t,phase,pid,process,age_s,rss_mb,fds,threads")
     assert len(lines) == len(samples) + 1

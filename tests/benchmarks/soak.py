@@ -12,7 +12,7 @@ something: a process killed every minute never gets old enough to leak visibly.
 Every `--sample-every` seconds (default 5) it records the poller's RSS, open file
 descriptors (/proc/PID/fd), threads, the spool file and its -wal, the body journal
 directory, the spool rows (from /metrics), and Redis `used_memory` beside the total stream
-length and the streams' own memory (MEMORY USAGE). Samples go to samples.csv, the report
+length and the streams' own memory (MEMORY USAGE). Samples go to soak-samples.csv, the report
 (with every sample and a per-process summary) to soak.json, both in `--out` (default: the
 work directory). Bounds checked at the end, each one a problem in the report when broken:
 
@@ -398,7 +398,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--redis-other-growth-mb", type=float, default=8.0, help="bound (default 8)"
     )
-    parser.add_argument("--out", type=Path, help="soak.json and samples.csv (default: work dir)")
+    parser.add_argument(
+        "--out", type=Path, help="soak.json and soak-samples.csv (default: work dir)"
+    )
     args = chaos.check_args(parser, parser.parse_args(argv))
     if not 0.0 < args.kill_share < 1.0:
         parser.error("--kill-share must be between 0 and 1")
@@ -445,9 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     out = args.out or workdir
     out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "samples.csv"
+    csv_path = out / "soak-samples.csv"
     csv_path.unlink(missing_ok=True)
-    print(f"work dir (logs, events.jsonl, samples.csv, soak.json): {workdir}", flush=True)
+    print(f"work dir (logs, events.jsonl, soak-samples.csv, soak.json): {workdir}", flush=True)
     sampler = Sampler(args.sample_every, args.kill_until, csv_path)
     run = chaos.run_forward if args.forward else chaos.run
     report = asyncio.run(run(args, workdir, sampler))
