@@ -62,7 +62,10 @@ def test_two_minute_soak_loses_nothing_and_grows_within_its_bounds(tmp_path: Pat
     assert longest["fds_max"] <= longest["fds_start"] + soak["bounds"]["fd_margin"]
     assert soak["at_the_end"]["spool_rows"] == 0
     assert soak["at_the_end"]["journal_files"] == 0
-    assert soak["redis_tail"]["stream_bytes_per_entry_spread"] <= 0.25
+    memory = soak["redis_tail"]
+    assert memory["stream_bytes_per_entry_spread"] <= 0.25
+    assert memory["fit_max_residual_mb"] < soak["bounds"]["redis_fit_residual_mb"]
+    assert 0 < memory["used_bytes_per_entry"] <= memory["slope_bound"]
 
     samples = report["samples"]
     assert len(samples) >= 40

@@ -24,11 +24,13 @@ work directory). Bounds checked at the end, each one a problem in the report whe
 - after the drain the spool holds no row and no journal file, and the spool file plus its
   -wal stay below `--spool-max-mb` through the whole run (SQLite reuses freed pages; the
   file keeps its largest size, it does not return to 0);
-- Redis memory outside the streams (hwm keys, dedupe windows, scripts, buffers) grows by less
-  than `--redis-other-growth-mb` over the tail (with `--forward`, plus 150 bytes per message
-  of the tail: the dedupe window remembers each forwarded id for an hour), and the streams'
-  memory per entry stays within 25 % of its tail median: Redis memory follows the stream
-  length.
+- Redis memory follows the stream length over the tail: a line fitted to `used_memory` by
+  the number of entries strays less than `--redis-residual-mb` from any sample, its slope
+  (bytes per entry) is at most 1.25 times the streams' own cost per entry (MEMORY USAGE;
+  with `--forward` plus 150 bytes: the dedupe window remembers each forwarded id for an
+  hour), and that cost per entry stays within 25 % of its median.
+
+`--judge soak.json` checks the bounds again on a finished run's samples (no new run).
 
 The exit status is 1 when the harness or a bound reports a problem.
 """
@@ -270,19 +272,26 @@ def stretch(samples: list[Sample], pid: int, warmup: float) -> dict[str, Any]:
     }
 
 
-def redis_tail(samples: list[Sample], kill_until: float) -> dict[str, Any]:
-    """Redis memory over the tail: what lies outside the streams, and the streams per entry."""
+def redis_tail(samples: list[Sample], forward: bool) -> dict[str, Any]:
+    """Redis memory over the tail against the stream length: a straight line fitted to
+    used_memory by entries (its slope, the bytes each entry costs, near the streams' own cost
+    per entry; its residuals small) says the memory follows the streams and nothing else."""
     tail = [
         s
         for s in samples
         if s.phase == "tail" and s.redis_used_mb is not None and (s.stream_entries or 0) > 0
     ]
-    if len(tail) < 2:
+    xs = [float(s.stream_entries or 0) for s in tail]
+    if len(tail) < 3 or max(xs) == min(xs):
         return {"samples": len(tail)}
+    ys = [(s.redis_used_mb or 0.0) * 2**20 for s in tail]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+    intercept = my - slope * mx
+    residual = max(abs(y - intercept - slope * x) for x, y in zip(xs, ys, strict=True))
     per_entry = [(s.redis_streams_mb or 0.0) * 2**20 / (s.stream_entries or 1) for s in tail]
-    head, end = tail[:EDGE_SAMPLES], tail[-EDGE_SAMPLES:]
-    other_start = _median([s.redis_other_mb or 0.0 for s in head])
-    other_end = _median([s.redis_other_mb or 0.0 for s in end])
     mid = statistics.median(per_entry)
     return {
         "samples": len(tail),
@@ -292,12 +301,11 @@ def redis_tail(samples: list[Sample], kill_until: float) -> dict[str, Any]:
         "entries_end": tail[-1].stream_entries,
         "used_start_mb": tail[0].redis_used_mb,
         "used_end_mb": tail[-1].redis_used_mb,
-        "other_start_mb": other_start,
-        "other_end_mb": other_end,
-        "other_growth_mb": round(other_end - other_start, 2),
+        "used_bytes_per_entry": round(slope, 1),
+        "used_at_zero_entries_mb": round(intercept / 2**20, 2),
+        "fit_max_residual_mb": round(residual / 2**20, 3),
+        "slope_bound": round(1.25 * mid + (DEDUPE_BYTES_PER_ID if forward else 0), 1),
         "stream_bytes_per_entry_median": round(mid, 1),
-        "stream_bytes_per_entry_min": round(min(per_entry), 1),
-        "stream_bytes_per_entry_max": round(max(per_entry), 1),
         "stream_bytes_per_entry_spread": round((max(per_entry) - min(per_entry)) / mid, 3),
         "keys_max": max(s.redis_keys or 0 for s in tail),
     }
@@ -313,12 +321,7 @@ def judge(args: argparse.Namespace, samples: list[Sample]) -> tuple[dict[str, An
     grown = stretch(samples, longest["pid"], args.warmup)
     spool_max = max(s.spool_mb + s.wal_mb for s in samples)
     last = samples[-1]
-    memory = redis_tail(samples, args.kill_until)
-    other_bound = args.redis_other_growth_mb
-    if args.forward and memory.get("samples", 0) >= 2:
-        # The dedupe window remembers every forwarded id for an hour: growth in proportion.
-        seconds = memory["to_t"] - memory["from_t"]
-        other_bound += args.rate * seconds * DEDUPE_BYTES_PER_ID / 2**20
+    memory = redis_tail(samples, args.forward)
     summary = {
         "sample_every_s": args.sample_every,
         "samples": len(samples),
@@ -343,7 +346,7 @@ def judge(args: argparse.Namespace, samples: list[Sample]) -> tuple[dict[str, An
             "fd_margin": FD_MARGIN,
             "thread_margin": THREAD_MARGIN,
             "spool_max_mb": args.spool_max_mb,
-            "redis_other_growth_mb": round(other_bound, 2),
+            "redis_fit_residual_mb": args.redis_residual_mb,
             "stream_bytes_per_entry_spread": 0.25,
         },
         "lifetimes": lives,
@@ -372,10 +375,16 @@ def judge(args: argparse.Namespace, samples: list[Sample]) -> tuple[dict[str, An
         problems.append(
             f"after the drain: {last.spool_rows} spool rows, {last.journal_files} journal files"
         )
-    if memory.get("samples", 0) >= 2:
-        if memory["other_growth_mb"] >= other_bound:
+    if memory.get("samples", 0) >= 3:
+        if memory["fit_max_residual_mb"] >= args.redis_residual_mb:
             problems.append(
-                f"Redis memory outside the streams grew {memory['other_growth_mb']} MB in the tail"
+                f"Redis memory strays {memory['fit_max_residual_mb']} MB from a line in the "
+                "stream length"
+            )
+        if memory["used_bytes_per_entry"] > memory["slope_bound"]:
+            problems.append(
+                f"Redis grows {memory['used_bytes_per_entry']} B per stream entry, more than "
+                f"its streams ({memory['stream_bytes_per_entry_median']} B per entry)"
             )
         if memory["stream_bytes_per_entry_spread"] > 0.25:
             problems.append(
@@ -405,8 +414,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rss-max-mb", type=float, default=150.0, help="bound (default 150)")
     parser.add_argument("--fd-max", type=int, default=128, help="bound (default 128)")
     parser.add_argument("--spool-max-mb", type=float, default=64.0, help="bound (default 64)")
+    parser.add_argument("--redis-residual-mb", type=float, default=4.0, help="bound (default 4)")
     parser.add_argument(
-        "--redis-other-growth-mb", type=float, default=8.0, help="bound (default 8)"
+        "--judge", type=Path, help="no run: check the bounds again on a soak.json's samples"
     )
     parser.add_argument(
         "--out", type=Path, help="soak.json and soak-samples.csv (default: work dir)"
@@ -439,19 +449,39 @@ def summary(report: dict[str, Any]) -> str:
         f"{end['spool_rows']} rows, file {end['spool_mb']} MB, wal {end['wal_mb']} MB, "
         f"{end['journal_files']} journal files",
     ]
-    if memory.get("samples", 0) >= 2:
+    if memory.get("samples", 0) >= 3:
         lines.append(
             f"  redis (tail)    {memory['entries_start']} -> {memory['entries_end']} entries, "
-            f"used {memory['used_start_mb']} -> {memory['used_end_mb']} MB, outside the "
-            f"streams {memory['other_start_mb']} -> {memory['other_end_mb']} MB, "
+            f"used {memory['used_start_mb']} -> {memory['used_end_mb']} MB = "
+            f"{memory['used_at_zero_entries_mb']} MB + {memory['used_bytes_per_entry']} B per "
+            f"entry (residual <= {memory['fit_max_residual_mb']} MB); streams "
             f"{memory['stream_bytes_per_entry_median']} B per entry (spread "
-            f"{memory['stream_bytes_per_entry_spread']:.1%})"
+            f"{memory['stream_bytes_per_entry_spread']:.1%}); {memory['keys_max']} keys"
         )
     return "\n".join(lines)
 
 
+def rejudge(args: argparse.Namespace, path: Path) -> dict[str, Any]:
+    """A finished run's report with its bounds checked again (the harness's own problems
+    kept): the samples stay as they were measured."""
+    report: dict[str, Any] = json.loads(path.read_text())
+    samples = [Sample(**row) for row in report["samples"]]
+    resources, problems = judge(args, samples)
+    own = {p for p in report["problems"] if p not in report.get("soak_problems", [])}
+    report["soak"] = resources
+    report["soak_problems"] = problems
+    report["problems"] = [*sorted(own), *problems]
+    report["ok"] = not report["problems"]
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.judge is not None:
+        report = rejudge(args, args.judge)
+        args.judge.write_text(json.dumps(report, indent=1, default=str) + "\n")
+        print(summary(report))
+        return 0 if report["ok"] else 1
     logs.configure("WARNING", "console")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -468,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv
     )
     report["soak"] = resources
+    report["soak_problems"] = problems
     report["problems"] = [*report["problems"], *problems]
     report["ok"] = not report["problems"]
     report["samples"] = [asdict(s) for s in sampler.samples]
