@@ -96,7 +96,7 @@ class Daemon:
             self.readiness = Readiness(
                 max_poll_age=s.max_poll_age(),
                 redis_check=rt.sink.ping,
-                spool_problem=lambda: rt.source.spool_error,
+                spool_problem=rt.source.problem,
                 stopping=self.stop.requested,
                 pulls=s.pulls,
                 receiver_listening=None if receiver is None else lambda: receiver.listening,

@@ -42,7 +42,8 @@ class Readiness:
     last_poll_ok: float | None = None  # time.monotonic() of the last good poll
     started: float = field(default_factory=time.monotonic)
     redis_timeout: float = 2.0
-    spool_problem: Callable[[], str | None] | None = None  # e.g. disk full while a batch waits
+    # What keeps the spool from taking messages (a full or read-only disk), said whole.
+    spool_problem: Callable[[], str | None] | None = None
     # Whether the daemon pulls (the last_poll check applies to pulled applications only).
     pulls: bool = True
     # The HTTP forward receiver's state when one runs: True while it accepts connections.
@@ -63,7 +64,7 @@ class Readiness:
             spool = (False, "spool is at its cap: pulling paused until Redis takes the backlog")
         problem = self.spool_problem() if self.spool_problem is not None else None
         if problem:
-            spool = (False, f"spool refuses writes, a pulled batch waits in memory: {problem}")
+            spool = (False, problem)
         shutdown = (False, "shutting down") if self.stopping else (True, "running")
         checks = {
             "bootstrap": bootstrap,

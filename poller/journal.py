@@ -138,6 +138,19 @@ class Journal:
         entry.bytes = 0
         return entry
 
+    def refuses_files(self) -> str | None:
+        """Why no new file can be made in the directory now (a read-only file system, also
+        one the kernel turned so after an error without saying so to statvfs), or None."""
+        path = self.directory / f".probe-{uuid.uuid4().hex}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+
     def leftovers(self) -> list[Leftover]:
         """Every file a previous run left, oldest first; unreadable ones are logged and kept."""
         found: list[tuple[float, Leftover]] = []

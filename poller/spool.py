@@ -142,6 +142,15 @@ class SpoolStats:
     instance_id: str | None = None
 
 
+@dataclass(frozen=True)
+class DiskRoom:
+    """The spool's file system: bytes this process may still write, and whether it is
+    read-only (mounted so, or turned so by the kernel after an error)."""
+
+    free: int
+    read_only: bool
+
+
 class SpoolError(Exception):
     """The spool file cannot be used; the message names the file and the problem."""
 
@@ -505,6 +514,15 @@ class Spool:
         """True while the spool is below its caps with ``incoming`` more rows counted."""
         return self._rows + incoming < self.max_rows and self._bytes < self.max_bytes
 
+    def disk_room(self) -> DiskRoom | None:
+        """Free space and the read-only flag of the spool's file system (statvfs of its
+        directory: cheap enough for every pull); None when they cannot be read."""
+        try:
+            st = os.statvfs(self._path.parent)
+        except OSError:
+            return None
+        return DiskRoom(st.f_bavail * st.f_frsize, bool(st.f_flag & os.ST_RDONLY))
+
     @property
     def full(self) -> bool:
         """True when the spool reached its row or byte cap: stop pulling."""
@@ -671,6 +689,9 @@ def _check_file(path: Path, *, write: bool = True) -> None:
     if not path.exists():
         return
     if write and not os.access(path, os.R_OK | os.W_OK):
+        with contextlib.suppress(OSError):
+            if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+                raise SpoolError(f"spool {path}: its file system is read-only")
         raise SpoolError(f"spool {path}: not readable and writable by this user")
     if not write and not os.access(path, os.R_OK):
         raise SpoolError(f"spool {path}: not readable by this user")

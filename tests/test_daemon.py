@@ -18,73 +18,17 @@ from poller.embedded import EmbeddedRedis, free_port
 from poller.settings import Settings
 from poller.simulator import Simulator
 from tests.fixtures_sim import SimulatorFactory
-from tests.support import ids_at, ids_in_streams, make_settings, poller_command, settings_env
+from tests.support import (
+    PollerProcess,
+    Processes,
+    ids_at,
+    ids_in_streams,
+    make_settings,
+    poller_command,
+    settings_env,
+)
 
 APPS = ["app-alpha", "app-beta", "app-gamma"]
-
-
-class PollerProcess:
-    """A `poller run` subprocess, driven from the test's event loop (the simulator lives there)."""
-
-    def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.settings = settings
-        self.log_path = log_path
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            *poller_command("run"), env=settings_env(self.settings), stdout=log, stderr=log
-        )
-        log.close()
-
-    async def wait(self, timeout: float = 30) -> int:
-        assert self.proc is not None
-        async with asyncio.timeout(timeout):
-            return await self.proc.wait()
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def readyz(self) -> tuple[int, dict[str, object]]:
-        url = f"http://127.0.0.1:{self.settings.health.port}/readyz"
-        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
-            response = await client.get(url)
-        return response.status_code, response.json()
-
-    async def wait_ready(self, want: int, timeout: float = 20) -> dict[str, object]:
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            try:
-                status, body = await self.readyz()
-                if status == want:
-                    return body
-                last = body
-            except httpx.HTTPError as exc:
-                last = exc
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"/readyz never answered {want}: {last}\n{self.logs()}")
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
-
-class Processes(list[PollerProcess]):
-    """The pollers a test started; all are killed after it."""
-
-    async def start(self, settings: Settings, log_path: Path) -> PollerProcess:
-        """Start `poller run` with these settings and track it."""
-        poller = PollerProcess(settings, log_path)
-        self.append(poller)
-        await poller.start()
-        return poller
 
 
 @pytest.fixture

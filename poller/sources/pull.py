@@ -49,6 +49,12 @@ MAX_MALFORMED_IN_A_ROW = 3
 _CUT_BY_A_STOP = "answer cut short by the end of an earlier run"
 # Longest pause between attempts to append a pulled batch that the spool refused (disk full).
 SPOOL_RETRY_MAX = 30.0
+# Free space a pull needs on the spool's file system before it is sent, per message asked
+# for, plus a floor: the journal file, the rows in the WAL and the checkpoint into the spool
+# file each hold the answer once (Infobip's MO items are well under 1 KiB each). Infobip
+# forgets what it hands out, so a pull is not sent without room for its answer.
+DISK_BYTES_PER_MESSAGE = 4096
+DISK_FLOOR = 1 << 20
 
 
 @dataclass
@@ -139,6 +145,8 @@ class PullSource:
         self.backpressure = False
         # Set while a pulled batch waits in memory because the spool refused it.
         self.spool_error: str | None = None
+        # Set while pulls are paused because the spool's file system lacks room.
+        self.disk_paused: str | None = None
         # Messages a stop had to give up because neither the spool nor the journal held them.
         self.abandoned = 0
         # Called when a pull worked and what it spooled reached the sink (readiness).
@@ -238,6 +246,10 @@ class PullSource:
             self.flusher.wake()
             result.backpressure = running == 0
             return False
+        if self.spool_error is not None:
+            return False  # a pulled batch waits in memory: nothing more until it is spooled
+        if not self._disk_allows(running + 1):
+            return False
         if pending is None:
             return running == 0  # the first answer tells how much is waiting
         # What the latest answer left, less what the pulls already on their way will take.
@@ -261,6 +273,43 @@ class PullSource:
                 max_body_bytes=self.client.settings.max_body_bytes,
             )
         self._fit = fit
+
+    def disk_problem(self, pulls: int = 1) -> str | None:
+        """Why the spool's file system cannot take the answers of ``pulls`` pulls, or None."""
+        room = self.spool.disk_room()
+        if room is None:
+            return None
+        where = self.spool.path.parent
+        if room.read_only:
+            return f"the spool's file system ({where}) is read-only"
+        need = DISK_FLOOR + pulls * self.pull_limit * DISK_BYTES_PER_MESSAGE
+        if room.free < need:
+            return (
+                f"the spool's file system ({where}) has {room.free / 2**20:.1f} MiB free, "
+                f"below the {need / 2**20:.1f} MiB a pull needs"
+            )
+        refused = self.journal.refuses_files() if self.journal is not None else None
+        if refused is not None:
+            return f"the spool's file system ({where}) refuses writes: {refused}"
+        return None
+
+    def problem(self) -> str | None:
+        """What keeps the spool from taking pulled or forwarded messages now, for readiness."""
+        if self.spool_error is not None:
+            return f"spool refuses writes, a pulled batch waits in memory: {self.spool_error}"
+        disk = self.disk_problem()
+        return None if disk is None else f"pulling paused: {disk}"
+
+    def _disk_allows(self, pulls: int) -> bool:
+        """True when the file system has room for ``pulls`` answers; logs each change."""
+        problem = self.disk_problem(pulls)
+        if problem != self.disk_paused and (problem is None) != (self.disk_paused is None):
+            if problem is not None:
+                log.error("spool's file system has no room: pulling paused", problem=problem)
+            else:
+                log.info("spool's file system has room again: pulling resumed")
+        self.disk_paused = problem
+        return problem is None
 
     def _start(self) -> asyncio.Task[_Unit]:
         previous = self._last_turn

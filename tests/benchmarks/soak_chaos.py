@@ -69,7 +69,7 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from redis.asyncio import Redis
@@ -350,7 +350,11 @@ def make_plan(
     rng: random.Random,
     seconds: float,
     fault_set: tuple[str, ...] = FAULT_KINDS,
+    kill_until: float | None = None,
 ) -> Plan:
+    """Draw the run's disruptions; ``kill_until`` (an offset, s) ends the kills and SIGTERMs
+    there, leaving the rest of the run to one poller process (Redis outages and faults go on)."""
+
     def count(explicit: int | None, per_minute: float, cap: int, least: int = 1) -> int:
         if explicit is not None:
             return max(0, explicit)
@@ -361,12 +365,13 @@ def make_plan(
     outages = count(args.redis_kills, 0.75, 10)
     windows = count(args.fault_windows, 4.0, 40, least=len(fault_set))
     begin, end = WARMUP, max(WARMUP + 1.0, seconds - COOLDOWN)
+    kill_end = end if kill_until is None else max(begin + 1.0, min(end, kill_until))
     kinds = ["sigkill"] * kills + ["sigterm"] * terms + ["sigkill-in-flight"] * args.in_flight_kills
     rng.shuffle(kinds)
     process = [
         (kind, start, length)
         for kind, (start, length) in zip(
-            kinds, _slots(rng, len(kinds), begin, end, 0.2, 2.0), strict=True
+            kinds, _slots(rng, len(kinds), begin, kill_end, 0.2, 2.0), strict=True
         )
     ]
     redis = _slots(rng, outages, begin, end, 2.0, 6.0)
@@ -641,6 +646,26 @@ def classify(
 
 
 @dataclass
+class Stage:
+    """What a probe may watch while traffic flows."""
+
+    sim: Simulator
+    redis: EmbeddedRedis
+    poller: PollerProcess
+    settings: Settings
+    t0: float
+
+
+class Probe(Protocol):
+    """Watches a run (soak.py samples the poller's resources): started once traffic is on,
+    stopped after the drain and before the final SIGTERM (and again, harmlessly, on an error)."""
+
+    async def start(self, stage: Stage) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass
 class Observed:
     """Everything the run saw, for the report."""
 
@@ -668,11 +693,13 @@ def _decode(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+async def run(
+    args: argparse.Namespace, workdir: Path, probe: Probe | None = None
+) -> dict[str, Any]:
     journal = Journal(workdir / "events.jsonl", args.verbose)
     rng = random.Random(args.seed)
     seconds = args.minutes * 60.0
-    plan = make_plan(args, rng, seconds)
+    plan = make_plan(args, rng, seconds, kill_until=getattr(args, "kill_until", None))
     sim = Simulator(
         applications=APPS,
         auto_configure=True,
@@ -712,6 +739,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         sim.set_rate(args.rate)
         t0 = now()
         journal.add("traffic on", rate=args.rate, seconds=seconds)
+        if probe is not None:
+            await probe.start(Stage(sim, redis, poller, settings, t0))
         helpers = [
             asyncio.create_task(poller.watch(stop), name="watch"),
             asyncio.create_task(progress(sim, poller, journal, args.progress, stop)),
@@ -737,6 +766,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             await asyncio.to_thread(redis.restart)
         drained, drain_seconds, seen = await drain(sim, poller, args.drain_timeout)
         journal.add("drain", drained=drained, seconds=round(drain_seconds, 2), **seen)
+        if probe is not None:
+            await probe.stop()
         final_code = await poller.sigterm(None)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10.0):
@@ -787,6 +818,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for task in helpers:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
+        if probe is not None:
+            await probe.stop()
         if poller is not None:
             await poller.kill_quietly()
         await asyncio.to_thread(redis.stop)
@@ -1012,12 +1045,16 @@ class ForwardObserved:
     final_code: int | None
 
 
-async def run_forward(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+async def run_forward(
+    args: argparse.Namespace, workdir: Path, probe: Probe | None = None
+) -> dict[str, Any]:
     """The forward mode: the simulator POSTs every message to `poller run`'s receiver."""
     journal = Journal(workdir / "events.jsonl", args.verbose)
     rng = random.Random(args.seed)
     seconds = args.minutes * 60.0
-    plan = make_plan(args, rng, seconds, FORWARD_FAULT_KINDS)
+    plan = make_plan(
+        args, rng, seconds, FORWARD_FAULT_KINDS, kill_until=getattr(args, "kill_until", None)
+    )
     # Retried until a 2xx, however long the poller or its receiver is away.
     sim = Simulator(
         applications=APPS,
@@ -1074,6 +1111,8 @@ async def run_forward(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
         sim.set_rate(args.rate)
         t0 = now()
         journal.add("traffic on", rate=args.rate, seconds=seconds)
+        if probe is not None:
+            await probe.start(Stage(sim, redis, poller, settings, t0))
         helpers = [
             asyncio.create_task(poller.watch(stop), name="watch"),
             asyncio.create_task(progress_forward(sim, poller, journal, args.progress, stop)),
@@ -1098,6 +1137,8 @@ async def run_forward(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
             await asyncio.to_thread(redis.restart)
         drained, drain_seconds, seen = await drain_forward(sim, poller, args.drain_timeout)
         journal.add("drain", drained=drained, seconds=round(drain_seconds, 2), **seen)
+        if probe is not None:
+            await probe.stop()
         final_code = await poller.sigterm(None)
 
         counts, per_app, dead = await read_streams(redis.url)
@@ -1128,6 +1169,8 @@ async def run_forward(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
         for task in helpers:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
+        if probe is not None:
+            await probe.stop()
         if poller is not None:
             await poller.kill_quietly()
         await asyncio.to_thread(redis.stop)
@@ -1306,8 +1349,9 @@ def summary_forward(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+def build_parser(description: str = __doc__.split("\n", 1)[0]) -> argparse.ArgumentParser:
+    """The harness's options (soak.py adds its own and changes some defaults)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--minutes", type=float, default=3.0, help="traffic time (default 3)")
     parser.add_argument("--seed", type=int, default=7, help="draws every disruption")
     parser.add_argument("--rate", type=float, default=200.0, help="messages/s (default 200)")
@@ -1337,7 +1381,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="default: a new temp directory (kept)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--quiet", dest="verbose", action="store_false", help="no event lines")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Refuse option values the run cannot use (through ``parser.error``)."""
     if not 0 < args.minutes <= 24 * 60:
         parser.error("--minutes must be in (0, 1440]")
     if args.rate < 0:
@@ -1349,6 +1397,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.in_flight_kills and "slow_answer" not in SIMULATOR_FAULT_KINDS:
         parser.error("--in-flight-kills needs a simulator with the slow_answer fault")
     return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    return check_args(parser, parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
