@@ -3,9 +3,11 @@
 # infobip-push-poller: build a wheel, install it into a venv, ship the venv on a slim base.
 #
 #   docker build -t infobip-push-poller .
-#   docker run -d --name poller -e POLLER_INFOBIP__BASE_URL=https://xxxxx.api.infobip.com \
-#       -e POLLER_INFOBIP__API_KEY=... -e POLLER_REDIS__URL=redis://redis:6379/0 \
-#       -v poller-spool:/var/lib/infobip-push-poller -p 9464:9464 infobip-push-poller
+#   docker run -d --name poller --network poller-net \
+#       -e POLLER_INFOBIP__BASE_URL=https://xxxxx.api.infobip.com -e POLLER_INFOBIP__API_KEY=... \
+#       -e POLLER_INFOBIP__APPLICATIONS=your-app -e POLLER_REDIS__URL=redis://redis:6379/0 \
+#       -v poller-spool:/var/lib/infobip-push-poller -p 127.0.0.1:9464:9464 infobip-push-poller
+#   (deploy/OPERATIONS.md: the network and the Redis container it names)
 #
 # Stopping: SIGTERM turns readiness to 503, lets the poll cycle in flight finish within
 # POLLER_SCHEDULE__GRACE_PERIOD (default 25 s), flushes the spool and exits 0. Give the
@@ -23,14 +25,17 @@ WORKDIR /src
 # Every dependency and the build backend come hash-pinned from deploy/requirements/ (the
 # dependencies' layer stays cached while only the code changes); the wheel adds no others.
 COPY deploy/requirements/runtime.txt deploy/requirements/build.txt deploy/requirements/
-RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r deploy/requirements/runtime.txt \
-    && python -m venv /opt/build \
-    && /opt/build/bin/pip install --no-cache-dir --require-hashes -r deploy/requirements/build.txt
+# The shipped venv gets no pip or setuptools of its own (nothing installs at run time): the
+# build venv's pip installs into it with --python.
+RUN python -m venv /opt/build \
+    && /opt/build/bin/pip install --no-cache-dir --require-hashes -r deploy/requirements/build.txt \
+    && python -m venv --without-pip /opt/venv \
+    && /opt/build/bin/pip --python /opt/venv/bin/python install --no-cache-dir --require-hashes \
+       -r deploy/requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY poller/ poller/
 RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels . \
-    && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/*.whl
+    && /opt/build/bin/pip --python /opt/venv/bin/python install --no-cache-dir --no-deps /wheels/*.whl
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="infobip-push-poller" \

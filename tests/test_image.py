@@ -206,6 +206,11 @@ def test_no_compiler_and_no_build_leftovers(rootfs: Path) -> None:
     # The builder stage's sources, wheels and build backend stay in the builder stage.
     for path in ["src", "wheels", "opt/build"]:
         assert not (rootfs / path).exists(), path
+    # The shipped venv cannot install anything: no pip or setuptools in it.
+    site = next((rootfs / "opt/venv/lib").glob("python3*/site-packages"))
+    assert sorted(p.name for p in site.glob("pip*")) == []
+    assert sorted(p.name for p in site.glob("setuptools*")) == []
+    assert not (rootfs / "opt/venv/bin/pip").exists()
 
 
 def test_build_time_pip_settings_are_not_in_the_image(rootfs: Path) -> None:

@@ -123,7 +123,9 @@ def pip_commands(path: Path) -> list[str]:
     commands = []
     for line in text.splitlines():
         for command in line.split("&&"):
-            if re.search(r"pip (install|wheel)", command) and not command.lstrip().startswith("#"):
+            if re.search(
+                r"pip (?:--python \S+ )?(install|wheel)", command
+            ) and not command.lstrip().startswith("#"):
                 commands.append(" ".join(command.split()))
     return commands
 
