@@ -180,9 +180,15 @@ DUPLICATE_DELIVERIES = _app_counter(
     "Forwarded messages not written again: their messageId reached the stream within the"
     " dedupe window (Infobip delivered them again).",
 )
-INFO = Info("poller", "Version and spool instance id of this process.", registry=REGISTRY)
+INFO = Info("poller", "Version and spool writer id of this process.", registry=REGISTRY)
 METRICS.append(
-    MetricDoc("poller_info", "gauge", ("version", "instance"), "Always 1; carries the labels.")
+    MetricDoc(
+        "poller_info",
+        "gauge",
+        ("version", "writer"),
+        "Always 1; carries the labels (writer: this start's spool writer id; not `instance`,"
+        " which Prometheus reserves for the scrape target).",
+    )
 )
 
 _BY_APP = (
@@ -211,9 +217,9 @@ def set_applications(applications: Iterable[str]) -> None:
 set_applications(())
 
 
-def set_info(version: str, instance: str) -> None:
-    """Publish `poller_info{version,instance} 1`."""
-    INFO.info({"version": version, "instance": instance})
+def set_info(version: str, writer: str) -> None:
+    """Publish `poller_info{version,writer} 1`."""
+    INFO.info({"version": version, "writer": writer})
 
 
 def render() -> tuple[bytes, str]:
