@@ -157,6 +157,10 @@ LAST_SUCCESSFUL_POLL = _gauge(
 BACKPRESSURE_ACTIVE = _gauge(
     "poller_backpressure_active", "1 while pulling is paused because the spool is at its cap."
 )
+SPOOL_DISK_PAUSED = _gauge(
+    "poller_spool_disk_paused",
+    "1 while pulling is paused because the spool's file system lacks room or is read-only.",
+)
 PULL_LIMIT = _gauge(
     "poller_pull_limit",
     "Messages asked for per pull: POLLER_INFOBIP__PULL_LIMIT, or less once Infobip refused it.",

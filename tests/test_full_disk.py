@@ -147,12 +147,17 @@ async def until(what: Callable[[], bool], timeout: float, message: Callable[[], 
 
 
 async def spool_rows(settings: Settings) -> float | None:
+    return await metric(settings, "poller_spool_rows")
+
+
+async def metric(settings: Settings, name: str) -> float | None:
+    """One unlabelled sample of the daemon's /metrics, None while it cannot be read."""
     url = f"http://127.0.0.1:{settings.health.port}/metrics"
     with contextlib.suppress(httpx.HTTPError):
         async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
             text = (await client.get(url)).text
         for line in text.splitlines():
-            if line.startswith("poller_spool_rows "):
+            if line.startswith(f"{name} "):
                 return float(line.split()[1])
     return None
 
@@ -272,11 +277,14 @@ async def test_full_disk_stops_pulls_refuses_forwards_and_recovers(
     assert await forward_status(settings) == 503
     assert sim.ledger.forward_counts()["pending"] > 0
     assert "spool refused a pulled batch" not in poller.logs()
+    assert await metric(settings, "poller_spool_disk_paused") == 1.0
 
     filler.unlink()
     await poller.wait_ready(200, timeout=30)
     assert await forward_status(settings) == 200
     await until(lambda: sim.ledger.handed_out > handed, 10, poller.logs)
+    # The gauge follows the check made before each pull: the one just sent cleared it.
+    assert await metric(settings, "poller_spool_disk_paused") == 0.0
     await drain_and_check(sim, settings, poller, redis_url, key_template, by_hand=1)
 
 

@@ -309,6 +309,7 @@ class PullSource:
             else:
                 log.info("spool's file system has room again: pulling resumed")
         self.disk_paused = problem
+        metrics.SPOOL_DISK_PAUSED.set(0 if problem is None else 1)
         return problem is None
 
     def _start(self) -> asyncio.Task[_Unit]:
