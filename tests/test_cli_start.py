@@ -127,3 +127,23 @@ def test_no_application_is_accepted_with_bootstrap_off(tmp_path: Path) -> None:
     assert code == 1, lines
     assert not any("bad setting" in line for line in lines)
     assert (tmp_path / "poller-spool.db").exists()
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    # Tried: `poller config show | head -3`, whose reader leaves after three lines; it used to
+    # print `poller: error: BrokenPipeError: [Errno 32] Broken pipe`.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+    env["POLLER_INFOBIP__API_KEY"] = API_KEY
+    with subprocess.Popen(
+        poller_command("config", "show"),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        proc.stdout.close()  # before the command writes: every write meets a pipe with no reader
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(timeout=30) == 1
+    assert stderr == ""

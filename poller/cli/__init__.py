@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import textwrap
 import traceback
@@ -144,6 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of stdout left (`poller tail | head`): nothing more to tell it, and no
+        # error to report. stdout goes to /dev/null so the exit's flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     except Exception:
         # Unexpected: the traceback is what a bug report needs, with every secret masked
         # (an exception's text may quote a URL, a header or a request body).
@@ -172,6 +178,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     except InfobipError as exc:
         error(str(exc))
         return EXIT_FAILURE
+    except BrokenPipeError:
+        raise
     except OSError as exc:
         error(f"{type(exc).__name__}: {exc}")
         return EXIT_FAILURE
