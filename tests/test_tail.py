@@ -36,6 +36,8 @@ async def test_tail_prints_every_stream_from_the_start_with_control_characters_e
     settings = await drained(configured_simulator, redis_url, tmp_path, key_template)
     done = await asyncio.to_thread(run_poller, settings, "tail")
     assert done.returncode == 0, done.stderr
+    assert settings.log.level == "INFO"
+    assert done.stderr == ""  # the answer only: no "redis connected" progress line
     lines = done.stdout.splitlines()
     assert [line.split()[2] for line in lines] == ["a1", "a2", "b1"]  # per stream, in order
     assert "\x1b" not in done.stdout

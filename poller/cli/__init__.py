@@ -157,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
+# Commands that answer a question rather than do the daemon's work.
+_ANSWERING_COMMANDS = frozenset({"tail", "status", "check", "config"})
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from poller.infobip.errors import InfobipError
 
@@ -172,7 +176,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     from poller import logs
 
-    logs.configure(settings.log.level, settings.log.format)
+    level = settings.log.level
+    if args.command in _ANSWERING_COMMANDS and level.upper() == "INFO":
+        # Their output is the answer; progress lines ("redis connected") would be noise on
+        # stderr. Warnings and errors still show, and DEBUG, when asked for, stays DEBUG.
+        level = "WARNING"
+    logs.configure(level, settings.log.format)
     try:
         return _run_command(args, settings)
     except InfobipError as exc:
