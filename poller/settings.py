@@ -10,7 +10,7 @@ from contextvars import ContextVar
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from dotenv import dotenv_values
 from pydantic import (
@@ -428,6 +428,9 @@ def _redis_url_problem(url: str) -> str | None:
         "cannot be read as a Redis URL: a # ? or / in the password must be percent-encoded"
         f" (%23 %3F %2F), or the password set with {ENV_PREFIX}REDIS{ENV_DELIMITER}PASSWORD"
     )
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        # urllib keeps a space in the password, but the masks stop at it: its tail would show.
+        return "cannot be read as a Redis URL: a space or control character must be percent-encoded"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises on a port that is not a number)
@@ -438,8 +441,36 @@ def _redis_url_problem(url: str) -> str | None:
         # read as the host, the path or the query.
         return advice
     if parts.scheme == "unix":
-        return None if parts.path else advice
-    return None if parts.hostname else advice
+        return _redis_query_problem(parts.query) if parts.path else advice
+    return _redis_query_problem(parts.query) if parts.hostname else advice
+
+
+def _redis_query_problem(query: str) -> str | None:
+    """Why redis-py would fail on a query parameter at connect (a traceback), naming it
+    but never quoting its value."""
+    import inspect
+
+    from redis.asyncio.connection import AbstractConnection
+    from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+
+    from poller.sink import tls
+
+    known = set(URL_QUERY_ARGUMENT_PARSERS) | set(
+        inspect.signature(AbstractConnection.__init__).parameters
+    )
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name in tls.URL_QUERY_SETTINGS:
+            continue  # the TLS checks name the setting to use instead
+        if name not in known or name in ("self", "kwargs"):
+            shown = repr(name) if re.fullmatch(r"[a-z_]{1,40}", name) else "(not shown)"
+            return f"unknown query parameter {shown} in the Redis URL"
+        parser: Any = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        if parser is not None and value:
+            try:
+                parser(value)
+            except (ValueError, TypeError):
+                return f"query parameter {name!r} of the Redis URL has a value redis cannot read"
+    return None
 
 
 class SpoolSettings(_Section):

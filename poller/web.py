@@ -3,16 +3,23 @@ lacks, for a port that may face the internet or a crowd of probes.
 
 aiohttp gives the protocol, routing, keep-alive and streaming bodies. Around its protocol,
 ``GuardedServer`` adds:
-- a cap on open connections: one more is answered 503 and closed at once, so file
-  descriptors never run out (an accept loop starved of them logs thousands of lines a second);
-- a timeout on request headers (aiohttp waits for them forever): a connection whose request
-  has not reached its handler in time is closed; the handler bounds the body itself;
+- a cap on open connections, kept within the process's open-file limit, so file descriptors
+  never run out (an accept loop starved of them logs thousands of lines a second). At the
+  cap a new connection takes the place of the oldest one that is not inside a request (silent,
+  still sending its headers, or idle between requests), so a crowd of silent connections
+  cannot lock out a probe; only when every connection is inside a request is the new one
+  answered 503 and closed at once;
+- a timeout on request headers (aiohttp waits for them forever), counted from the connection's
+  start and from the first byte of each later request: a connection whose request has not
+  reached its handler in time is closed; the handler bounds the body itself;
 - a short lingering close after an answer sent with the body unread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -23,6 +30,9 @@ from aiohttp.web_protocol import RequestHandler
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# File descriptors left for what opens after the servers: the spool's journal, Redis and
+# Infobip connections.
+FD_RESERVE = 48
 _REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
     b"Connection: close\r\n\r\n"
@@ -53,11 +63,12 @@ class _Guard(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._in_request = False
         self._admitted = False
+        self._evicted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)  # nosec B101  # a TCP server's transport: narrows the type
         self.transport = transport
-        if self.gate.open >= self.gate.cap:
+        if self.gate.open >= self.gate.cap and not self._make_room():
             self.gate.refused += 1
             if self.gate.on_refused is not None:
                 self.gate.on_refused()
@@ -68,18 +79,39 @@ class _Guard(asyncio.Protocol):
         self.gate.open += 1
         self.gate.guards[self.inner] = self
         self.inner.connection_made(transport)
+        # The first request's headers must arrive in time, like every later one's.
+        self._timer = asyncio.get_running_loop().call_later(self.gate.header_timeout, self._expire)
+
+    def _make_room(self) -> bool:
+        """Close the oldest connection that is not inside a request; False when all are."""
+        for guard in self.gate.guards.values():
+            if not guard._in_request:
+                guard._release()
+                guard._evicted = True
+                if guard.transport is not None:
+                    guard.transport.abort()
+                return True
+        return False
+
+    def _release(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.gate.open -= 1
+            self.gate.guards.pop(self.inner, None)
+        self._disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._evicted:
+            self._evicted = False
+            self.inner.connection_lost(exc)
+            return
         if not self._admitted:
             return
-        self._admitted = False
-        self.gate.open -= 1
-        self.gate.guards.pop(self.inner, None)
-        self._disarm()
+        self._release()
         self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if not self._admitted:
+        if not self._admitted or self._evicted:
             return
         if not self._in_request and self._timer is None:
             # The first bytes of a request: its headers must all arrive in time.
@@ -118,6 +150,17 @@ class _Guard(asyncio.Protocol):
             self.transport.abort()
 
 
+# Connections the running servers of this process may hold together.
+_claimed = 0
+
+
+def _open_descriptors() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
 class GuardedServer:
     """An aiohttp application served with the limits above, in the running event loop."""
 
@@ -144,6 +187,7 @@ class GuardedServer:
             self._app.router.add_route("*", path, handler)
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
+        self._claim = 0
 
     @property
     def port(self) -> int:
@@ -178,21 +222,65 @@ class GuardedServer:
             handle_signals=False,
         )
         await runner.setup()
+        self._claim_descriptors()
         factory = runner.server
         assert factory is not None  # nosec B101  # setup() just above made it: narrows the type
         gate = self._gate
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
-                lambda: _Guard(factory(), gate), self.host, self._port, ssl=self._ssl, backlog=512
+                lambda: _Guard(factory(), gate),
+                self.host,
+                self._port,
+                ssl=self._ssl,
+                # Also the most connections asyncio accepts at once, each a descriptor.
+                backlog=min(512, gate.cap),
             )
         except OSError:
+            self._release_descriptors()
             await runner.cleanup()
             raise
         self._runner = runner
 
+    def _claim_descriptors(self) -> None:
+        """Lower the cap to what the open-file limit leaves, after the descriptors open now,
+        a reserve, and the caps of the other servers of this process."""
+        global _claimed
+        gate = self._gate
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY:
+            # A soft limit below what the cap needs is raised as far as the hard limit allows.
+            need = _open_descriptors() + FD_RESERVE + _claimed + 2 * gate.cap
+            if soft < need and (hard == resource.RLIM_INFINITY or soft < hard):
+                raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+                try:
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+                    soft = raised
+                except (OSError, ValueError):
+                    pass
+            # Each connection admitted, and as many again accepted in one burst before the
+            # cap can turn them away (asyncio accepts up to the backlog at once).
+            room = max(1, (soft - _open_descriptors() - FD_RESERVE - _claimed) // 2)
+            if gate.cap > room:
+                log.warning(
+                    "connection cap lowered to fit the open-file limit",
+                    server=gate.name,
+                    configured=gate.cap,
+                    cap=room,
+                    open_file_limit=soft,
+                )
+                gate.cap = room
+        self._claim = 2 * gate.cap
+        _claimed += self._claim
+
+    def _release_descriptors(self) -> None:
+        global _claimed
+        _claimed -= self._claim
+        self._claim = 0
+
     async def close(self) -> None:
         """Stop accepting, let requests in flight finish, close every connection."""
+        self._release_descriptors()
         if self._server is not None:
             self._server.close()
         if self._runner is not None:

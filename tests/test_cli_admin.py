@@ -39,12 +39,13 @@ class Run:
 def run(tmp_path: Path) -> Any:
     """Run `poller ARGS` against a simulator; the working directory holds no .env."""
 
-    async def go(sim: Simulator, *args: str, api_key: str = "sim-api-key") -> Run:
+    async def go(sim: Simulator, *args: str, api_key: str = "sim-api-key", **settings: str) -> Run:
         env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
         env.update(
             POLLER_INFOBIP__BASE_URL=sim.base_url,
             POLLER_INFOBIP__API_KEY=api_key,
             POLLER_INFOBIP__BACKOFF_BASE="0.05",
+            **settings,
         )
         proc = await asyncio.create_subprocess_exec(
             POLLER,
@@ -193,6 +194,38 @@ async def test_wrong_api_key_is_one_line_without_the_key(
     assert "POLLER_INFOBIP__API_KEY" in line
     assert wrong not in result.out + result.err
     assert configured_simulator.inbox_depth == 3
+
+
+async def test_bootstrap_with_a_key_that_lacks_the_scope_names_the_scopes(
+    simulator: Simulator, run: Any
+) -> None:
+    # Tried: `poller bootstrap` with a key Infobip answers 403 (it printed only
+    # "HTTP 403 FORBIDDEN: Forbidden", no scope, unlike `poller once`).
+    result = await run(
+        simulator, "bootstrap", api_key="sim-forbidden-key", POLLER_INFOBIP__APPLICATIONS=APP
+    )
+    assert result.code == 1
+    line = result.err_lines[-1]
+    assert line.startswith("poller: error: HTTP 403 FORBIDDEN"), result.err
+    for text in ("inbound-message:read", "mobile-app-messaging:manage", "BOOTSTRAP=false"):
+        assert text in line, text
+
+
+async def test_pull_json_escapes_c1_control_characters(
+    configured_simulator: Simulator, run: Any
+) -> None:
+    # Tried: a message text with an 8-bit CSI (U+009B) and DEL: `--json` printed them raw
+    # (json escapes only C0), and a terminal acts on an 8-bit CSI like on ESC [.
+    text = "red\x9b31m\x7f \x1b[2J ünï"
+    configured_simulator.inject_raw(
+        [{"messageId": "c1", "applicationCode": APP, "text": text,
+          "receivedAt": "2026-11-30T10:00:00.000+0000"}]
+    )  # fmt: skip
+    result = await run(configured_simulator, "infobip", "pull", "--json")
+    assert result.code == 0, result.err
+    assert not any(ch in result.out for ch in "\x1b\x7f\x9b")
+    assert "ünï" in result.out
+    assert result.json()["results"][0]["text"] == text
 
 
 async def test_configuration_get_and_delete(simulator: Simulator, run: Any) -> None:

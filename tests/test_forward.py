@@ -237,8 +237,9 @@ async def test_an_item_that_is_not_a_message_is_quarantined_and_the_others_accep
 async def test_slow_clients_are_cut_off_and_connections_are_capped(
     configured_simulator: Simulator, redis_url: str, tmp_path: Path, key_template: str
 ) -> None:
-    # Tried: headers that never finish; a body announced as 10 bytes that never comes;
-    # more connections than the cap.
+    # Tried: headers that never finish; bodies announced as 10 bytes that never come; more
+    # connections than the cap (a new one once waited while headers that never finish held
+    # a place); a connection that sends nothing.
     settings = forward_settings(
         configured_simulator, redis_url, tmp_path, key_template, max_connections=3
     )
@@ -247,21 +248,33 @@ async def test_slow_clients_are_cut_off_and_connections_are_capped(
         slow = await asyncio.open_connection("127.0.0.1", port)
         slow[1].write(b"POST /infobip/forward HTTP/1.1\r\nHost: x\r\n")
         body = await asyncio.open_connection("127.0.0.1", port)
-        body[1].write(
+        head = (
             f"POST /infobip/forward/{TOKEN} HTTP/1.1\r\nHost: x\r\n"
             "Content-Type: application/json\r\nContent-Length: 10\r\n\r\n".encode()
         )
-        third = await asyncio.open_connection("127.0.0.1", port)
+        body[1].write(head)
+        second_body = await asyncio.open_connection("127.0.0.1", port)
+        second_body[1].write(head)
         await asyncio.sleep(0.1)
+        # At the cap, a new connection takes the place of the oldest one still sending its
+        # headers (a crowd of silent connections cannot lock Infobip out) ...
+        third_body = await asyncio.open_connection("127.0.0.1", port)
+        third_body[1].write(head)
+        assert await asyncio.wait_for(slow[0].read(), 0.5) == b""
+        await asyncio.sleep(0.1)
+        # ... and with every place taken by a request in progress, one more is refused.
         fourth = await asyncio.open_connection("127.0.0.1", port)
         refused = await asyncio.wait_for(fourth[0].read(), 5)
         assert refused.startswith(b"HTTP/1.1 503")
-        # The slow ones are closed after the read timeout (1 s here), the body one with 408.
-        assert await asyncio.wait_for(slow[0].read(), 5) == b""
-        answer = await asyncio.wait_for(body[0].readline(), 5)
-        assert answer.startswith(b"HTTP/1.1 408")
-        assert await asyncio.wait_for(body[0].read(), 5)  # the rest, then the close
-        for _reader, writer in (slow, body, third, fourth):
+        # A body that never comes is answered 408 after the read timeout (1 s here).
+        for reader, _writer in (body, second_body, third_body):
+            answer = await asyncio.wait_for(reader.readline(), 5)
+            assert answer.startswith(b"HTTP/1.1 408")
+            assert await asyncio.wait_for(reader.read(), 5)  # the rest, then the close
+        # A connection that sends nothing is closed after the read timeout too.
+        silent = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(silent[0].read(), 5) == b""
+        for _reader, writer in (slow, body, second_body, third_body, fourth, silent):
             writer.close()
         stats = receiver.rt.spool.stats()
         assert (stats.rows, stats.quarantined) == (0, 0)
@@ -429,3 +442,65 @@ async def test_forward_end_to_end_bootstrap_points_infobip_at_the_receiver(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_silent_connections_under_a_low_open_file_limit_leave_the_daemon_working(
+    configured_simulator: Simulator, redis_url: str, tmp_path: Path, key_template: str
+) -> None:
+    # Tried: `poller run` with a receiver (cap 512, the default) under `ulimit -n 200`, and
+    # 300 connections to it that send nothing. The descriptors ran out: /livez and /readyz
+    # could not be reached, the spool refused writes ("Too many open files"), and asyncio
+    # logged `socket.accept() out of system resource` about 70 MB in 20 s. (The soft and
+    # hard limits are both 200: the daemon cannot raise its soft limit past it.)
+    import resource
+
+    health_port = free_port()
+    settings = make_settings(
+        configured_simulator,
+        redis_url,
+        tmp_path,
+        key_template,
+        health={"enabled": True, "port": health_port},
+        forward={"applications": [APP], "token": TOKEN, "port": free_port()},
+    )
+    log_path = tmp_path / "run.log"
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            *poller_command("run"),
+            env=settings_env(settings),
+            stdout=log,
+            stderr=log,
+            preexec_fn=low_limit,
+        )
+    held: list[socket.socket] = []
+    try:
+        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+            base = f"http://127.0.0.1:{health_port}"
+            for _ in range(200):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{base}/readyz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            for _ in range(300):
+                sock = socket.socket()
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    sock.connect(("127.0.0.1", settings.forward.port))
+                held.append(sock)
+            await asyncio.sleep(2)
+            for path in ("/livez", "/readyz"):
+                assert (await client.get(f"{base}{path}")).status_code == 200, path
+        logs = log_path.read_text()
+        assert "out of system resource" not in logs
+        assert "Too many open files" not in logs
+        assert "connection cap lowered to fit the open-file limit" in logs
+        assert len(logs) < 1_000_000
+    finally:
+        for sock in held:
+            sock.close()
+        proc.kill()
+        await proc.wait()

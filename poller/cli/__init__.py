@@ -185,7 +185,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         return _run_command(args, settings)
     except InfobipError as exc:
-        error(str(exc))
+        hint = getattr(exc, "hint", None)  # an AuthError says which scope or key is wrong
+        error(f"{exc}: {hint}" if hint else str(exc))
         return EXIT_FAILURE
     except BrokenPipeError:
         raise

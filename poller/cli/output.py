@@ -11,6 +11,7 @@ from poller import redact
 
 # C0 and C1 control characters (and DEL): what a terminal would act on instead of showing.
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_JSON_CONTROLS = {c: f"\\u{c:04x}" for c in range(0x7F, 0xA0)}
 
 
 def printable(text: str) -> str:
@@ -47,7 +48,8 @@ def emit_json(value: Any, out: TextIO | None = None) -> None:
         text.encode()
     except UnicodeEncodeError:
         text = json.dumps(value, indent=2, default=str)
-    (out or sys.stdout).write(redact.text(text) + "\n")
+    # json escapes only C0 controls: C1 ones (an 8-bit CSI) and DEL are escaped here.
+    (out or sys.stdout).write(redact.text(text).translate(_JSON_CONTROLS) + "\n")
 
 
 def say(message: str, out: TextIO | None = None) -> None:

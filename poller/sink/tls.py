@@ -18,6 +18,7 @@ URL_QUERY_SETTINGS = {
     "ssl_certfile": "TLS_CERT_FILE",
     "ssl_keyfile": "TLS_KEY_FILE",
     "ssl_password": "TLS_KEY_PASSWORD",  # nosec B105  # a setting's name, not a password
+    "ssl_keyfile_password": "TLS_KEY_PASSWORD",  # nosec B105  # a setting's name, not a password
     "ssl_cert_reqs": "TLS_VERIFY",
     "ssl_check_hostname": "TLS_CHECK_HOSTNAME",
 }
