@@ -137,24 +137,32 @@ async def _journaled_body(journal: Path, want: int, timeout: float = 30) -> byte
 
 
 def test_numbers_python_cannot_hold_and_a_bad_byte_spoil_only_their_own_item() -> None:
-    # Tried: a 5,000-digit integer, NaN and 1e400 (JSON a strict parser refuses, or that a
-    # re-encoder would turn into NaN/Infinity), and an item with a byte that is not UTF-8,
-    # between good items.
+    # Tried: a 5,000-digit integer and 1e400 (valid JSON that Python cannot hold, or that a
+    # re-encoder would turn into Infinity), NaN and -Infinity (not JSON: a strict reader
+    # refuses them; the words inside a string are fine), and an item with a byte that is not
+    # UTF-8, between good items.
     items = [
         b'{"messageId":"a","applicationCode":"x","n":' + b"9" * 5000 + b"}",
         b'{"messageId":"b","applicationCode":"x","f":NaN,"g":1e400}',
         b'{"messageId":"c","applicationCode":"x","t":"\xff"}',
         b'{"messageId":"d","applicationCode":"x","t":"caf\xc3\xa9"}',
+        b'{"messageId":"e","applicationCode":"x","g":1e400,"t":"NaN and -Infinity"}',
+        b'{"messageId":"f","applicationCode":"x","h":[1,-Infinity]}',
     ]
-    body = b'{"results":[' + b",".join(items) + b'],"messageCount":4,"pendingMessageCount":0}'
+    body = b'{"results":[' + b",".join(items) + b'],"messageCount":6,"pendingMessageCount":0}'
     rows = rows_from_body(body, "t")
     assert [(m.message_id, m.payload) for m in rows.messages] == [
         ("a", items[0]),
-        ("b", items[1]),
         ("d", items[3]),
+        ("e", items[4]),
     ]
-    (bad,) = rows.quarantined
-    assert (bad.raw, bad.reason) == (items[2], "result item is not valid UTF-8 (byte 44)")
+    assert [(q.raw, q.reason) for q in rows.quarantined] == [
+        (items[1], "result item holds NaN, which JSON does not allow"),
+        (items[2], "result item is not valid UTF-8 (byte 44)"),
+        (items[5], "result item holds -Infinity, which JSON does not allow"),
+    ]
+    for message in rows.messages:  # what reaches a stream, a strict reader reads
+        json.loads(message.payload, parse_int=str, parse_constant=pytest.fail)
 
 
 async def test_an_answer_echoing_our_request_keeps_no_secret_in_quarantine(

@@ -11,7 +11,8 @@ Two readers, one result:
 - the careful one walks the document with the standard library's scanner one value at a time,
   for what msgspec refuses (NaN, a lone surrogate escape, a body cut short, bad JSON). It
   returns every item that arrived whole, and ``rest`` holds the bytes from the first one that
-  did not, for quarantine.
+  did not, for quarantine. An item holding NaN or Infinity, or bytes that are not UTF-8, is
+  returned with an ``Unreadable`` value: quarantined alone, as a stream payload must be JSON.
 """
 
 from __future__ import annotations
@@ -33,6 +34,31 @@ def _int(digits: str) -> int | str:
 
 
 _DECODE = json.JSONDecoder(parse_int=_int).raw_decode
+
+
+class _Constant(ValueError):
+    """NaN, Infinity or -Infinity: accepted by Python's reader, refused by JSON's grammar."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _Constant(name)
+
+
+_STRICT = json.JSONDecoder(parse_int=_int, parse_constant=_refuse_constant).raw_decode
+_CONSTANT = re.compile(r"NaN|Infinity")
+
+
+def _nonstandard(segment: str) -> str | None:
+    """The first NaN/Infinity constant an item holds outside its strings, if any."""
+    if _CONSTANT.search(segment) is None:  # cheap: almost every item has neither word
+        return None
+    try:
+        _STRICT(segment)
+    except _Constant as exc:
+        return str(exc)
+    except (ValueError, RecursionError):
+        return None
+    return None
 
 
 @dataclass
@@ -184,11 +210,18 @@ def _items(text: str, pos: int, scan: PullScan) -> int:
         return pos + 1
     while True:
         value, end = _value(text, pos)
-        data = text[pos:end].encode("utf-8", "surrogateescape")
+        segment = text[pos:end]
+        data = segment.encode("utf-8", "surrogateescape")
         try:
             data.decode()
         except UnicodeDecodeError as exc:
             value = Unreadable(f"result item is not valid UTF-8 (byte {exc.start})")
+        else:
+            constant = _nonstandard(segment)
+            if constant is not None:
+                # Kept as sent, a payload a strict JSON reader refuses would reach the
+                # stream: the item goes to quarantine (and the dead-letter stream) instead.
+                value = Unreadable(f"result item holds {constant}, which JSON does not allow")
         items.append((data, value))
         pos = _skip(text, end)
         if text.startswith(",", pos):
