@@ -567,7 +567,10 @@ class ForwardSettings(_Section):
         75.0, gt=0, description="Seconds an idle keep-alive connection stays open."
     )
     max_connections: int = Field(
-        512, ge=1, description="Connections served at once; more wait in the listen backlog."
+        512,
+        ge=1,
+        description="Connections held at once; at the cap a new one replaces the oldest not"
+        " inside a request; lowered to fit the open-file limit.",
     )
     dedupe_window: int = Field(
         3600,
