@@ -96,6 +96,18 @@ class JournalEntry:
                 os.close(self._fd)
             self._fd = None
 
+    def read_body(self) -> bytes | None:
+        """The body written so far, read back from the file (without its header line); None
+        when the file does not hold every byte written to it."""
+        if self._fd is None:
+            return None
+        try:
+            data = self.path.read_bytes()
+        except OSError:
+            return None
+        body = data.partition(b"\n")[2]
+        return body if len(body) == self.bytes else None
+
     def discard(self) -> None:
         """Close and delete the file (its rows are in the spool)."""
         self._close()

@@ -131,8 +131,8 @@ class InfobipSettings(_Section):
     max_body_bytes: int = Field(
         8 * 1024 * 1024,
         ge=1024,
-        description="Largest accepted response body, bytes; pulls ask for fewer messages when"
-        " answers pass half of it.",
+        description="Body size a pull answer is held to in memory, bytes; pulls ask for fewer"
+        " messages when answers pass half of it, and one past it is read on to disk (up to 8x).",
     )
     max_retries: int = Field(5, ge=0, le=50, description="Retries of one call on transient errors.")
     backoff_base: float = Field(0.5, gt=0, description="First retry delay, seconds (doubles).")

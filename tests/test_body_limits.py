@@ -60,6 +60,75 @@ async def test_pulls_ask_for_fewer_messages_before_an_answer_passes_the_body_lim
     assert counts == {f"big-{n:05d}": 1 for n in range(1200)}
 
 
+async def test_an_answer_past_the_body_limit_is_read_on_to_disk_and_loses_nothing(
+    configured_simulator: Simulator,
+    redis_url: str,
+    redis_client: Redis,
+    tmp_path: Path,
+    key_template: str,
+) -> None:
+    # Tried: a body limit of 256 KiB and, at once, 1,000 messages of about 1.1 KB: the first
+    # answer is 1.1 MB, four times the limit. Infobip hands them out once: the part past the
+    # limit goes on into the answer's journal file (not memory), and every message is kept;
+    # the next pulls ask for fewer.
+    settings = make_settings(
+        configured_simulator,
+        redis_url,
+        tmp_path,
+        key_template,
+        apps=["app-alpha"],
+        infobip={"max_body_bytes": 256 * 1024, "pulls_in_flight": 1},
+    )
+    configured_simulator.inject_raw([big_message(n) for n in range(1000)])
+    rt = await Runtime.open(settings)
+    try:
+        first = await rt.source.drain()
+        configured_simulator.inject_raw([big_message(n) for n in range(1000, 1300)])
+        second = await rt.source.drain()
+        await rt.flusher.flush()
+    finally:
+        await rt.close()
+    assert (first.pulled, first.quarantined) == (1000, 0)
+    assert (second.pulled, second.quarantined, second.pull_error) == (300, 0, None)
+    counts = await ids_in_streams(redis_client, key_template)
+    assert counts == {f"big-{n:05d}": 1 for n in range(1300)}
+    assert not list((tmp_path).rglob("*.body"))  # the journal file went once spooled
+
+
+async def test_an_answer_past_eight_times_the_limit_keeps_every_whole_item_it_read(
+    configured_simulator: Simulator,
+    redis_url: str,
+    redis_client: Redis,
+    tmp_path: Path,
+    key_template: str,
+) -> None:
+    # Tried: a body limit of 64 KiB and a 1.1 MB answer, past 8 times the limit (512 KiB):
+    # reading stops there, every whole item of those 512 KiB is kept, and the cut is recorded
+    # in the dead-letter stream (what was never read cannot be).
+    settings = make_settings(
+        configured_simulator,
+        redis_url,
+        tmp_path,
+        key_template,
+        apps=["app-alpha"],
+        infobip={"max_body_bytes": 64 * 1024, "pulls_in_flight": 1},
+    )
+    configured_simulator.inject_raw([big_message(n) for n in range(1000)])
+    rt = await Runtime.open(settings)
+    try:
+        result = await rt.source.drain()
+        await rt.flusher.flush()
+    finally:
+        await rt.close()
+    # About 500 of the ~1.1 KB items fit into the 512 KiB read (the first 60 of 64 KiB would).
+    assert 400 <= result.pulled < 1000
+    assert result.quarantined == 1
+    counts = await ids_in_streams(redis_client, key_template)
+    assert counts == {f"big-{n:05d}": 1 for n in range(result.pulled)}
+    dead = await redis_client.xrange(settings.stream_key(None) + ":dead")
+    assert b"not read on" in dead[0][1][b"reason"]
+
+
 async def test_the_receiver_refuses_a_body_past_its_bytes_in_flight_and_takes_it_later(
     configured_simulator: Simulator,
     redis_url: str,

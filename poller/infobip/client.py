@@ -49,6 +49,9 @@ log = structlog.get_logger(__name__)
 USER_AGENT = f"infobip-push-poller/{__version__}"
 # Answers larger than this are parsed in a thread (a 1,000-message answer is about 0.5 MB).
 PARSE_IN_THREAD = 2 * 1024 * 1024
+# How far past the body limit a pull answer is still read into its journal file (disk, not
+# memory); what lies beyond is never read, and lost.
+OVERSIZE_FACTOR = 8
 PULL_PATH = "/push/1/inbox/reports"
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -418,6 +421,7 @@ class InfobipClient:
         async with self._http.stream(method, path, params=params, json=json_body) as response:
             chunks: list[bytes] = []
             size = 0
+            head: bytes | None = None  # set once the body passed the limit
             if on_chunk is not None and not 200 <= response.status_code < 300:
                 on_chunk = None
             try:
@@ -426,12 +430,34 @@ class InfobipClient:
                         on_chunk(chunk)
                     size += len(chunk)
                     if size > limit:
-                        head = b"".join(chunks) + chunk
-                        raise ResponseTooLargeError(
-                            f"body larger than {limit} bytes", head[:limit], operation=operation
-                        )
+                        if head is None:
+                            head = (b"".join(chunks) + chunk)[:limit]
+                            chunks = []
+                        # A pull answer is handed out once: with a hook that keeps the bytes
+                        # (on disk), read on past the limit, up to its multiple, holding none
+                        # of it in memory, so its whole items can be kept.
+                        if on_chunk is None:
+                            raise ResponseTooLargeError(
+                                f"body larger than {limit} bytes", head, operation=operation
+                            )
+                        if size > limit * OVERSIZE_FACTOR:
+                            raise ResponseTooLargeError(
+                                f"body larger than {limit * OVERSIZE_FACTOR} bytes, not read on",
+                                head,
+                                operation=operation,
+                                journaled=size,
+                            )
+                        continue
                     chunks.append(chunk)
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout) as exc:
+                if head is not None:  # cut short while read on to the hook: it has the bytes
+                    raise ResponseTooLargeError(
+                        f"body larger than {limit} bytes, then cut after {size} bytes"
+                        f" ({_transport_reason(exc)})",
+                        head,
+                        operation=operation,
+                        journaled=size,
+                    ) from None
                 partial = b"".join(chunks)
                 # A pull answer cut after its status line was handed out all the same, even
                 # with no body byte received: report it (for quarantine), never retry it away.
@@ -445,6 +471,14 @@ class InfobipClient:
             except httpx.HTTPError as exc:
                 # E.g. a body whose Content-Encoding does not decode. For a pull it held
                 # messages handed out once: keep what arrived for quarantine.
+                if head is not None:
+                    raise ResponseTooLargeError(
+                        f"body larger than {limit} bytes, then unreadable after {size} bytes"
+                        f" ({_transport_reason(exc)})",
+                        head,
+                        operation=operation,
+                        journaled=size,
+                    ) from None
                 if keep_partial and 200 <= response.status_code < 300:
                     raise MalformedResponseError(
                         f"body could not be read ({_transport_reason(exc)})",
@@ -452,6 +486,13 @@ class InfobipClient:
                         operation=operation,
                     ) from None
                 raise
+            if head is not None:
+                raise ResponseTooLargeError(
+                    f"body of {size} bytes, larger than {limit}",
+                    head,
+                    operation=operation,
+                    journaled=size,
+                )
             log.debug(
                 "infobip call",
                 operation=operation,

@@ -105,7 +105,16 @@ class TruncatedResponseError(MalformedResponseError):
 
 
 class ResponseTooLargeError(MalformedResponseError):
-    """The body is larger than the accepted maximum; `body` is the first part."""
+    """The body is larger than the accepted maximum; `body` is the first part.
+
+    `journaled`: bytes of the body that went to the caller's chunk hook (a pull's journal
+    file) past the limit as well; 0 when reading stopped at the limit."""
+
+    def __init__(
+        self, reason: str, body: bytes, *, operation: str = "", journaled: int = 0
+    ) -> None:
+        super().__init__(reason, body, operation=operation)
+        self.journaled = journaled
 
 
 _CLASSES: dict[int, type[ApiError]] = {

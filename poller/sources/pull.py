@@ -30,6 +30,7 @@ from poller.infobip import (
     InfobipClient,
     InfobipError,
     MalformedResponseError,
+    ResponseTooLargeError,
     ThrottledError,
 )
 from poller.infobip.body import scan_pull
@@ -350,10 +351,20 @@ class PullSource:
             )
         except MalformedResponseError as exc:
             # The body may hold messages that Infobip will never hand out again: keep them.
-            if len(exc.body) > PARSE_IN_THREAD:
-                rows = await asyncio.to_thread(rows_from_body, exc.body, pulled_at, exc.reason)
+            body = exc.body
+            if isinstance(exc, ResponseTooLargeError) and exc.journaled and entry is not None:
+                # Read on past the limit into the journal file: every whole item of it is
+                # kept (a one-off cost in memory; later pulls ask for fewer messages).
+                whole = await asyncio.to_thread(entry.read_body)
+                if whole is not None and len(whole) == exc.journaled:
+                    body = whole
+            if len(body) > PARSE_IN_THREAD:
+                rows = await asyncio.to_thread(rows_from_body, body, pulled_at, exc.reason)
             else:
-                rows = rows_from_body(exc.body, pulled_at, exc.reason)
+                rows = rows_from_body(body, pulled_at, exc.reason)
+            if isinstance(exc, ResponseTooLargeError):
+                self._measure(len(body), len(rows.messages) + len(rows.quarantined))
+            del body
             unit.error = str(exc)
             unit.malformed = True
             metrics.PULLS.labels(outcome="malformed").inc()
