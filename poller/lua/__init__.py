@@ -16,8 +16,10 @@ from redis.exceptions import NoScriptError
 class Script:
     """EVALSHA with a reload on NOSCRIPT (after SCRIPT FLUSH, a restart or a failover)."""
 
-    def __init__(self, name: str):
-        self.source = importlib.resources.files(__name__).joinpath(name).read_bytes()
+    def __init__(self, name: str, *, libraries: Sequence[str] = ()):
+        # A script runs alone on the server: the libraries it uses go in front of its source.
+        files = importlib.resources.files(__name__)
+        self.source = b"\n".join(files.joinpath(n).read_bytes() for n in (*libraries, name))
         # Redis names a script by the SHA1 of its source (EVALSHA): an identifier, not security.
         self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest()
 

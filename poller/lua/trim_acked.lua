@@ -10,23 +10,7 @@ if #groups == 0 then
   return 0
 end
 
--- Stream ids compare as two integers; compare them as digit strings (no leading zeros)
--- because Lua numbers are doubles.
-local function less_digits(a, b)
-  if #a ~= #b then
-    return #a < #b
-  end
-  return a < b
-end
-local function less(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  if am ~= bm then
-    return less_digits(am, bm)
-  end
-  return less_digits(as, bs)
-end
-
+-- less(a, b): stream id order, from stream_ids.lua.
 local floor = nil
 for _, group in ipairs(groups) do
   local name, last

@@ -14,23 +14,7 @@ local age_ms = tonumber(ARGV[1])
 local keep = tonumber(ARGV[2])
 local step = tonumber(ARGV[3])
 
--- Stream ids compare as two integers; compare them as digit strings (no leading zeros),
--- because Lua numbers are doubles.
-local function less_digits(a, b)
-  if #a ~= #b then
-    return #a < #b
-  end
-  return a < b
-end
-local function less(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  if am ~= bm then
-    return less_digits(am, bm)
-  end
-  return less_digits(as, bs)
-end
-
+-- less(a, b): stream id order, from stream_ids.lua.
 local target = nil
 if age_ms > 0 then
   local t = redis.call('TIME')

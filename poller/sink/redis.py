@@ -118,8 +118,8 @@ _PING_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, SinkError)
 
 
 _WRITE = Script("write_batch.lua")
-_TRIM_ACKED = Script("trim_acked.lua")
-_RETENTION = Script("trim_retention.lua")
+_TRIM_ACKED = Script("trim_acked.lua", libraries=("stream_ids.lua",))
+_RETENTION = Script("trim_retention.lua", libraries=("stream_ids.lua",))
 # Entries one retention call removes at most for the length limit (the next call goes on).
 RETENTION_STEP = 10_000
 
