@@ -11,7 +11,9 @@ import httpx
 from redis.asyncio import Redis
 
 from poller.runtime import Runtime
+from poller.settings import Settings
 from poller.simulator import Simulator
+from poller.sources.pull import DrainResult
 from tests.support import ids_in_streams, make_settings
 
 TOKEN = "forward-token-0123456789abcdef"
@@ -26,6 +28,36 @@ def big_message(n: int) -> dict[str, str]:
     }
 
 
+def limited(
+    sim: Simulator, redis_url: str, tmp_path: Path, key_template: str, limit: int
+) -> Settings:
+    """app-alpha pulled one pull at a time under a body limit of ``limit`` bytes."""
+    return make_settings(
+        sim,
+        redis_url,
+        tmp_path,
+        key_template,
+        apps=["app-alpha"],
+        infobip={"max_body_bytes": limit, "pulls_in_flight": 1},
+    )
+
+
+async def drain_batches(
+    sim: Simulator, settings: Settings, batches: list[range]
+) -> list[DrainResult]:
+    """For each batch, its big messages put in the inbox, then one drain; then a flush."""
+    rt = await Runtime.open(settings)
+    results = []
+    try:
+        for batch in batches:
+            sim.inject_raw([big_message(n) for n in batch])
+            results.append(await rt.source.drain())
+        await rt.flusher.flush()
+    finally:
+        await rt.close()
+    return results
+
+
 async def test_pulls_ask_for_fewer_messages_before_an_answer_passes_the_body_limit(
     configured_simulator: Simulator,
     redis_url: str,
@@ -36,24 +68,11 @@ async def test_pulls_ask_for_fewer_messages_before_an_answer_passes_the_body_lim
     # Tried: a body limit of 256 KiB and messages of about 1.1 KB. The first answer (200
     # messages, ~220 KB) passes half the limit; 1,000 more wait. Asked for 1,000 at once
     # (1.1 MB), the answer would pass the limit and what was not read would be lost.
-    settings = make_settings(
-        configured_simulator,
-        redis_url,
-        tmp_path,
-        key_template,
-        apps=["app-alpha"],
-        infobip={"max_body_bytes": 256 * 1024, "pulls_in_flight": 1},
+    settings = limited(configured_simulator, redis_url, tmp_path, key_template, 256 * 1024)
+    first, rest = await drain_batches(
+        configured_simulator, settings, [range(200), range(200, 1200)]
     )
-    configured_simulator.inject_raw([big_message(n) for n in range(200)])
-    rt = await Runtime.open(settings)
-    try:
-        first = await rt.source.drain()
-        assert (first.pulled, first.quarantined) == (200, 0)
-        configured_simulator.inject_raw([big_message(n) for n in range(200, 1200)])
-        rest = await rt.source.drain()
-        await rt.flusher.flush()
-    finally:
-        await rt.close()
+    assert (first.pulled, first.quarantined) == (200, 0)
     assert (rest.pulled, rest.quarantined, rest.pull_error) == (1000, 0, None)
     assert rest.pulls >= 1000 // 119  # at most 128 KiB worth of messages per pull
     counts = await ids_in_streams(redis_client, key_template)
@@ -71,23 +90,10 @@ async def test_an_answer_past_the_body_limit_is_read_on_to_disk_and_loses_nothin
     # answer is 1.1 MB, four times the limit. Infobip hands them out once: the part past the
     # limit goes on into the answer's journal file (not memory), and every message is kept;
     # the next pulls ask for fewer.
-    settings = make_settings(
-        configured_simulator,
-        redis_url,
-        tmp_path,
-        key_template,
-        apps=["app-alpha"],
-        infobip={"max_body_bytes": 256 * 1024, "pulls_in_flight": 1},
+    settings = limited(configured_simulator, redis_url, tmp_path, key_template, 256 * 1024)
+    first, second = await drain_batches(
+        configured_simulator, settings, [range(1000), range(1000, 1300)]
     )
-    configured_simulator.inject_raw([big_message(n) for n in range(1000)])
-    rt = await Runtime.open(settings)
-    try:
-        first = await rt.source.drain()
-        configured_simulator.inject_raw([big_message(n) for n in range(1000, 1300)])
-        second = await rt.source.drain()
-        await rt.flusher.flush()
-    finally:
-        await rt.close()
     assert (first.pulled, first.quarantined) == (1000, 0)
     assert (second.pulled, second.quarantined, second.pull_error) == (300, 0, None)
     counts = await ids_in_streams(redis_client, key_template)
@@ -105,21 +111,8 @@ async def test_an_answer_past_eight_times_the_limit_keeps_every_whole_item_it_re
     # Tried: a body limit of 64 KiB and a 1.1 MB answer, past 8 times the limit (512 KiB):
     # reading stops there, every whole item of those 512 KiB is kept, and the cut is recorded
     # in the dead-letter stream (what was never read cannot be).
-    settings = make_settings(
-        configured_simulator,
-        redis_url,
-        tmp_path,
-        key_template,
-        apps=["app-alpha"],
-        infobip={"max_body_bytes": 64 * 1024, "pulls_in_flight": 1},
-    )
-    configured_simulator.inject_raw([big_message(n) for n in range(1000)])
-    rt = await Runtime.open(settings)
-    try:
-        result = await rt.source.drain()
-        await rt.flusher.flush()
-    finally:
-        await rt.close()
+    settings = limited(configured_simulator, redis_url, tmp_path, key_template, 64 * 1024)
+    (result,) = await drain_batches(configured_simulator, settings, [range(1000)])
     # About 500 of the ~1.1 KB items fit into the 512 KiB read (the first 60 of 64 KiB would).
     assert 400 <= result.pulled < 1000
     assert result.quarantined == 1

@@ -826,6 +826,29 @@ async def run(
         await sim.stop()
 
 
+def _disruptions(o: Observed | ForwardObserved, redis_down: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the run did to the poller and Redis, and the fault windows: both reports' part."""
+    return {
+        "poller": {
+            "starts": o.poller.starts,
+            "restarts": sum(o.poller.restarts.values()),
+            "restarts_by_reason": dict(o.poller.restarts),
+            "sigkills": len(o.poller.kill_times),
+            "sigterms": len(o.poller.term_times),
+            "sigterm_results": o.poller.sigterm_results,
+            "unexpected_exits": o.poller.unexpected_exits,
+            "final_exit_code": o.final_code,
+        },
+        "redis_kills": len(redis_down),
+        "redis_downtime_s": round(sum(e["down_for"] for e in redis_down), 2),
+        "fault_windows": [
+            {k: v for k, v in asdict(w).items() if k not in ("began_at", "ended_at")}
+            | {"start": round(w.start, 1), "length": round(w.length, 1)}
+            for w in o.plan.faults
+        ],
+    }
+
+
 def build_report(args: argparse.Namespace, workdir: Path, o: Observed) -> dict[str, Any]:
     handed_set = set(o.handed)
     duplicates = {mid: n for mid, n in o.counts.items() if n > 1}
@@ -868,23 +891,7 @@ def build_report(args: argparse.Namespace, workdir: Path, o: Observed) -> dict[s
         },
         "classes": o.classes,
         "dead_letter": {"entries": len(o.dead), "by_reason": dict(dead_reasons)},
-        "poller": {
-            "starts": o.poller.starts,
-            "restarts": sum(o.poller.restarts.values()),
-            "restarts_by_reason": dict(o.poller.restarts),
-            "sigkills": len(o.poller.kill_times),
-            "sigterms": len(o.poller.term_times),
-            "sigterm_results": o.poller.sigterm_results,
-            "unexpected_exits": o.poller.unexpected_exits,
-            "final_exit_code": o.final_code,
-        },
-        "redis_kills": len(redis_down),
-        "redis_downtime_s": round(sum(e["down_for"] for e in redis_down), 2),
-        "fault_windows": [
-            {k: v for k, v in asdict(w).items() if k not in ("began_at", "ended_at")}
-            | {"start": round(w.start, 1), "length": round(w.length, 1)}
-            for w in o.plan.faults
-        ],
+        **_disruptions(o, redis_down),
         "backlog_at_stop": o.backlog,
         "drained": o.drained,
         "time_to_drain_s": round(o.drain_seconds, 2),
@@ -1252,23 +1259,7 @@ def build_forward_report(
         "missing_after_2xx_ids": lost_after_ack[:20],
         "missing_never_acknowledged": len(never_acked),
         "dead_letter": {"entries": len(o.dead)},
-        "poller": {
-            "starts": o.poller.starts,
-            "restarts": sum(o.poller.restarts.values()),
-            "restarts_by_reason": dict(o.poller.restarts),
-            "sigkills": len(o.poller.kill_times),
-            "sigterms": len(o.poller.term_times),
-            "sigterm_results": o.poller.sigterm_results,
-            "unexpected_exits": o.poller.unexpected_exits,
-            "final_exit_code": o.final_code,
-        },
-        "redis_kills": len(redis_down),
-        "redis_downtime_s": round(sum(e["down_for"] for e in redis_down), 2),
-        "fault_windows": [
-            {k: v for k, v in asdict(w).items() if k not in ("began_at", "ended_at")}
-            | {"start": round(w.start, 1), "length": round(w.length, 1)}
-            for w in o.plan.faults
-        ],
+        **_disruptions(o, redis_down),
         "drained": o.drained,
         "time_to_drain_s": round(o.drain_seconds, 2),
         "drain_last_seen": o.drain_seen,
