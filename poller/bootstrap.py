@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import structlog
 
 from poller import redact
-from poller.cli.output import emit_json, error, table
 from poller.infobip import (
     Action,
     ActionRequest,
@@ -27,8 +26,12 @@ from poller.infobip import (
     NotFoundError,
 )
 from poller.settings import Settings
+from poller.stop import Stop
 
 log = structlog.get_logger(__name__)
+
+# Seconds between attempts to bootstrap applications that failed.
+RETRY_EVERY = 60.0
 
 
 @dataclass(frozen=True)
@@ -245,29 +248,6 @@ async def _settle_race(client: InfobipClient, app: str, key: str, mine: Action, 
     return keep
 
 
-def print_reports(reports: Sequence[AppReport], *, as_json: bool, dry_run: bool) -> None:
-    """Per application: what existed and what was created."""
-    if as_json:
-        emit_json([asdict(r) | {"ok": r.ok} for r in reports])
-        return
-    rows = []
-    for r in reports:
-        config = r.configuration or ("(would create)" if dry_run and not r.error else "-")
-        if r.configuration:
-            config += " (created)" if r.configuration_created else " (existed)"
-        action = r.action or ("(would create)" if dry_run and not r.error else "-")
-        if r.action:
-            action += " (created)" if r.action_created else " (existed)"
-        other = "PULL or HTTP_FORWARD" if r.mode == "forward" else "HTTP_FORWARD"
-        notes = "; ".join(
-            ([r.error] if r.error else [])
-            + [f"{other} {k} present" for k in r.conflicting]
-            + [f"removed {k}" for k in r.removed]
-        )
-        rows.append([r.app, r.mode, config, action, notes or "ok"])
-    table(["application", "mode", "configuration", "action", "notes"], rows)
-
-
 def wants_of(settings: Settings) -> tuple[dict[str, Want], list[str]]:
     """The forward applications' wanted action, and the secrets to mask in reports."""
     f = settings.forward
@@ -289,29 +269,81 @@ def forward_problem(settings: Settings) -> str | None:
     return None
 
 
-async def run_bootstrap_command(settings: Settings, *, dry_run: bool, as_json: bool) -> int:
-    """`poller bootstrap [--dry-run]`."""
-    apps = [*settings.infobip.applications, *settings.forward.applications]
-    if not apps:
-        error(
-            "no applications configured: set POLLER_INFOBIP__APPLICATIONS=app1,app2"
-            " (pulled) or POLLER_FORWARD__APPLICATIONS (forwarded)"
-        )
-        return 2
-    problem = forward_problem(settings)
-    if problem is not None:
-        error(problem)
-        return 2
+class Bootstrapper:
+    """The daemon's bootstrap: every configured application, then the ones that failed
+    again every ``retry`` seconds until all are done; readiness asks it for ``problem``."""
+
+    def __init__(self, settings: Settings, client: InfobipClient, stop: Stop) -> None:
+        self.settings = settings
+        self.client = client
+        self.stop = stop
+        self.pending: list[str] = [*settings.infobip.applications, *settings.forward.applications]
+        self.done = False
+
+    def problem(self) -> str | None:
+        """Readiness: None once every application has its action."""
+        if self.done:
+            return None
+        if self.pending:
+            return f"bootstrap has not finished ({', '.join(self.pending)})"
+        return "bootstrap has not finished"
+
+    async def run(self) -> list[AppReport]:
+        """Bootstrap the applications still pending; AuthError propagates, other Infobip
+        errors are logged and leave them pending."""
+        if not self.settings.infobip.bootstrap:
+            log.info("bootstrap off (POLLER_INFOBIP__BOOTSTRAP=false): actions left as they are")
+            self.pending = []
+            self.done = True
+            return []
+        if self.settings.pulls and not self.settings.infobip.applications:
+            log.warning("no applications configured; pulling whatever reaches the inbox")
+        try:
+            reports = await self.once(self.pending)
+        except AuthError:
+            raise
+        except InfobipError as exc:
+            log.warning("bootstrap failed; will retry", error=str(exc))
+            return []
+        self.pending = [r.app for r in reports if not r.ok]
+        self.done = not self.pending
+        return reports
+
+    async def retry(self, every: float = RETRY_EVERY) -> None:
+        """Bootstrap the applications that failed, every ``every`` s, until all are."""
+        while self.pending and not await self.stop.sleep(every):
+            try:
+                await self.run()
+            except AuthError as exc:
+                log.error("infobip refused the credentials", error=str(exc))
+
+    async def once(self, apps: Sequence[str]) -> list[AppReport]:
+        """Ensure configurations and the action of each application's mode (PULL, or
+        HTTP_FORWARD to the receiver); AuthError propagates."""
+        forward = self.settings.forward
+        if forward.public_url is None and set(apps) & set(forward.applications):
+            log.warning(
+                "forward applications not bootstrapped: POLLER_FORWARD__PUBLIC_URL is not set"
+                " (create their HTTP_FORWARD action with `poller infobip action create`)",
+                applications=forward.applications,
+            )
+            apps = [app for app in apps if app not in forward.applications]
+        if not apps:
+            return []
+        return await bootstrap_settings(self.client, self.settings, apps)
+
+
+async def bootstrap_settings(
+    client: InfobipClient, settings: Settings, apps: Sequence[str], *, dry_run: bool = False
+) -> list[AppReport]:
+    """``bootstrap`` with what the settings say of each application's mode."""
     wants, secrets = wants_of(settings)
-    async with InfobipClient(settings.infobip) as client:
-        reports = await bootstrap(
-            client,
-            apps,
-            callback_data=settings.infobip.callback_data,
-            replace_http_forward=settings.infobip.replace_http_forward,
-            dry_run=dry_run,
-            wants=wants,
-            secrets=secrets,
-        )
-    print_reports(reports, as_json=as_json, dry_run=dry_run)
-    return 0 if all(r.error is None for r in reports) else 1
+    return await bootstrap(
+        client,
+        apps,
+        callback_data=settings.infobip.callback_data,
+        replace_http_forward=settings.infobip.replace_http_forward,
+        dry_run=dry_run,
+        wants=wants,
+        secrets=secrets,
+    )

@@ -15,16 +15,16 @@ next reads until its own backoff has passed, and the other applications flow.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import structlog
 
-from poller import metrics
+from poller import backoff, metrics
 from poller.sink import Sink, SinkError, WriteResult
-from poller.spool import Spool, SpoolEntry, SpoolError
+from poller.spool import QuarantineEntry, Spool, SpoolEntry, SpoolError
 from poller.stop import Stop
 
 log = structlog.get_logger(__name__)
@@ -58,6 +58,27 @@ class _Parked:
     error: str
 
 
+E = TypeVar("E", SpoolEntry, QuarantineEntry)
+
+
+@dataclass
+class _Lane(Generic[E]):
+    """One kind of spool row on its way to the sink: messages to their streams, quarantined
+    bodies to the dead-letter streams. Each has its own parked applications (a dead-letter
+    stream can refuse alone); both go through the same loop."""
+
+    what: str  # for log lines: "stream", "dead-letter stream"
+    read: Callable[[int, set[str], int], list[E]]  # (limit, parked apps, after seq)
+    write: Callable[[Sequence[E]], Awaitable[WriteResult]]
+    done_up_to: Callable[[int], object]  # every row up to a seq reached the sink
+    done_seqs: Callable[[list[int]], object]  # exactly these rows did
+    parked: dict[str, _Parked] = field(default_factory=dict)
+
+
+def _app(entry: SpoolEntry | QuarantineEntry) -> str:
+    return entry.app or ""
+
+
 class Flusher:
     """Spool -> sink, continuously (``run``) or on demand (``flush``); one flush at a time."""
 
@@ -79,9 +100,16 @@ class Flusher:
         self.retry_max = retry_max
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        # Messages and dead letters are parked apart: a dead-letter stream can refuse alone.
-        self._parked: dict[str, _Parked] = {}
-        self._parked_dead: dict[str, _Parked] = {}
+        self._messages: _Lane[SpoolEntry] = _Lane(
+            "stream", spool.pending, sink.write, spool.commit, spool.commit_seqs
+        )
+        self._dead: _Lane[QuarantineEntry] = _Lane(
+            "dead-letter stream",
+            spool.quarantine_pending,
+            sink.write_dead,
+            spool.mark_dead_lettered,
+            spool.mark_dead_lettered_seqs,
+        )
         # The last flush failed as a whole (the sink is down): its error, else None.
         self.error: str | None = None
         self.failures = 0
@@ -94,7 +122,7 @@ class Flusher:
     @property
     def parked(self) -> dict[str, str]:
         """Applications whose stream refuses writes -> the refusal."""
-        return {app: p.error for app, p in self._parked.items()}
+        return {app: p.error for app, p in self._messages.parked.items()}
 
     def wake(self) -> None:
         """Rows were appended (or a stop was asked for): flush soon."""
@@ -110,7 +138,7 @@ class Flusher:
             try:
                 await self.flush()
             except (SinkError, SpoolError) as exc:
-                delay = self._backoff(self.failures)
+                delay = backoff.delay(self.failures - 1, self.retry_base, self.retry_max)
                 # Once per outage at warning level; the retries at debug.
                 (log.warning if self.failures == 1 else log.debug)(
                     "flush failed; the rows wait in the spool",
@@ -124,7 +152,7 @@ class Flusher:
 
     async def _idle(self) -> None:
         """Wait for the next append, the next parked application's turn, or the stop."""
-        due = [p.until for p in (*self._parked.values(), *self._parked_dead.values())]
+        due = [p.until for lane in (self._messages, self._dead) for p in lane.parked.values()]
         timeout = max(0.0, min(due) - time.monotonic()) if due else None
         try:
             async with asyncio.timeout(timeout):
@@ -143,7 +171,7 @@ class Flusher:
             except (SinkError, SpoolError) as exc:
                 self.failures += 1
                 self.error = str(exc)
-                metrics.REDIS_ERRORS.inc()
+                metrics.SINK_ERRORS.inc()
                 raise
             finally:
                 self._update_gauges()
@@ -151,7 +179,7 @@ class Flusher:
                 log.info("flush works again", failures=self.failures)
             self.failures = 0
             self.error = None
-            if not self._parked:
+            if not self._messages.parked:
                 for callback in self.on_flushed:
                     callback()
             if result.total_written or result.dead_lettered:
@@ -160,62 +188,55 @@ class Flusher:
 
     async def _flush(self, retry_parked: bool) -> FlushResult:
         total = FlushResult()
-        parked = self._due(self._parked, retry_parked)
+        for written, _rows in await self._drain(self._messages, retry_parked):
+            self._count(written, total)
+        for written, rows in await self._drain(self._dead, retry_parked):
+            total.dead_lettered += rows
+            self.dead_lettered += rows
+            total.failed.update(written.failed)
+        total.failed.update(self.parked)
+        return total
+
+    async def _drain(self, lane: _Lane[E], retry_parked: bool) -> list[tuple[WriteResult, int]]:
+        """Every row of ``lane`` that is not parked, ``rows`` at a time, the next slice read
+        while the sink takes this one; (what the sink said, rows done) per slice."""
+        results: list[tuple[WriteResult, int]] = []
+        parked = self._due(lane.parked, retry_parked)
         after = 0  # the last seq read: each slice is read once, never again
-        ahead: asyncio.Future[list[SpoolEntry]] | None = None
+        ahead: asyncio.Future[list[E]] | None = None
         while True:
             if ahead is None:
-                ahead = asyncio.ensure_future(self._read(parked, after))
+                ahead = asyncio.ensure_future(self._read(lane, parked, after))
             read, ahead = await ahead, None
             if not read:
                 break
             after = read[-1].seq
             full = len(read) == self.rows
             if full:
-                # The next slice is read while Redis takes this one.
-                ahead = asyncio.ensure_future(self._read(set(parked), after))
-            entries = [e for e in read if e.app not in parked]  # parked since it was read
+                # The next slice is read while the sink takes this one.
+                ahead = asyncio.ensure_future(self._read(lane, set(parked), after))
+            entries = [e for e in read if _app(e) not in parked]  # parked since it was read
             try:
-                written = await self.sink.write(entries) if entries else WriteResult()
+                written = await lane.write(entries) if entries else WriteResult()
             except BaseException:
                 if ahead is not None:
                     await asyncio.gather(ahead, return_exceptions=True)
                 raise
-            refused = self._settle(self._parked, written, {e.app for e in entries}, "stream")
+            refused = self._settle(lane, written, {_app(e) for e in entries})
             parked |= refused
-            done = [e.seq for e in entries if e.app not in refused]
+            done = [e.seq for e in entries if _app(e) not in refused]
             if parked:
-                # Parked rows lie below this slice's last seq: delete exactly what was written.
-                await asyncio.to_thread(self.spool.commit_seqs, done)
+                # Parked rows lie below this slice's last seq: mark exactly what was written.
+                await asyncio.to_thread(lane.done_seqs, done)
             else:
-                await asyncio.to_thread(self.spool.commit, after)
-            self._count(written, total)
+                await asyncio.to_thread(lane.done_up_to, after)
+            results.append((written, len(done)))
             if not full:
                 break
-        parked_dead = self._due(self._parked_dead, retry_parked)
-        while True:
-            dead = await asyncio.to_thread(self.spool.quarantine_pending, self.rows, parked_dead)
-            if not dead:
-                break
-            result = await self.sink.write_dead(dead)
-            apps = {q.app or "" for q in dead}
-            refused = self._settle(self._parked_dead, result, apps, "dead-letter stream")
-            parked_dead |= refused
-            done_dead = [q.seq for q in dead if (q.app or "") not in refused]
-            if parked_dead:
-                await asyncio.to_thread(self.spool.mark_dead_lettered_seqs, done_dead)
-            else:
-                await asyncio.to_thread(self.spool.mark_dead_lettered, dead[-1].seq)
-            total.dead_lettered += len(done_dead)
-            self.dead_lettered += len(done_dead)
-            total.failed.update(result.failed)
-            if len(dead) < self.rows and not refused:
-                break
-        total.failed.update({app: p.error for app, p in self._parked.items()})
-        return total
+        return results
 
-    async def _read(self, parked: set[str], after: int) -> list[SpoolEntry]:
-        return await asyncio.to_thread(self.spool.pending, self.rows, parked, after)
+    async def _read(self, lane: _Lane[E], parked: set[str], after: int) -> list[E]:
+        return await asyncio.to_thread(lane.read, self.rows, parked, after)
 
     def _due(self, parked: dict[str, _Parked], everything: bool) -> set[str]:
         """Parked applications to leave out of this flush: those whose turn has not come."""
@@ -224,20 +245,19 @@ class Flusher:
         now = time.monotonic()
         return {app for app, p in parked.items() if p.until > now}
 
-    def _settle(
-        self, parked: dict[str, _Parked], result: WriteResult, apps: Collection[str], what: str
-    ) -> set[str]:
+    def _settle(self, lane: _Lane[E], result: WriteResult, apps: Collection[str]) -> set[str]:
         """Park the applications the sink refused (longer each time), release the others."""
+        parked = lane.parked
         for app in apps:
             if app not in result.failed and parked.pop(app, None) is not None:
-                log.info(f"{what} takes writes again", app=app or None)
+                log.info(f"{lane.what} takes writes again", app=app or None)
         now = time.monotonic()
         for app, error in result.failed.items():
             before = parked.get(app)
             delay = self.retry_base * 2 if before is None else min(self.retry_max, before.delay * 2)
             parked[app] = _Parked(now + delay, delay, error)
             log.error(
-                f"{what} refuses writes; its rows wait in the spool",
+                f"{lane.what} refuses writes; its rows wait in the spool",
                 app=app or None,
                 error=error,
                 retry_in=round(delay, 2),
@@ -256,13 +276,10 @@ class Flusher:
         if written.total_skipped:
             metrics.DUPLICATES_SKIPPED.inc(written.total_skipped)
 
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(self.retry_max, self.retry_base * 2.0 ** max(0, failures - 1))
-        return float(ceiling / 2 + random.uniform(0, ceiling / 2))  # nosec B311  # retry jitter: no security meaning
-
     def _update_gauges(self) -> None:
         stats = self.spool.stats()
         metrics.SPOOL_ROWS.set(stats.rows)
         metrics.SPOOL_BYTES.set(stats.bytes)
         metrics.SPOOL_OLDEST_AGE_SECONDS.set(stats.oldest_age_s or 0.0)
         metrics.QUARANTINE_ROWS.set(stats.quarantined)
+        metrics.BACKPRESSURE_ACTIVE.set(1 if self.spool.full else 0)

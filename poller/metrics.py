@@ -148,8 +148,10 @@ INFOBIP_RETRIES = _counter(
     ["reason"],
 )
 INFOBIP_THROTTLED = _counter("poller_infobip_throttled", "HTTP 429 answers from Infobip.")
-REDIS_RECONNECTS = _counter("poller_redis_reconnects", "Reconnections to Redis.")
-REDIS_ERRORS = _counter("poller_redis_errors", "Failed Redis commands (each retry counts).")
+SINK_ERRORS = _counter(
+    "poller_sink_errors",
+    "Flushes that failed as a whole: the sink unreachable or taking no writes (each retry counts).",
+)
 LAST_SUCCESSFUL_POLL = _gauge(
     "poller_last_successful_poll_timestamp_seconds",
     "Unix time of the last pull that worked and whose rows reached Redis.",

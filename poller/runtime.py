@@ -1,67 +1,70 @@
-"""The components one process runs with, opened and closed together: spool and its journal,
-sink, Infobip client, flusher and pull source; shared by the daemon, burst mode and status."""
+"""The components one process runs with, opened and closed together: the spool and its
+journal, the sink, the Infobip client, the flusher, the sources the settings ask for, and the
+scheduler their drains run on; shared by the daemon and burst mode."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from poller import __version__, metrics
-from poller.bootstrap import AppReport, bootstrap, wants_of
+from poller.bootstrap import Bootstrapper
 from poller.flusher import Flusher
 from poller.infobip import InfobipClient
 from poller.journal import Journal, JournalError
 from poller.settings import Settings
-from poller.sink import SinkConfigError, SinkError
-from poller.sink.redis import RedisSink
+from poller.sink import Sink, SinkConfigError, SinkError
+from poller.sink.factory import open_sink
+from poller.sources import Source
 from poller.sources.forward import ForwardReceiver
-from poller.sources.pull import DrainResult, PullSource, salvage
+from poller.sources.pull import PullSource, salvage
 from poller.spool import Spool, SpoolError
 from poller.stop import Stop
 
 log = structlog.get_logger(__name__)
 
-
-def make_sink(settings: Settings, instance_id: str) -> RedisSink:
-    """The Redis sink the settings describe."""
-    r = settings.redis
-    return RedisSink(
-        url=r.url,
-        password=r.password.get_secret_value() if r.password else None,
-        mode=r.mode,
-        sentinel_master=r.sentinel_master,
-        sentinels=r.sentinels,
-        key_template=r.stream_key_template,
-        instance_id=instance_id,
-        durability=r.durability,
-        durability_replicas=r.durability_replicas,
-        durability_local=r.durability_local,
-        durability_timeout_ms=r.durability_timeout_ms,
-        socket_timeout=r.socket_timeout,
-        batch_size=r.batch_size,
-        trim=r.trim,
-        maxlen=r.maxlen,
-        dedupe_window=settings.forward.dedupe_window,
-        tls=r.tls_options(),
-    )
+# Seconds of a stop's grace period kept, after the sources settled, for the final flush.
+FLUSH_RESERVE = 3.0
+# Seconds kept, after the final flush, for closing everything.
+CLOSE_RESERVE = 1.0
 
 
-@dataclass
-class Totals:
-    """Counts for the stop line."""
-
-    drains: int = 0
-    pulled: int = 0
-    quarantined: int = 0
-
-    def add(self, result: DrainResult) -> None:
-        """Add one drain's counts."""
-        self.drains += 1
-        self.pulled += result.pulled
-        self.quarantined += result.quarantined
+def build_sources(
+    settings: Settings,
+    *,
+    client: InfobipClient,
+    spool: Spool,
+    journal: Journal,
+    flusher: Flusher,
+    stop: Stop,
+    scheduler: AsyncIOScheduler,
+) -> list[Source]:
+    """The sources the settings ask for: the pull source when anything is pulled, the
+    forward receiver when applications are forwarded."""
+    sources: list[Source] = []
+    if settings.pulls:
+        sources.append(
+            PullSource(
+                client,
+                spool,
+                journal,
+                flusher,
+                stop,
+                pull_limit=settings.infobip.pull_limit,
+                max_pulls=settings.schedule.max_pulls_per_cycle,
+                in_flight=settings.infobip.pulls_in_flight,
+                schedule=settings.schedule,
+                scheduler=scheduler,
+                max_poll_age=settings.max_poll_age(),
+            )
+        )
+    if settings.forward.applications:
+        sources.append(ForwardReceiver(settings.forward, spool, flusher, stop))
+    return sources
 
 
 @dataclass
@@ -71,13 +74,13 @@ class Runtime:
     settings: Settings
     stop: Stop
     spool: Spool
-    sink: RedisSink
+    sink: Sink
     client: InfobipClient
     flusher: Flusher
-    source: PullSource
-    receiver: ForwardReceiver | None = None
-    totals: Totals = field(default_factory=Totals)
-    redis_server: str | None = None
+    sources: list[Source]
+    scheduler: AsyncIOScheduler
+    bootstrapper: Bootstrapper
+    sink_server: str | None = None
     _flushing: asyncio.Task[None] | None = None
 
     @classmethod
@@ -95,7 +98,7 @@ class Runtime:
         try:
             journal = Journal.beside(spool.path)
             await asyncio.to_thread(salvage, spool, journal)
-            sink = make_sink(settings, spool.instance_id)
+            sink = open_sink(settings, spool.instance_id)
             client = InfobipClient(
                 settings.infobip,
                 on_retry=_count_retry,
@@ -109,41 +112,56 @@ class Runtime:
             spool.close()
             raise
         flusher = Flusher(spool, sink, stop)
-        source = PullSource(
-            client,
-            spool,
-            journal,
-            flusher,
-            stop,
-            pull_limit=settings.infobip.pull_limit,
-            max_pulls=settings.schedule.max_pulls_per_cycle,
-            in_flight=settings.infobip.pulls_in_flight,
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        sources = build_sources(
+            settings,
+            client=client,
+            spool=spool,
+            journal=journal,
+            flusher=flusher,
+            stop=stop,
+            scheduler=scheduler,
         )
-        receiver = None
-        if settings.forward.applications:
-            receiver = ForwardReceiver(settings.forward, spool, flusher, stop)
-        runtime = cls(settings, stop, spool, sink, client, flusher, source, receiver)
+        bootstrapper = Bootstrapper(settings, client, stop)
+        runtime = cls(
+            settings, stop, spool, sink, client, flusher, sources, scheduler, bootstrapper
+        )
         metrics.set_info(__version__, spool.instance_id)
         metrics.set_applications([*settings.infobip.applications, *settings.forward.applications])
         try:
-            runtime.redis_server = await sink.connect()
+            runtime.sink_server = await sink.connect()
         except SinkConfigError:
             await runtime.close()
             raise
         except SinkError as exc:
-            log.warning("redis not reachable at start; messages wait in the spool", error=str(exc))
+            log.warning("sink not reachable at start; messages wait in the spool", error=str(exc))
         return runtime
 
     @classmethod
     async def open_or_report(cls, settings: Settings, stop: Stop) -> Runtime | None:
-        """`open`, or None after one clear log line when the spool or Redis cannot be used."""
+        """`open`, or None after one clear log line when the spool or the sink cannot be used."""
         try:
             return await cls.open(settings, stop)
         except SpoolError as exc:
             log.error("cannot open the spool", error=str(exc))
         except SinkConfigError as exc:
-            log.error("redis cannot honour the settings", error=str(exc))
+            log.error("the sink cannot honour the settings", error=str(exc))
         return None
+
+    @property
+    def pull(self) -> PullSource | None:
+        """The pull source, when the settings pull (burst mode drives it by hand)."""
+        return next((s for s in self.sources if isinstance(s, PullSource)), None)
+
+    @property
+    def receiver(self) -> ForwardReceiver | None:
+        """The forward receiver, when applications are forwarded."""
+        return next((s for s in self.sources if isinstance(s, ForwardReceiver)), None)
+
+    @property
+    def abandoned(self) -> int:
+        """Messages a stop made the sources give up on (they are in the log only)."""
+        return sum(source.abandoned for source in self.sources)
 
     def start_flushing(self) -> None:
         """Start the flusher (it begins with what a previous run left in the spool)."""
@@ -157,23 +175,20 @@ class Runtime:
         self._flushing = asyncio.create_task(self.flusher.run(), name="flusher")
 
     async def finish(self) -> bool:
-        """After a stop was asked for: let the pulls in flight be spooled and the forwarded
-        requests in flight be answered, end the flusher, then flush what is left, all by the
+        """After a stop was asked for: let the sources settle (pulls in flight spooled,
+        forwarded requests answered), end the flusher, then flush what is left, all by the
         stop deadline. True when the spool is empty."""
-        await self.source.settle(max(0.5, self.stop.remaining() - 3.0))
-        if self.receiver is not None:
-            try:
-                async with asyncio.timeout(max(0.5, self.stop.remaining() - 3.0)):
-                    await self.receiver.close()
-            except TimeoutError:
-                log.warning("forwarded requests still in flight at the stop deadline")
+        for source in self.sources:
+            await source.settle(self.stop.budget(FLUSH_RESERVE))
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         if self._flushing is not None:
             _done, late = await asyncio.wait({self._flushing}, timeout=self.stop.remaining())
             for task in late:
                 task.cancel()
             self._flushing = None
         try:
-            async with asyncio.timeout(max(0.5, self.stop.remaining() - 1.0)):
+            async with asyncio.timeout(self.stop.budget(CLOSE_RESERVE)):
                 await self.flusher.flush(retry_parked=True)
         except (SinkError, SpoolError, TimeoutError) as exc:
             log.warning(
@@ -191,10 +206,12 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._flushing
             self._flushing = None
-        await self.source.settle(max(0.5, self.stop.remaining() - 0.5))
-        if self.receiver is not None:
+        for source in self.sources:
+            await source.settle(self.stop.budget(CLOSE_RESERVE))
             with contextlib.suppress(Exception):
-                await self.receiver.close()
+                await source.close()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         with contextlib.suppress(Exception):
             await self.client.aclose()
         with contextlib.suppress(Exception):
@@ -202,7 +219,7 @@ class Runtime:
         await asyncio.to_thread(self.spool.close)
 
     def start_line(self) -> None:
-        """One line at start: version, settings summary (no secrets), Redis server."""
+        """One line at start: version, settings summary (no secrets), the sink's server."""
         s = self.settings
         stats = self.spool.stats()
         log.info(
@@ -213,10 +230,11 @@ class Runtime:
             auth=s.infobip.auth,
             applications=s.infobip.applications,
             forward_applications=s.forward.applications or None,
-            redis=self.sink.describe(),
-            redis_server=self.redis_server,
-            durability=s.redis.durability,
-            stream_key_template=s.redis.stream_key_template,
+            sources=[source.name for source in self.sources],
+            sink=self.sink.describe(),
+            sink_server=self.sink_server,
+            durability=s.redis.durability if s.sink.kind == "redis" else None,
+            stream_key_template=s.redis.stream_key_template if s.sink.kind == "redis" else None,
             spool=str(s.spool.path),
             spool_rows=stats.rows,
             pulls_in_flight=s.infobip.pulls_in_flight,
@@ -224,37 +242,14 @@ class Runtime:
         )
 
     def stop_line(self) -> None:
-        """One line at stop: counts."""
+        """One line at stop: counts, per source."""
         log.info(
             "poller stopped",
-            drains=self.totals.drains,
-            pulled=self.totals.pulled,
+            **{f"{source.name}_messages": source.counts.messages for source in self.sources},
+            **{f"{source.name}_quarantined": source.counts.quarantined for source in self.sources},
             written=self.flusher.written,
-            quarantined=self.totals.quarantined,
+            dead_lettered=self.flusher.dead_lettered,
             spool_rows=self.spool.stats().rows,
-        )
-
-    async def bootstrap(self, apps: list[str]) -> list[AppReport]:
-        """Ensure configurations and the action of each application's mode (PULL, or
-        HTTP_FORWARD to the receiver); AuthError propagates."""
-        forward = self.settings.forward
-        if forward.public_url is None and set(apps) & set(forward.applications):
-            log.warning(
-                "forward applications not bootstrapped: POLLER_FORWARD__PUBLIC_URL is not set"
-                " (create their HTTP_FORWARD action with `poller infobip action create`)",
-                applications=forward.applications,
-            )
-            apps = [app for app in apps if app not in forward.applications]
-        if not apps:
-            return []
-        wants, secrets = wants_of(self.settings)
-        return await bootstrap(
-            self.client,
-            apps,
-            callback_data=self.settings.infobip.callback_data,
-            replace_http_forward=self.settings.infobip.replace_http_forward,
-            wants=wants,
-            secrets=secrets,
         )
 
 

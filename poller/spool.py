@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 SCHEMA_VERSION = 4
+# Free space below which the spool's file system is reported as full (readiness), whatever a
+# source needs on top for what it is about to write.
+DISK_FLOOR = 1 << 20
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
@@ -183,6 +190,9 @@ class Spool:
         self._quarantined = 0
         self._quarantine_pending = 0
         self._oldest_spooled_at: float | None = None
+        self._was_full = False
+        # Free bytes the spool's sources want on its file system (readiness checks it).
+        self.min_free = DISK_FLOOR
 
     @classmethod
     def open(cls, path: Path | str, *, max_rows: int, max_bytes: int) -> Spool:
@@ -365,6 +375,7 @@ class Spool:
             self._bytes += sum(row[5] for row in rows)
             self._quarantined += len(quarantine)
             self._quarantine_pending += len(quarantine)
+        self._note_cap()
 
     def spooled_journals(self, ids: Collection[str]) -> set[str]:
         """Which of these journal ids were recorded by an append (their rows are spooled)."""
@@ -433,23 +444,25 @@ class Spool:
                 raise self._fail("commit", exc) from exc
             self._rows -= count
             self._bytes -= size
-            return count
+        self._note_cap()
+        return count
 
     def quarantine_pending(
-        self, limit: int, exclude_apps: Collection[str] = ()
+        self, limit: int, exclude_apps: Collection[str] = (), after: int = 0
     ) -> list[QuarantineEntry]:
-        """Quarantined bodies not yet written to the dead-letter stream, lowest first.
+        """Quarantined bodies not yet written to the dead-letter stream, lowest first, above
+        ``after``.
 
         ``exclude_apps`` as in ``pending``; ``""`` stands for bodies with no application."""
-        where, params = _exclude("coalesce(app, '')", exclude_apps, "dead_lettered = 0")
-        return self._quarantine_rows(where, params, limit)
+        where, params = _exclude("coalesce(app, '')", exclude_apps, "dead_lettered = 0", "seq > ?")
+        return self._quarantine_rows(where, (after, *params), limit)
 
     def quarantined(self, limit: int) -> list[QuarantineEntry]:
         """All quarantined bodies (dead-lettered or not), lowest first, for inspection."""
         return self._quarantine_rows("", (), limit)
 
     def _quarantine_rows(
-        self, where: str, params: Sequence[str], limit: int
+        self, where: str, params: Sequence[str | int], limit: int
     ) -> list[QuarantineEntry]:
         with self._lock:
             try:
@@ -525,8 +538,64 @@ class Spool:
 
     @property
     def full(self) -> bool:
-        """True when the spool reached its row or byte cap: stop pulling."""
+        """True when the spool reached its row or byte cap: the sources take nothing more
+        until the sink drains it (the one place that says so)."""
         return self._rows >= self.max_rows or self._bytes >= self.max_bytes
+
+    def _note_cap(self) -> None:
+        """Log each crossing of the cap, once."""
+        full = self.full
+        if full == self._was_full:
+            return
+        self._was_full = full
+        if full:
+            log.warning(
+                "spool is full: taking no messages until the sink drains it",
+                rows=self._rows,
+                bytes=self._bytes,
+            )
+        else:
+            log.info("spool has room again: taking messages", rows=self._rows)
+
+    def disk_problem(self, need: int) -> str | None:
+        """Why the spool's file system cannot take ``need`` more bytes now, or None."""
+        room = self.disk_room()
+        if room is None:
+            return None
+        where = self._path.parent
+        if room.read_only:
+            return f"the spool's file system ({where}) is read-only"
+        if room.free < need:
+            return (
+                f"the spool's file system ({where}) has {room.free / 2**20:.1f} MiB free, "
+                f"below the {need / 2**20:.1f} MiB needed"
+            )
+        return None
+
+    def problem(self) -> str | None:
+        """What keeps the spool from taking messages now (readiness), or None."""
+        if self.full:
+            return (
+                f"spool is at its cap ({self._rows} rows, {self._bytes} bytes): taking no"
+                " messages until the sink takes the backlog"
+            )
+        problem = self.disk_problem(self.min_free)
+        if problem is None and (refused := self._refuses_files()) is not None:
+            problem = f"the spool's file system ({self._path.parent}) refuses writes: {refused}"
+        return problem
+
+    def _refuses_files(self) -> str | None:
+        """Why no new file can be made beside the spool now (also a file system the kernel
+        turned read-only after an error without saying so to statvfs), or None."""
+        probe = self._path.with_name(f".{self._path.name}.probe-{uuid.uuid4().hex}")
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            probe.unlink()
+        return None
 
     @property
     def path(self) -> Path:

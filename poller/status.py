@@ -1,4 +1,4 @@
-"""`poller check` (exit code for probes) and `poller status` (what an operator looks at)."""
+"""What `poller check` and `poller status` find out, as data (``poller.cli.status`` prints it)."""
 
 from __future__ import annotations
 
@@ -7,24 +7,22 @@ from typing import Any
 
 import httpx
 
-from poller.cli.output import emit_json, say, table
-from poller.health import check, failing, local_url
-from poller.runtime import make_sink
+from poller.health.probe import check, local_url
 from poller.settings import Settings
 from poller.sink import SinkError, StreamInfo
+from poller.sink.factory import open_sink
 from poller.spool import Spool, SpoolError, SpoolStats
 
 
-async def run_check(settings: Settings) -> int:
-    """Ask the running daemon's /readyz; print one line; 0 when ready."""
+async def readiness(settings: Settings) -> tuple[bool, str]:
+    """The running daemon's /readyz: (ready, one-line reason)."""
     url = local_url(settings.health.host, settings.health.port)
-    ok, reason = await check(url, timeout=5.0)
-    say(("ok: " if ok else "not ready: ") + reason)
-    return 0 if ok else 1
+    return await check(url, timeout=5.0)
 
 
-async def run_status(settings: Settings, *, as_json: bool) -> int:
-    """Spool depth and age, last poll, every stream's length and its consumer groups."""
+async def status_report(settings: Settings) -> dict[str, Any]:
+    """Spool depth and age, the daemon's readiness, every stream's length and its consumer
+    groups; ``errors`` lists what could not be found out."""
     report: dict[str, Any] = {"spool": None, "health": None, "streams": None, "errors": []}
     spool_path = settings.spool.path
     instance = None
@@ -51,20 +49,16 @@ async def run_status(settings: Settings, *, as_json: bool) -> int:
             "cap_bytes": settings.spool.max_bytes,
         }
     report["health"] = await _health(settings)
-    sink = make_sink(settings, instance or "status")
+    sink = open_sink(settings, instance or "status")
     try:
         await sink.connect()
         streams = await sink.stream_info()
         report["streams"] = [_stream_dict(s) for s in streams]
     except SinkError as exc:
-        report["errors"].append(f"redis: {exc}")
+        report["errors"].append(f"sink: {exc}")
     finally:
         await sink.close()
-    if as_json:
-        emit_json(report)
-    else:
-        _print(report)
-    return 0 if not report["errors"] else 1
+    return report
 
 
 async def _health(settings: Settings) -> dict[str, Any]:
@@ -93,37 +87,3 @@ def _stream_dict(info: StreamInfo) -> dict[str, Any]:
             for g in info.groups
         ],
     }
-
-
-def _print(report: dict[str, Any]) -> None:
-    spool = report["spool"]
-    if spool:
-        age = spool["oldest_age_seconds"]
-        say(
-            f"spool {spool['path']}: {spool['rows']} rows ({spool['bytes']} bytes) waiting"
-            f"{f', oldest {age:.0f} s' if age is not None else ''}; "
-            f"cap {spool['cap_rows']} rows / {spool['cap_bytes']} bytes; "
-            f"{spool['quarantined']} quarantined ({spool['quarantine_pending']} not dead-lettered)"
-        )
-    health = report["health"]
-    if health and health["reachable"]:
-        body = health["body"]
-        checks = body.get("checks", {}) if isinstance(body, dict) else {}
-        last = checks.get("last_poll", {}).get("detail", "?")
-        state = "ready" if health["ready"] else "NOT READY: " + "; ".join(failing(body))
-        say(f"daemon: {state}; {last}")
-    elif health:
-        say(f"daemon: not running here (no health server at {health['url']})")
-    rows = []
-    for stream in report["streams"] or []:
-        if not stream["groups"]:
-            rows.append([stream["key"], stream["length"], "-", "", "", ""])
-        for g in stream["groups"]:
-            lag = "?" if g["lag"] is None else g["lag"]
-            rows.append(
-                [stream["key"], stream["length"], g["name"], g["consumers"], g["pending"], lag]
-            )
-    if report["streams"] is not None:
-        table(["stream", "length", "group", "consumers", "pending", "lag"], rows)
-    for err in report["errors"]:
-        say(f"problem: {err}")

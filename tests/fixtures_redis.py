@@ -16,7 +16,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from poller.embedded import EmbeddedRedis, EmbeddedRedisError, find_binary, free_port
+from poller.devtools.embedded import EmbeddedRedis, EmbeddedRedisError, find_binary, free_port
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from poller.simulator import Simulator
+from poller.devtools.simulator import Simulator
 
 SEED = 20261126
 OPENAPI_PATH = Path(__file__).parent / "fixtures" / "mobile-app-messaging.openapi.json"

@@ -16,8 +16,13 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from poller.settings import Settings
-from poller.simulator import Simulator
+from poller.devtools.simulator import Simulator
+from poller.settings import RedisSettings, Settings
+from poller.sink.redis.keys import stream_key
+from poller.sink.redis.sink import HWM_TTL_SECONDS, RedisSink
+from poller.sink.redis.tls import TLSOptions
+
+DEFAULT_TEMPLATE = "infobip:push:{${app}}:mo"
 
 
 def make_settings(
@@ -57,6 +62,38 @@ def make_settings(
         health={"enabled": False, **(health or {})},
         forward=forward or {},
     )
+
+
+def redis_sink(
+    url: str,
+    key_template: str = DEFAULT_TEMPLATE,
+    *,
+    instance_id: str = "test",
+    dedupe_window: int = 3600,
+    hwm_ttl: int = HWM_TTL_SECONDS,
+    tls: TLSOptions | None = None,
+    **redis: Any,
+) -> RedisSink:
+    """A Redis sink on ``url`` with these [redis] settings (checked as the settings are)."""
+    if tls is not None:
+        redis.update(
+            tls=True,
+            tls_ca_file=tls.ca_file,
+            tls_cert_file=tls.cert_file,
+            tls_key_file=tls.key_file,
+            tls_key_password=tls.key_password,
+            tls_verify=tls.verify,
+            tls_check_hostname=tls.check_hostname,
+        )
+    settings = RedisSettings(url=url, stream_key_template=key_template, **redis)
+    return RedisSink(
+        settings, instance_id=instance_id, dedupe_window=dedupe_window, hwm_ttl=hwm_ttl
+    )
+
+
+def stream_of(settings: Settings, app: str | None) -> str:
+    """The Redis stream key of one application under these settings."""
+    return stream_key(settings.redis.stream_key_template, app)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -19,10 +19,10 @@ from redis.crc import key_slot
 from poller import metrics
 from poller.consumer import StreamConsumer
 from poller.daemon import run_once
+from poller.devtools.simulator import Simulator
 from poller.runtime import Runtime
-from poller.simulator import Simulator
-from poller.sink.redis import APP_KEY_MAX, APP_KEY_SAFE, RedisSink, app_key, stream_key
-from tests.support import make_settings, run_poller, stream_entries
+from poller.sink.redis.keys import APP_KEY_MAX, APP_KEY_SAFE, app_key, hwm_key, seen_key, stream_key
+from tests.support import make_settings, redis_sink, run_poller, stream_entries, stream_of
 
 TEMPLATE = "infobip:push:{${app}}:mo"
 TOKEN = "forward-token-0123456789abcdef"
@@ -67,10 +67,10 @@ def test_a_key_part_is_short_safe_and_decodes_back_when_not_hashed(code: str) ->
     if "~" not in part and code:
         assert unquote(part, errors="surrogatepass") == code
     # The hash tag stays the code's own: the high-water mark lands in the stream's slot.
-    sink = RedisSink(url="redis://127.0.0.1:1", key_template=TEMPLATE, instance_id="w")
+    sink = redis_sink(url="redis://127.0.0.1:1", key_template=TEMPLATE, instance_id="w")
     key = sink.stream_key(code)
-    assert key_slot(key.encode()) == key_slot(sink.hwm_key(key).encode())
-    assert key_slot(key.encode()) == key_slot(sink.seen_key(key).encode())
+    assert key_slot(key.encode()) == key_slot(hwm_key(key, sink.instance_id).encode())
+    assert key_slot(key.encode()) == key_slot(seen_key(key).encode())
     assert key.count("{") == 1
     assert key.count("}") == 1
 
@@ -110,7 +110,7 @@ async def test_pulled_and_forwarded_messages_of_odd_codes_reach_one_stream_per_c
         rt.start_flushing()
         assert rt.receiver is not None
         await rt.receiver.start()
-        await rt.source.drain()
+        await rt.pull.drain()
         body = json.dumps([message(n, code, "fwd") for n, code in enumerate(ODD_CODES)])
         url = f"http://127.0.0.1:{rt.receiver.port}{settings.forward.path}/{TOKEN}"
         async with httpx.AsyncClient(trust_env=False) as client:
@@ -129,13 +129,13 @@ async def test_pulled_and_forwarded_messages_of_odd_codes_reach_one_stream_per_c
         await rt.close()
 
     for n, code in enumerate(ODD_CODES):
-        entries = await stream_entries(redis_client, settings.stream_key(code))
+        entries = await stream_entries(redis_client, stream_of(settings, code))
         assert [e["id"] for e in entries] == [f"pull-{n}", f"fwd-{n}"], code
         assert {e["app"] for e in entries} == {code}  # the whole code, in the entry
         assert json.loads(entries[0]["payload"])["applicationCode"] == code
-    (dead,) = await stream_entries(redis_client, settings.stream_key(None) + ":dead")
+    (dead,) = await stream_entries(redis_client, stream_of(settings, None) + ":dead")
     assert dead["app"] == ""
-    assert not await redis_client.exists(settings.stream_key("unknown") + ":dead")
+    assert not await redis_client.exists(stream_of(settings, "unknown") + ":dead")
     prefix = key_template.split("{")[0]
     keys = [k async for k in redis_client.scan_iter(match=prefix + "*")]
     assert max(len(k) for k in keys) < 250  # not a 100 KB key
@@ -169,12 +169,12 @@ async def test_tail_and_the_consumer_helper_find_the_streams_of_odd_codes(
 
     # The consumer helper on the key of the 100 KB code, and its dead-letter stream is the
     # one the sink would use for that code.
-    key = settings.stream_key(HUGE)
+    key = stream_of(settings, HUGE)
     consumer = StreamConsumer(redis_client, key, "g", "w1", start_id="0")
     await consumer.ensure_group()
     (got,) = await consumer.read(count=10)
     assert (got.message_id, got.app) == ("pull-3", HUGE)
-    assert consumer.dead_key == settings.stream_key(HUGE) + ":dead"
+    assert consumer.dead_key == stream_of(settings, HUGE) + ":dead"
 
 
 async def test_a_thousand_codes_keep_metrics_bounded(
@@ -209,7 +209,7 @@ async def test_a_thousand_codes_keep_metrics_bounded(
     }
     assert len(app_values) < 20  # what earlier tests in this process configured, plus other
     assert len(text) < 64 * 1024
-    assert await redis_client.xlen(settings.stream_key("code-0999")) == 1
+    assert await redis_client.xlen(stream_of(settings, "code-0999")) == 1
 
 
 @pytest.mark.parametrize("code", [None, "", "not-configured"])

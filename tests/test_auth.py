@@ -8,11 +8,11 @@ from typing import Any
 import httpx
 import pytest
 
+from poller.devtools.simulator import Simulator
 from poller.infobip import AuthError, InfobipClient, TransportError
 from poller.infobip.auth import HeaderAuth, OAuth2ClientCredentials
 from poller.infobip.client import build_auth
 from poller.settings import InfobipSettings, SettingsError
-from poller.simulator import Simulator
 from tests.fixtures_sim import SimulatorFactory
 
 pytestmark = pytest.mark.timeout(30)

@@ -10,11 +10,11 @@ from pathlib import Path
 import httpx
 from redis.asyncio import Redis
 
+from poller.devtools.simulator import Simulator
 from poller.runtime import Runtime
 from poller.settings import Settings
-from poller.simulator import Simulator
 from poller.sources.pull import DrainResult
-from tests.support import ids_in_streams, make_settings
+from tests.support import ids_in_streams, make_settings, stream_of
 
 TOKEN = "forward-token-0123456789abcdef"
 
@@ -51,7 +51,7 @@ async def drain_batches(
     try:
         for batch in batches:
             sim.inject_raw([big_message(n) for n in batch])
-            results.append(await rt.source.drain())
+            results.append(await rt.pull.drain())
         await rt.flusher.flush()
     finally:
         await rt.close()
@@ -118,7 +118,7 @@ async def test_an_answer_past_eight_times_the_limit_keeps_every_whole_item_it_re
     assert result.quarantined == 1
     counts = await ids_in_streams(redis_client, key_template)
     assert counts == {f"big-{n:05d}": 1 for n in range(result.pulled)}
-    dead = await redis_client.xrange(settings.stream_key(None) + ":dead")
+    dead = await redis_client.xrange(stream_of(settings, None) + ":dead")
     assert b"not read on" in dead[0][1][b"reason"]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from poller.simulator import Simulator
+from poller.devtools.simulator import Simulator
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from poller.cli import build_parser
+from poller.cli.parser import build_parser
 from tests.support import poller_command
 
 API_KEY = "key-that-must-not-be-printed-4711"

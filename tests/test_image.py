@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 import poller
-from poller.embedded import EmbeddedRedis, free_port
+from poller.devtools.embedded import EmbeddedRedis, free_port
+from poller.devtools.simulator import Simulator
 from poller.settings import env_name
-from poller.simulator import Simulator
 from tests.fixtures_sim import SimulatorFactory
 from tests.support import ids_at, make_settings, settings_env
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from poller.devtools.simulator import Simulator
 from poller.infobip.body import scan_pull
-from poller.simulator import Simulator
 from poller.sources.pull import rows_from_body
 from tests.support import (
     ids_in_streams,
@@ -25,6 +25,7 @@ from tests.support import (
     run_poller,
     settings_env,
     stream_entries,
+    stream_of,
 )
 
 PULL_PATH = "/push/1/inbox/reports"
@@ -114,10 +115,10 @@ async def test_a_kill_while_a_large_answer_arrives_loses_no_item_that_had_arrive
     counts = await ids_in_streams(redis_client, key_template)
     assert sorted(counts) == arrived
     assert set(counts.values()) == {1}
-    entries = await stream_entries(redis_client, settings.stream_key("app-alpha"))
+    entries = await stream_entries(redis_client, stream_of(settings, "app-alpha"))
     assert [json.loads(e["payload"]) for e in entries] == sent[: len(arrived)]
     # The item cut in the middle is in the dead-letter stream, as its bytes arrived.
-    (dead,) = await stream_entries(redis_client, settings.stream_key(None) + ":dead")
+    (dead,) = await stream_entries(redis_client, stream_of(settings, None) + ":dead")
     assert ids[len(arrived)] in dead["raw"]
     assert "earlier run" in dead["reason"]
     assert not list(journal.iterdir())
@@ -170,7 +171,7 @@ async def test_an_answer_echoing_our_request_keeps_no_secret_in_quarantine(
 ) -> None:
     # Tried: POLLER_INFOBIP__BASE_URL pointing at a server that answers 200 with the request
     # echoed back, Authorization header included (a wrong URL, a debugging proxy).
-    from poller.httpserver import HttpServer, Request, Response
+    from poller.devtools.simulator.httpserver import HttpServer, Request, Response
     from poller.settings import Settings
 
     key = "distinctive-api-key-7f3a9c"

@@ -11,16 +11,24 @@ import pytest
 from redis.asyncio import Redis
 
 from poller.daemon import run_once
-from poller.embedded import EmbeddedRedis
+from poller.devtools.embedded import EmbeddedRedis
+from poller.devtools.simulator import Simulator
 from poller.infobip import InfobipClient
-from poller.runtime import Runtime, make_sink
-from poller.simulator import Simulator
+from poller.runtime import Runtime
 from poller.sink import SinkError
+from poller.sink.factory import open_sink
 from poller.sources.items import now_rfc3339, rows_from_items
 from poller.sources.pull import DrainResult, PullSource
 from poller.spool import Spool
 from poller.stop import Stop
-from tests.support import assert_schema, ids_at, ids_in_streams, make_settings, stream_entries
+from tests.support import (
+    assert_schema,
+    ids_at,
+    ids_in_streams,
+    make_settings,
+    stream_entries,
+    stream_of,
+)
 
 APPS = ["app-alpha", "app-beta", "app-gamma"]
 PULL_PATH = "/push/1/inbox/reports"
@@ -28,7 +36,7 @@ PULL_PATH = "/push/1/inbox/reports"
 
 async def drain_and_flush(rt: Runtime) -> tuple[DrainResult, str | None]:
     """One drain, then one flush as the flusher would do it; the flush's error, if any."""
-    result = await rt.source.drain()
+    result = await rt.pull.drain()
     try:
         await rt.flusher.flush()
     except SinkError as exc:
@@ -45,12 +53,12 @@ async def drain_held_by_a_full_disk(
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages}")
     sim.inject("app-alpha", count)
-    task = asyncio.create_task(rt.source.drain())
+    task = asyncio.create_task(rt.pull.drain())
     for _ in range(100):
-        if rt.source.spool_error:
+        if rt.pull.spool_error:
             break
         await asyncio.sleep(0.05)
-    assert rt.source.spool_error is not None
+    assert rt.pull.spool_error is not None
     return task
 
 
@@ -91,7 +99,7 @@ async def test_once_drains_every_app_into_its_stream_exactly_once_with_every_fie
     assert await run_once(settings) == 0
 
     for app in APPS:
-        entries = await stream_entries(redis_client, settings.stream_key(app))
+        entries = await stream_entries(redis_client, stream_of(settings, app))
         assert [e["id"] for e in entries] == [m["messageId"] for m in sent[app]]
         for entry, original in zip(entries, sent[app], strict=True):
             assert json.loads(entry["payload"]) == original
@@ -117,7 +125,7 @@ async def test_messages_of_an_application_not_configured_still_reach_their_strea
         configured_simulator, redis_url, tmp_path, key_template, apps=["app-alpha"]
     )
     assert await run_once(settings) == 0
-    assert len(await stream_entries(redis_client, settings.stream_key("app-beta"))) == 5
+    assert len(await stream_entries(redis_client, stream_of(settings, "app-beta"))) == 5
 
 
 async def test_replay_after_crash_between_xadd_and_commit_adds_nothing_twice(
@@ -136,7 +144,7 @@ async def test_replay_after_crash_between_xadd_and_commit_adds_nothing_twice(
     messages, _ = rows_from_items(items, now_rfc3339())
     spool = Spool.open(settings.spool.path, max_rows=10_000, max_bytes=10**9)
     spool.append(messages)
-    sink = make_sink(settings, spool.instance_id)
+    sink = open_sink(settings, spool.instance_id)
     await sink.connect()
     await sink.write(spool.pending(1000))  # ... and the crash: no commit
     await sink.close()
@@ -261,18 +269,18 @@ async def test_garbled_entries_and_bodies_land_in_quarantine_and_dead_letter_str
     finally:
         await rt.close()
 
-    dead_beta = await stream_entries(redis_client, settings.stream_key("app-beta") + ":dead")
+    dead_beta = await stream_entries(redis_client, stream_of(settings, "app-beta") + ":dead")
     assert len(dead_beta) == 1
     assert json.loads(dead_beta[0]["raw"]) == {"applicationCode": "app-beta", "text": "no id"}
     assert "messageId" in dead_beta[0]["reason"]
-    dead_unknown = await stream_entries(redis_client, settings.stream_key(None) + ":dead")
+    dead_unknown = await stream_entries(redis_client, stream_of(settings, None) + ":dead")
     assert len(dead_unknown) == 1
     assert_schema([*dead_beta, *dead_unknown], "infobip.push.mo.dead.v1")
     assert dead_unknown[0]["reason"].startswith("not JSON")
     # The garbled answer's first item arrived whole and is kept; the bytes from the first
     # item that did not are in the dead-letter stream for an operator to recover.
     assert "1 whole items before it were kept" in dead_unknown[0]["reason"]
-    assert len(await stream_entries(redis_client, settings.stream_key("app-alpha"))) == 4
+    assert len(await stream_entries(redis_client, stream_of(settings, "app-alpha"))) == 4
 
 
 @pytest.mark.parametrize("kind", ["truncated", "drop"])
@@ -346,7 +354,7 @@ async def test_poll_cycle_counts_pulls_and_stops_when_inbox_empty(
     )
     rt = await Runtime.open(settings)
     try:
-        assert isinstance(rt.source, PullSource)
+        assert isinstance(rt.pull, PullSource)
         result, _ = await drain_and_flush(rt)
     finally:
         await rt.close()
@@ -369,14 +377,14 @@ async def test_disk_full_holds_the_pulled_batch_until_the_spool_takes_it(
     rt = await Runtime.open(settings)
     try:
         task = await drain_held_by_a_full_disk(rt, configured_simulator, 200)
-        assert "full" in rt.source.spool_error
+        assert "full" in rt.pull.spool_error
         assert configured_simulator.inbox_depth == 0  # handed out: only our memory has them
         assert not task.done()
 
         rt.spool._conn.execute("PRAGMA max_page_count = 1073741823")
         result = await asyncio.wait_for(task, timeout=30)
         assert result.pulled == 200
-        assert rt.source.spool_error is None
+        assert rt.pull.spool_error is None
         await rt.flusher.flush()
     finally:
         await rt.close()
@@ -399,7 +407,7 @@ async def test_half_an_emoji_in_a_message_loses_nothing(
     configured_simulator.inject_raw(batch)
     settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
     assert await run_once(settings, bootstrap=False) == 0
-    entries = await stream_entries(redis_client, settings.stream_key("app-alpha"))
+    entries = await stream_entries(redis_client, stream_of(settings, "app-alpha"))
     assert [e["id"] for e in entries] == [m["messageId"] for m in batch]
     assert json.loads(entries[1]["payload"])["text"] == "cut emoji \ud83d"
 
@@ -429,19 +437,19 @@ async def test_a_stream_redis_refuses_does_not_hold_back_the_other_applications(
         key_template,
         infobip={"rate_limit": 100},
     )
-    await redis_client.set(settings.stream_key("app-beta"), "not a stream")
+    await redis_client.set(stream_of(settings, "app-beta"), "not a stream")
     configured_simulator.inject_raw([message("app-beta", n) for n in range(50)])
     configured_simulator.inject("app-alpha", 6000)
     rt = await Runtime.open(settings)
     try:
-        await rt.source.drain()
+        await rt.pull.drain()
         flushed = await rt.flusher.flush()
         assert set(flushed.failed) == {"app-beta"}
         assert "WRONGTYPE" in flushed.failed["app-beta"]
         assert rt.spool.stats().rows == 50
-        assert await redis_client.xlen(settings.stream_key("app-alpha")) == 6000
+        assert await redis_client.xlen(stream_of(settings, "app-alpha")) == 6000
 
-        await redis_client.delete(settings.stream_key("app-beta"))
+        await redis_client.delete(stream_of(settings, "app-beta"))
         # Parked: left out until its backoff has passed (a stop's last flush tries it anyway).
         assert (await rt.flusher.flush()).failed == {"app-beta": flushed.failed["app-beta"]}
         assert rt.spool.stats().rows == 50
@@ -450,7 +458,7 @@ async def test_a_stream_redis_refuses_does_not_hold_back_the_other_applications(
         assert rt.spool.stats().rows == 0
     finally:
         await rt.close()
-    assert await redis_client.xlen(settings.stream_key("app-beta")) == 50
+    assert await redis_client.xlen(stream_of(settings, "app-beta")) == 50
 
 
 async def test_durability_the_server_cannot_give_fails_the_start_naming_the_setting(
@@ -484,13 +492,13 @@ async def test_rows_of_a_parked_stream_survive_later_slices_of_other_streams(
     # application: a later slice's commit must not delete the parked rows below it. Slices of
     # 4 rows stand in for the real 5,000 so that a few messages cross several slices.
     settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
-    await redis_client.set(settings.stream_key("app-beta"), "not a stream")
+    await redis_client.set(stream_of(settings, "app-beta"), "not a stream")
     configured_simulator.inject_raw([message("app-beta", n) for n in range(10)])
     configured_simulator.inject_raw([message("app-alpha", n) for n in range(13)])
     configured_simulator.inject_raw(
         [{"applicationCode": "app-beta", "text": "no id"}, {"text": "no app either"}]
     )
-    await redis_client.set(settings.stream_key("app-beta") + ":dead", "not a stream")
+    await redis_client.set(stream_of(settings, "app-beta") + ":dead", "not a stream")
     rt = await Runtime.open(settings)
     rt.flusher.rows = 4
     try:
@@ -498,16 +506,16 @@ async def test_rows_of_a_parked_stream_survive_later_slices_of_other_streams(
         stats = rt.spool.stats()
         assert stats.rows == 10  # app-beta's, every one of them
         assert stats.quarantine_pending == 1  # app-beta's dead letter waits too
-        assert await redis_client.xlen(settings.stream_key("app-alpha")) == 13
+        assert await redis_client.xlen(stream_of(settings, "app-alpha")) == 13
 
-        await redis_client.delete(settings.stream_key("app-beta"))
-        await redis_client.delete(settings.stream_key("app-beta") + ":dead")
+        await redis_client.delete(stream_of(settings, "app-beta"))
+        await redis_client.delete(stream_of(settings, "app-beta") + ":dead")
         await rt.flusher.flush(retry_parked=True)
         assert rt.spool.stats().rows == 0
         assert rt.spool.stats().quarantine_pending == 0
     finally:
         await rt.close()
-    beta = await stream_entries(redis_client, settings.stream_key("app-beta"))
+    beta = await stream_entries(redis_client, stream_of(settings, "app-beta"))
     assert [e["id"] for e in beta] == [f"app-beta-msg-{n:05d}" for n in range(10)]
 
 
@@ -527,10 +535,10 @@ async def test_unstorable_text_in_any_field_loses_no_message(
     configured_simulator.inject_raw([message("app-alpha", 1), odd_time, odd_app])
     settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
     assert await run_once(settings, bootstrap=False) == 0
-    entries = await stream_entries(redis_client, settings.stream_key("app-alpha"))
+    entries = await stream_entries(redis_client, stream_of(settings, "app-alpha"))
     assert [e["id"] for e in entries] == ["app-alpha-msg-00001", "app-alpha-msg-00002"]
     assert json.loads(entries[1]["payload"])["receivedAt"] == odd_time["receivedAt"]
-    dead = await stream_entries(redis_client, settings.stream_key(None) + ":dead")
+    dead = await stream_entries(redis_client, stream_of(settings, None) + ":dead")
     assert len(dead) == 1
     assert "applicationCode" in dead[0]["reason"]
 
@@ -553,18 +561,18 @@ async def test_last_good_poll_is_not_stamped_while_redis_refuses_the_writes(
     try:
         configured_simulator.inject("app-alpha", 5)
         await drain_and_flush(rt)
-        first = rt.source.last_success
+        first = rt.pull.last_success
         assert first is not None
         own_redis.kill()
         configured_simulator.inject("app-alpha", 5)
         result, error = await drain_and_flush(rt)
         assert result.pulled == 5
         assert error is not None
-        assert rt.source.last_success == first
+        assert rt.pull.last_success == first
         # An empty inbox while the sink fails is not a good poll either.
         result, _ = await drain_and_flush(rt)
         assert result.pulls == 1
-        assert rt.source.last_success == first
+        assert rt.pull.last_success == first
     finally:
         await rt.close()
 
@@ -590,7 +598,7 @@ async def test_a_stop_while_the_spool_refuses_a_batch_leaves_it_in_the_journal(
         stop.request("test")
         await asyncio.wait_for(task, timeout=5)
         assert time.monotonic() - started < 3.0
-        assert rt.source.abandoned == 0
+        assert rt.pull.abandoned == 0
     finally:
         await rt.close()
     journal = settings.spool.path.with_name(settings.spool.path.name + ".journal")
@@ -617,14 +625,14 @@ async def test_a_stop_gives_up_a_batch_neither_spool_nor_journal_took_and_logs_i
     settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
     stop = Stop(3.0)
     rt = await Runtime.open(settings, stop)
-    rt.source.journal = None
+    rt.pull.journal = None
     try:
         task = await drain_held_by_a_full_disk(rt, configured_simulator, 7)
         started = time.monotonic()
         stop.request("test")
         await asyncio.wait_for(task, timeout=5)
         assert time.monotonic() - started < 3.0
-        assert rt.source.abandoned == 7
+        assert rt.pull.abandoned == 7
     finally:
         await rt.close()
     logged = capsys.readouterr().out
@@ -666,7 +674,7 @@ async def test_pulls_overlap_within_the_rate_limit_and_keep_infobips_order(
     watcher = asyncio.create_task(watch())
     try:
         rt.start_flushing()
-        result = await rt.source.drain()
+        result = await rt.pull.drain()
         assert result.pulled == 1200
     finally:
         watcher.cancel()
@@ -675,7 +683,7 @@ async def test_pulls_overlap_within_the_rate_limit_and_keep_infobips_order(
         await rt.close()
     assert in_flight_seen >= 3  # answers overlapped instead of waiting for each other
     assert configured_simulator.account.counters.throttled == 0  # never over 10 requests/s
-    entries = await stream_entries(redis_client, settings.stream_key("app-alpha"))
+    entries = await stream_entries(redis_client, stream_of(settings, "app-alpha"))
     assert [e["id"] for e in entries] == [m["messageId"] for m in sent]
 
 
@@ -688,7 +696,7 @@ async def test_an_empty_inbox_costs_one_pull_per_drain(
     )
     rt = await Runtime.open(settings)
     try:
-        result = await rt.source.drain()
+        result = await rt.pull.drain()
     finally:
         await rt.close()
     assert result.pulls == 1
@@ -713,7 +721,7 @@ async def test_a_pull_throttled_to_the_end_is_counted_as_throttled(
     outcome = sample("poller_pulls_total", outcome="throttled")
     rt = await Runtime.open(settings)
     try:
-        result = await rt.source.drain()
+        result = await rt.pull.drain()
     finally:
         await rt.close()
     assert result.pull_error is not None
@@ -742,7 +750,7 @@ async def test_the_daemon_trims_streams_to_their_retention_on_its_schedule(
     )
     daemon = Daemon(settings)
     task = asyncio.create_task(daemon.run())
-    key = settings.stream_key("app-alpha")
+    key = stream_of(settings, "app-alpha")
     try:
         async with asyncio.timeout(20):
             while configured_simulator.inbox_depth or await redis_client.xlen(key) != 50:
@@ -770,7 +778,7 @@ async def test_a_pull_limit_infobip_refuses_is_stepped_down_and_remembered(
     rt = await Runtime.open(settings)
     try:
         result, _ = await drain_and_flush(rt)
-        assert rt.source.pull_limit == 100
+        assert rt.pull.pull_limit == 100
         assert metrics.REGISTRY.get_sample_value("poller_pull_limit") == 100
         again, _ = await drain_and_flush(rt)  # remembered: no 400 any more
     finally:

@@ -25,12 +25,11 @@ from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, ResponseError
 
 from poller.consumer import StreamConsumer
-from poller.embedded import EmbeddedRedis, free_port
+from poller.devtools.embedded import EmbeddedRedis, free_port
 from poller.settings import Settings
-from poller.sink.redis import RedisSink
 from poller.spool import QuarantineEntry, SpoolEntry
 from tests.fixtures_sim import SimulatorFactory
-from tests.support import ids_at, make_settings, poller_command, settings_env
+from tests.support import ids_at, make_settings, poller_command, redis_sink, settings_env
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "acl-test-password"
@@ -239,7 +238,7 @@ async def test_poller_user_covers_forward_dedupe_dead_letters_and_trims(
     # Tried in-process, each under the poller user: forwarded messages (the dedupe set),
     # the same message id again from another receiver, a quarantined body, both trims.
     durability = "waitaof" if acl_server.waitaof else "wait"
-    sink = RedisSink(
+    sink = redis_sink(
         url=acl_server.url(POLLER),
         instance_id="acl",
         durability=durability,

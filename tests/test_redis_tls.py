@@ -18,12 +18,12 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from poller.daemon import run_once
-from poller.embedded import EmbeddedRedis
+from poller.devtools.embedded import EmbeddedRedis
+from poller.devtools.simulator import Simulator
 from poller.settings import SettingsError, load_settings
-from poller.simulator import Simulator
 from poller.sink import SinkConfigError, SinkError
-from poller.sink.redis import RedisSink
-from poller.sink.tls import TLSOptions
+from poller.sink.redis.sink import RedisSink
+from poller.sink.redis.tls import TLSOptions
 from tests.fixtures_redis import (
     TLSFiles,
     TLSRedis,
@@ -33,7 +33,7 @@ from tests.fixtures_redis import (
     tls_client,
 )
 from tests.fixtures_sim import SimulatorFactory
-from tests.support import make_settings, run_poller, stream_entries
+from tests.support import make_settings, redis_sink, run_poller, stream_entries, stream_of
 
 pytestmark = pytest.mark.skipif(not redis_has_tls(), reason="redis-server built without TLS")
 
@@ -219,7 +219,7 @@ async def test_once_writes_over_tls_with_a_private_ca(
     )
     assert await run_once(settings, bootstrap=False) == 0
     for app in APPS:
-        assert await landed(tls_redis.port, tls_files, settings.stream_key(app)) == sent[app]
+        assert await landed(tls_redis.port, tls_files, stream_of(settings, app)) == sent[app]
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain-key", "encrypted-key"])
@@ -241,11 +241,11 @@ async def test_once_writes_with_a_client_certificate(
         configured_simulator, mtls_redis.url, tmp_path, key_template, apps=APPS, redis=redis
     )
     assert await run_once(settings, bootstrap=False) == 0
-    assert await landed(mtls_redis.port, tls_files, settings.stream_key("app-alpha")) == sent
+    assert await landed(mtls_redis.port, tls_files, stream_of(settings, "app-alpha")) == sent
 
 
 def sink_for(url: str, key_template: str, tls: TLSOptions | None, **kwargs: Any) -> RedisSink:
-    return RedisSink(url=url, key_template=key_template, instance_id="tls", tls=tls, **kwargs)
+    return redis_sink(url=url, key_template=key_template, instance_id="tls", tls=tls, **kwargs)
 
 
 async def test_a_server_that_wants_a_client_certificate_refuses_a_sink_without_one(
@@ -289,7 +289,7 @@ async def test_the_wrong_ca_stops_the_start_at_once_and_pulls_nothing(
     elapsed = time.monotonic() - started
     assert done.returncode == 1, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-    refused = [line for line in lines if line.get("event") == "redis cannot honour the settings"]
+    refused = [line for line in lines if line.get("event") == "the sink cannot honour the settings"]
     assert refused, done.stderr
     assert "certificate verify failed" in refused[0]["error"]
     assert "POLLER_REDIS__TLS_CA_FILE must hold the CA" in refused[0]["error"]
@@ -372,7 +372,7 @@ async def test_sentinel_mode_writes_to_a_tls_master(
             configured_simulator, redis["url"], tmp_path, key_template, apps=APPS, redis=redis
         )
         assert await run_once(settings, bootstrap=False) == 0
-    assert await landed(tls_master.port, tls_files, settings.stream_key("app-alpha")) == sent
+    assert await landed(tls_master.port, tls_files, stream_of(settings, "app-alpha")) == sent
 
 
 # -- cluster -------------------------------------------------------------------------------
@@ -420,7 +420,7 @@ async def test_cluster_mode_writes_and_waits_on_every_primary_over_tls(
     settings = make_settings(sim, redis["url"], tmp_path, key_template, apps=apps, redis=redis)
     assert await run_once(settings, bootstrap=False) == 0
     for app, port in owners.items():
-        assert await landed(port, tls_files, settings.stream_key(app)) == sent[app]
+        assert await landed(port, tls_files, stream_of(settings, app)) == sent[app]
         with tls_client(port, tls_files) as client:
             # The per-node client's WAIT reached this primary (over TLS: no plain port).
             assert client.info("commandstats").get("cmdstat_wait", {}).get("calls", 0) >= 1

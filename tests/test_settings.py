@@ -12,6 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from poller.settings import Settings, SettingsError, load_settings
+from tests.support import stream_of
 
 POLLER = str(Path(sys.executable).with_name("poller"))
 
@@ -45,7 +46,7 @@ def test_defaults_need_nothing() -> None:
     assert settings.infobip.pull_limit == 1000
     assert settings.infobip.rate_limit == 10.0
     assert settings.redis.url == "redis://127.0.0.1:6379/0"
-    assert settings.stream_key("shop") == "infobip:push:{shop}:mo"
+    assert stream_of(settings, "shop") == "infobip:push:{shop}:mo"
     assert settings.schedule.cron is None
     assert settings.spool.path == Path("poller-spool.db")
     assert settings.max_poll_age() == 3 * (5.0 + 0.0) + 15.0 + 30

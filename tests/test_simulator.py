@@ -18,9 +18,9 @@ import httpx
 import jsonschema
 import pytest
 
-from poller.httpserver import HttpServer, Request, Response
-from poller.simulator import Simulator
-from poller.simulator import cli as simulate_cli
+from poller.devtools.simulator import Simulator
+from poller.devtools.simulator import cli as simulate_cli
+from poller.devtools.simulator.httpserver import HttpServer, Request, Response
 from tests.fixtures_sim import OpenApi, SimulatorFactory
 
 pytestmark = pytest.mark.timeout(30)

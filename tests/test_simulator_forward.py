@@ -20,9 +20,9 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from poller.httpserver import HttpServer, Request, Response
-from poller.simulator import ForwarderSettings, Simulator
-from poller.simulator import cli as simulate_cli
+from poller.devtools.simulator import ForwarderSettings, Simulator
+from poller.devtools.simulator import cli as simulate_cli
+from poller.devtools.simulator.httpserver import HttpServer, Request, Response
 from tests.fixtures_sim import OpenApi, SimulatorFactory
 
 pytestmark = pytest.mark.timeout(30)

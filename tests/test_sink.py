@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from poller.embedded import EmbeddedRedis, free_port
+from poller.devtools.embedded import EmbeddedRedis, free_port
 from poller.redact import text as redact_url
 from poller.sink import (
     DEAD_SCHEMA,
@@ -29,9 +29,11 @@ from poller.sink import (
     SinkError,
     WriteResult,
 )
-from poller.sink.redis import HWM_TTL_SECONDS, RedisSink
+from poller.sink.redis.keys import hwm_key
+from poller.sink.redis.sink import HWM_TTL_SECONDS, RedisSink
 from poller.spool import NewMessage, QuarantineEntry, Spool, SpoolEntry
 from tests.fixtures_redis import has_waitaof
+from tests.support import redis_sink
 from tests.test_spool import make_v1_spool
 
 SinkFactory = Callable[..., RedisSink]
@@ -67,7 +69,7 @@ async def make_sink(redis_url: str, key_template: str) -> AsyncIterator[SinkFact
             "instance_id": "inst-a",
         }
         options.update(overrides)
-        sink = RedisSink(**options)  # type: ignore[arg-type]
+        sink = redis_sink(**options)  # type: ignore[arg-type]
         made.append(sink)
         return sink
 
@@ -146,8 +148,8 @@ async def test_other_instance_keeps_its_own_mark(
     key = a.stream_key("app1")
     assert result.written["app1"] == 5
     assert await redis_client.xlen(key) == 15
-    assert await redis_client.get(a.hwm_key(key)) == b"10"
-    assert await redis_client.get(b.hwm_key(key)) == b"5"
+    assert await redis_client.get(hwm_key(key, a.instance_id)) == b"10"
+    assert await redis_client.get(hwm_key(key, b.instance_id)) == b"5"
 
 
 async def test_noscript_after_script_flush_recovers(
@@ -171,7 +173,7 @@ async def test_dead_letter_entries(make_sink: SinkFactory, redis_client: Redis) 
         QuarantineEntry(seq=2, raw=b"{}", reason="no messageId", app="app1", pulled_at="t2"),
     ]
     result = await sink.write_dead(bodies)
-    unknown = sink.dead_key(None)
+    unknown = sink.keys.dead(None)
     assert unknown.endswith(":dead")
     assert "unknown" in unknown
     assert result.written == {"": 1, "app1": 1}
@@ -195,25 +197,25 @@ async def test_empty_write_touches_nothing(make_sink: SinkFactory) -> None:
 
 
 def test_hwm_key_formula_and_slots() -> None:
-    tagged = RedisSink(url="redis://x", key_template="infobip:push:{${app}}:mo", instance_id="i1")
+    tagged = redis_sink(url="redis://x", key_template="infobip:push:{${app}}:mo", instance_id="i1")
     key = tagged.stream_key("myapp")
     assert key == "infobip:push:{myapp}:mo"
-    assert tagged.hwm_key(key) == "infobip:push:{myapp}:mo:hwm:i1"
-    assert tagged.dead_key("myapp") == "infobip:push:{myapp}:mo:dead"
-    untagged = RedisSink(url="redis://x", key_template="mo:${app}", instance_id="i1")
+    assert hwm_key(key, tagged.instance_id) == "infobip:push:{myapp}:mo:hwm:i1"
+    assert tagged.keys.dead("myapp") == "infobip:push:{myapp}:mo:dead"
+    untagged = redis_sink(url="redis://x", key_template="mo:${app}", instance_id="i1")
     key = untagged.stream_key("myapp")
-    assert untagged.hwm_key(key) == "{mo:myapp}:hwm:i1"
+    assert hwm_key(key, untagged.instance_id) == "{mo:myapp}:hwm:i1"
     for sink in (tagged, untagged):
         for app in ("a", "myapp", "ÄÖ-42"):
-            for k in (sink.stream_key(app), sink.dead_key(app)):
-                assert key_slot(k.encode()) == key_slot(sink.hwm_key(k).encode())
+            for k in (sink.stream_key(app), sink.keys.dead(app)):
+                assert key_slot(k.encode()) == key_slot(hwm_key(k, sink.instance_id).encode())
 
 
 def test_template_that_cannot_share_a_slot_is_refused() -> None:
     with pytest.raises(ValueError, match="slot"):
-        RedisSink(url="redis://x", key_template="a}b:${app}", instance_id="i1")
+        redis_sink(url="redis://x", key_template="a}b:${app}", instance_id="i1")
     with pytest.raises(ValueError, match=r"\$\{app\}"):
-        RedisSink(url="redis://x", key_template="no-placeholder", instance_id="i1")
+        redis_sink(url="redis://x", key_template="no-placeholder", instance_id="i1")
 
 
 def test_redact_url() -> None:
@@ -235,7 +237,7 @@ async def test_errors_never_carry_the_password(make_sink: SinkFactory) -> None:
 
 
 async def test_redis_killed_then_restarted(own_redis: EmbeddedRedis) -> None:
-    sink = RedisSink(url=own_redis.url, instance_id="inst-a", socket_timeout=1.0)
+    sink = redis_sink(url=own_redis.url, instance_id="inst-a", socket_timeout=1.0)
     try:
         await sink.connect()
         await sink.write([entry(seq) for seq in range(1, 11)])
@@ -302,7 +304,7 @@ async def test_waitaof_local_with_fsync_always(
 async def test_waitaof_without_appendonly_fails_at_connect(prefer: str) -> None:
     # A setting the server cannot honour is not an outage: the error says which setting.
     with EmbeddedRedis(appendonly=False, prefer=prefer) as server:  # type: ignore[arg-type]
-        sink = RedisSink(
+        sink = redis_sink(
             url=server.url, instance_id="i", durability="waitaof", durability_replicas=0
         )
         try:
@@ -374,7 +376,7 @@ async def test_stream_info(make_sink: SinkFactory, redis_client: Redis) -> None:
     await redis_client.xgroup_create(key1, "g", id="0")
     await redis_client.xreadgroup("g", "c", {key1: ">"}, count=4)
     infos = {info.key: info for info in await sink.stream_info()}
-    assert set(infos) == {key1, sink.stream_key("app2"), sink.dead_key(None)}
+    assert set(infos) == {key1, sink.stream_key("app2"), sink.keys.dead(None)}
     assert infos[key1].length == 10
     (group,) = infos[key1].groups
     assert (group.name, group.pending, group.consumers) == ("g", 4, 1)
@@ -395,7 +397,7 @@ async def test_cluster_mode_writes_once_per_node_and_waits(
     redis_cluster: list[EmbeddedRedis], key_template: str
 ) -> None:
     url = redis_cluster[0].url
-    sink = RedisSink(
+    sink = redis_sink(
         url=url,
         mode="cluster",
         key_template=key_template,
@@ -419,7 +421,7 @@ async def test_cluster_mode_writes_once_per_node_and_waits(
         for app in apps:
             key = sink.stream_key(app)
             assert await client.xlen(key) == 50
-            assert await client.get(sink.hwm_key(key)) is not None
+            assert await client.get(hwm_key(key, sink.instance_id)) is not None
         infos = await sink.stream_info()
         assert {info.key for info in infos} == {sink.stream_key(app) for app in apps}
         assert await sink.ping()
@@ -431,8 +433,8 @@ async def test_cluster_mode_writes_once_per_node_and_waits(
 async def test_sentinel_mode(
     redis_sentinel: str, own_redis: EmbeddedRedis, key_template: str
 ) -> None:
-    sink = RedisSink(
-        url="redis://",
+    sink = redis_sink(
+        url="redis://sentinel-master/0",
         mode="sentinel",
         sentinels=[redis_sentinel],
         sentinel_master="mymaster",
@@ -455,14 +457,14 @@ async def test_sentinel_mode(
 
 
 def test_braces_in_an_app_code_cannot_break_the_hash_tag() -> None:
-    tagged = RedisSink(url="redis://x", key_template="infobip:push:{${app}}:mo", instance_id="i1")
+    tagged = redis_sink(url="redis://x", key_template="infobip:push:{${app}}:mo", instance_id="i1")
     assert tagged.stream_key("a}b") == "infobip:push:{a%7Db}:mo"
     assert tagged.stream_key("") == "infobip:push:{unknown}:mo"
-    untagged = RedisSink(url="redis://x", key_template="mo:${app}", instance_id="i1")
+    untagged = redis_sink(url="redis://x", key_template="mo:${app}", instance_id="i1")
     for sink in (tagged, untagged):
         for app in ("a}b", "{x}", "}{", ""):
             key = sink.stream_key(app)
-            assert key_slot(key.encode()) == key_slot(sink.hwm_key(key).encode())
+            assert key_slot(key.encode()) == key_slot(hwm_key(key, sink.instance_id).encode())
 
 
 async def test_wait_covers_the_flush_and_notices_a_stalled_replica(
@@ -471,7 +473,7 @@ async def test_wait_covers_the_flush_and_notices_a_stalled_replica(
     replica_args = ["--replicaof", "127.0.0.1", str(own_redis.port)]
     with EmbeddedRedis(extra_args=replica_args) as replica:
         replica_client = Redis.from_url(replica.url)
-        sink = RedisSink(
+        sink = redis_sink(
             url=own_redis.url,
             key_template=key_template,
             instance_id="inst-r",
@@ -500,9 +502,9 @@ async def test_wait_covers_the_flush_and_notices_a_stalled_replica(
                     await other.xadd(key, {"x": "y"})
                 finally:
                     await other.aclose()
-                ((client, _),) = sink._by_node([key])
+                ((client, _),) = sink._conn.by_node([key])
                 with pytest.raises(DurabilityError, match="0 of 1"):
-                    await sink._wait_durable(client, sink.hwm_key(key))
+                    await sink._wait_durable(client, hwm_key(key, sink.instance_id))
                 with pytest.raises(DurabilityError, match="0 of 1"):
                     await sink.write([entry(seq) for seq in range(11, 21)])
             finally:
@@ -586,7 +588,7 @@ async def test_high_water_marks_expire_and_every_write_renews_them(
     await sink.connect()
     key = sink.stream_key("app1")
     await sink.write([SpoolEntry(1, "app1", "m1", "r", "p", "{}", writer="w1")])
-    mark = sink.hwm_key(key, "w1")
+    mark = hwm_key(key, "w1")
     assert mark == f"{key}:hwm:w1"
     assert HWM_TTL_SECONDS - 60 < await redis_client.ttl(mark) <= HWM_TTL_SECONDS
     await redis_client.expire(mark, 5)
@@ -595,7 +597,7 @@ async def test_high_water_marks_expire_and_every_write_renews_them(
     short = make_sink(hwm_ttl=100)
     await short.connect()
     await short.write([SpoolEntry(2, "app1", "m2", "r", "p", "{}", writer="w2")])
-    assert 0 < await redis_client.ttl(short.hwm_key(key, "w2")) <= 100
+    assert 0 < await redis_client.ttl(hwm_key(key, "w2")) <= 100
     assert await redis_client.xlen(key) == 2
     with pytest.raises(ValueError, match="hwm_ttl"):
         make_sink(hwm_ttl=0)
@@ -604,7 +606,7 @@ async def test_high_water_marks_expire_and_every_write_renews_them(
 async def test_unreachable_cluster_is_a_sink_error() -> None:
     # Tried: mode=cluster with no node answering. redis-py raises RedisClusterException,
     # which is not a RedisError, and it escaped the sink's error handling.
-    sink = RedisSink(
+    sink = redis_sink(
         url=f"redis://127.0.0.1:{free_port()}",
         mode="cluster",
         instance_id="c",
@@ -640,7 +642,7 @@ async def test_a_stream_redis_refuses_does_not_block_the_others(
     await sink.connect()
     bad, good = sink.stream_key("bad"), sink.stream_key("good")
     await redis_client.set(bad, "not a stream")
-    await redis_client.set(sink.dead_key("bad"), "not a stream either")
+    await redis_client.set(sink.keys.dead("bad"), "not a stream either")
     entries = [entry(seq, "bad" if seq % 2 else "good") for seq in range(1, 11)]
     waits = await _wait_calls(redis_client)
     result = await sink.write(entries)
@@ -672,12 +674,12 @@ async def test_a_stream_an_acl_forbids_does_not_block_the_others(
     redis_url: str, key_template: str, redis_client: Redis
 ) -> None:
     user = f"poller-{uuid.uuid4().hex[:8]}"
-    probe = RedisSink(url=redis_url, key_template=key_template, instance_id="acl")
+    probe = redis_sink(url=redis_url, key_template=key_template, instance_id="acl")
     bad, good = probe.stream_key("bad"), probe.stream_key("good")
     await redis_client.acl_setuser(
         user, enabled=True, passwords=["+aclpw"], keys=[f"{good}*"], commands=["+@all"]
     )
-    sink = RedisSink(
+    sink = redis_sink(
         url=redis_url.replace("redis://", f"redis://{user}:aclpw@"),
         key_template=key_template,
         instance_id="acl",
@@ -701,7 +703,7 @@ async def test_a_late_connect_checks_durability_before_writing() -> None:
     # write must find out (as a configuration error) before it writes anything.
     with EmbeddedRedis(appendonly=False) as server:
         server.kill()
-        sink = RedisSink(
+        sink = redis_sink(
             url=server.url,
             instance_id="late",
             durability="waitaof",
@@ -727,7 +729,7 @@ async def test_a_late_connect_checks_durability_before_writing() -> None:
 
 async def test_a_late_connect_then_writes(own_redis: EmbeddedRedis, key_template: str) -> None:
     own_redis.kill()
-    sink = RedisSink(
+    sink = redis_sink(
         url=own_redis.url, key_template=key_template, instance_id="late", socket_timeout=1
     )
     try:

@@ -9,9 +9,9 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from poller.daemon import run_once
+from poller.devtools.simulator import Simulator
 from poller.settings import Settings
-from poller.simulator import Simulator
-from tests.support import make_settings, run_poller
+from tests.support import make_settings, run_poller, stream_of
 
 APPS = ["app-alpha", "app-beta"]
 
@@ -64,7 +64,7 @@ async def test_tail_through_a_group_acks_and_from_now_prints_only_what_comes(
     assert [line.split()[2] for line in first.stdout.splitlines()] == ["a1"]
     rest = await asyncio.to_thread(run_poller, settings, "tail", "app-alpha", "--group", "ops")
     assert [line.split()[2] for line in rest.stdout.splitlines()] == ["a2"]
-    key = settings.stream_key("app-alpha")
+    key = stream_of(settings, "app-alpha")
     assert (await redis_client.xpending(key, "ops"))["pending"] == 1  # a2: printed, not acked
     now = await asyncio.to_thread(run_poller, settings, "tail", "--from", "now")
     assert (now.returncode, now.stdout) == (0, "")

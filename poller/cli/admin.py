@@ -28,67 +28,9 @@ from poller.sources.items import encode_item
 EXIT_USAGE = 2
 
 
-def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `infobip configurations|actions|pull`."""
-    infobip = sub.add_parser("infobip", help="Infobip configurations, actions and pull by hand")
-    groups = infobip.add_subparsers(dest="group", required=True, metavar="GROUP")
-
-    configs = groups.add_parser("configurations", help="an application's configurations")
-    cverbs = configs.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for verb, helptext in (
-        ("list", "list the configurations"),
-        ("get", "show one configuration"),
-        ("create", "create the configuration (409 if one exists)"),
-        ("delete", "delete a configuration and its actions"),
-    ):
-        p = cverbs.add_parser(verb, help=helptext)
-        _json_flag(p)
-        p.add_argument("app", metavar="APPLICATION_CODE")
-        if verb in ("get", "delete"):
-            p.add_argument("key", metavar="CONFIGURATION_KEY")
-
-    actions = groups.add_parser("actions", help="the actions on a configuration")
-    averbs = actions.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for verb, helptext in (
-        ("list", "list the actions"),
-        ("create", "create an action (PULL or HTTP_FORWARD)"),
-        ("delete", "delete an action"),
-    ):
-        p = averbs.add_parser(verb, help=helptext)
-        _json_flag(p)
-        p.add_argument("app", metavar="APPLICATION_CODE")
-        p.add_argument(
-            "--configuration",
-            metavar="KEY",
-            help="configuration key (default: the application's only configuration)",
-        )
-        if verb == "create":
-            p.add_argument("--type", choices=("PULL", "HTTP_FORWARD"), default="PULL")
-            p.add_argument("--forward-url", help="where HTTP_FORWARD posts messages")
-            p.add_argument("--callback-data", help="callbackData stored on the action")
-        if verb == "delete":
-            p.add_argument("action_key", metavar="ACTION_KEY")
-
-    pull = groups.add_parser(
-        "pull", help="pull messages once (they are consumed: Infobip hands each out only once)"
-    )
-    _json_flag(pull)
-    pull.add_argument("--limit", type=_limit, default=50, help="1..1000 (default 50)")
-    pull.add_argument("--out", metavar="FILE.jsonl", help="append the messages to this file")
-
-
-def _json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError("must be between 1 and 1000")
-    return value
+def command(args: argparse.Namespace, settings: Settings) -> int:
+    """`poller infobip ...`."""
+    return asyncio.run(run(args, settings))
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:

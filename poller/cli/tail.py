@@ -1,59 +1,43 @@
-"""`poller tail`: print messages from the streams, as an operator or a developer reads them."""
+"""`poller tail`: print messages from the streams, as an operator or a developer reads them.
+
+It reads through the sink's ``StreamReader``, so it shows what any sink holds; an entry that
+cannot be parsed is printed escaped, with its problem, and reading goes on."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
 
 from poller.cli.output import error, printable, say
+from poller.settings import Settings
+from poller.sink import GroupReader, Message, SinkError, StreamReader
+from poller.sink.factory import open_sink
 
-if TYPE_CHECKING:  # the command's own imports wait until it runs: `poller check` stays quick
-    from poller.consumer import Message
-    from poller.settings import Settings
+# Characters of a dead letter's raw bytes shown on its line.
+RAW_SHOWN = 200
 
 
-def add_arguments(sub: Any) -> None:
-    """The tail subcommand."""
-    tail = sub.add_parser(
-        "tail",
-        help="print messages from the streams: from the start, from now, or through a group",
-    )
-    tail.add_argument("apps", nargs="*", help="application codes (default: every stream)")
-    tail.add_argument(
-        "--from",
-        dest="start",
-        choices=["start", "now"],
-        default="start",
-        help="without --group: from the first entry, or only new ones (default: start)",
-    )
-    tail.add_argument("--group", help="read through this consumer group (created if missing)")
-    tail.add_argument(
-        "--consumer", help="consumer name in the group (default: host and process id)"
-    )
-    tail.add_argument("--ack", action="store_true", help="acknowledge what is printed (--group)")
-    tail.add_argument("-f", "--follow", action="store_true", help="wait for new messages")
-    tail.add_argument("--count", type=int, default=None, help="stop after this many messages")
-    tail.add_argument("--dead", action="store_true", help="the dead-letter streams instead")
-    tail.add_argument("--json", action="store_true", help="one JSON document per message")
+def command(args: argparse.Namespace, settings: Settings) -> int:
+    """`poller tail`."""
+    return asyncio.run(run(args, settings))
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Print messages until --count, the end of the streams, or (--follow) Ctrl-C."""
-    from poller.runtime import make_sink
-    from poller.sink import SinkError
-
-    sink = make_sink(settings, "tail")
+    sink = open_sink(settings, "tail")
     try:
         await sink.connect()
-        redis, keys = await sink.reader(args.apps, dead=args.dead)
-        if not keys:
+        reader = sink.reader()
+        streams = await reader.streams(args.apps, dead=args.dead)
+        if not streams:
             sys.stderr.write("poller: no stream found\n")
             return 1
-        async for stream, message in _messages(args, redis, keys):
+        async for stream, message in _messages(args, reader, streams):
             _print(stream, message, as_json=args.json)
         return 0
     except SinkError as exc:
@@ -63,39 +47,20 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         await sink.close()
 
 
-async def _messages(args: argparse.Namespace, redis: Any, keys: list[str]) -> Any:
-    from poller.consumer import StreamConsumer, last_ids, read_streams
-
+async def _messages(
+    args: argparse.Namespace, reader: StreamReader, streams: list[str]
+) -> AsyncIterator[tuple[str, Message]]:
     block = 2000 if args.follow else None
     # Never read more than is left to print: through a group, a read entry is delivered.
     left = args.count if args.count is not None else -1
     if args.group:
-        name = args.consumer or f"{socket.gethostname()}-{os.getpid()}"
-        start = "0" if args.start == "start" else "$"
-        consumers = [StreamConsumer(redis, key, args.group, name, start_id=start) for key in keys]
-        for consumer in consumers:
-            await consumer.ensure_group()
-        while left:
-            got = 0
-            for consumer in consumers:
-                batch = min(100, left) if left > 0 else 100
-                for message in await consumer.read(count=batch, block_ms=None):
-                    got += 1
-                    yield consumer.stream_key, message
-                    if args.ack:
-                        await consumer.ack([message.entry_id])
-                    left -= 1
-                    if not left:
-                        return
-            if not got:
-                if not args.follow:
-                    return
-                await _pause(redis, keys)
+        async for delivered in _through_group(args, reader, streams, left):
+            yield delivered
         return
-    positions = await last_ids(redis, keys) if args.start == "now" else dict.fromkeys(keys, "0")
+    positions = await reader.ends(streams) if args.start == "now" else dict.fromkeys(streams, "0")
     while left:
         batch = min(100, left) if left > 0 else 100
-        found = await read_streams(redis, positions, count=batch, block_ms=block)
+        found = await reader.read(positions, count=batch, block_ms=block)
         if not found and not args.follow:
             return
         for stream, message in found:
@@ -105,24 +70,53 @@ async def _messages(args: argparse.Namespace, redis: Any, keys: list[str]) -> An
                 return
 
 
-async def _pause(redis: Any, keys: list[str]) -> None:
-    from poller.consumer import last_ids, read_streams
-
-    # Wait for anything new on any of the streams (up to 2 s) without taking it.
-    await read_streams(redis, await last_ids(redis, keys), count=1, block_ms=2000)
+async def _through_group(
+    args: argparse.Namespace, reader: StreamReader, streams: list[str], left: int
+) -> AsyncIterator[tuple[str, Message]]:
+    name = args.consumer or f"{socket.gethostname()}-{os.getpid()}"
+    start = "0" if args.start == "start" else "$"
+    consumers: list[GroupReader] = [
+        reader.group(stream, args.group, name, start=start) for stream in streams
+    ]
+    for consumer in consumers:
+        await consumer.ensure_group()
+    while left:
+        got = 0
+        for consumer in consumers:
+            batch = min(100, left) if left > 0 else 100
+            for message in await consumer.read(count=batch, block_ms=None):
+                got += 1
+                yield consumer.stream_key, message
+                if args.ack:
+                    await consumer.ack([message.entry_id])
+                left -= 1
+                if not left:
+                    return
+        if not got:
+            if not args.follow:
+                return
+            # Wait for anything new on any of the streams (up to 2 s) without taking it.
+            await reader.read(await reader.ends(streams), count=1, block_ms=2000)
 
 
 def _print(stream: str, message: Message, *, as_json: bool) -> None:
     if as_json:
         # One document per line (JSON escapes control characters itself).
         document = {"stream": stream, "entry_id": message.entry_id, **message.fields}
+        if message.error is not None:
+            document["error"] = message.error
         say(json.dumps(document, ensure_ascii=True))
         sys.stdout.flush()
         return
-    if message.fields.get("schema", "").endswith(".dead.v1"):
-        text = f"DEAD {message.fields.get('reason', '')}: {message.fields.get('raw', '')[:200]}"
+    if message.dead:
+        raw = message.fields.get("raw", "")[:RAW_SHOWN]
+        text = f"DEAD {message.fields.get('reason', '')}: {raw}"
+    elif message.error is not None:
+        text = f"UNREADABLE ({message.error}): {message.fields.get('payload', '')[:RAW_SHOWN]}"
     else:
-        text = str(message.payload.get("text", message.fields.get("payload", "")))
+        value = message.payload.get("text")
+        # Only a string is shown as the text: str() of a deeply nested value would recurse.
+        text = value if isinstance(value, str) else message.fields.get("payload", "")[:RAW_SHOWN]
     line = f"{message.entry_id}  {message.app or '-'}  {message.message_id or '-'}  {text}"
     say(printable(line))
     sys.stdout.flush()

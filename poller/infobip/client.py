@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -16,7 +15,8 @@ import httpx
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from poller import __version__
+from poller import __version__, backoff, offload
+from poller.config import SettingsError
 from poller.infobip.auth import HeaderAuth, OAuth2ClientCredentials
 from poller.infobip.body import scan_pull
 from poller.infobip.errors import (
@@ -41,14 +41,12 @@ from poller.infobip.models import (
     PullResponse,
 )
 from poller.infobip.ratelimit import TokenBucket
-from poller.settings import InfobipSettings, SettingsError
+from poller.infobip.settings import InfobipSettings
 from poller.stop import Stop
 
 log = structlog.get_logger(__name__)
 
 USER_AGENT = f"infobip-push-poller/{__version__}"
-# Answers larger than this are parsed in a thread (a 1,000-message answer is about 0.5 MB).
-PARSE_IN_THREAD = 2 * 1024 * 1024
 # How far past the body limit a pull answer is still read into its journal file (disk, not
 # memory); what lies beyond is never read, and lost.
 OVERSIZE_FACTOR = 8
@@ -249,10 +247,7 @@ class InfobipClient:
         body = await self._call(
             "GET", PULL_PATH, params={"limit": limit}, keep_partial=True, on_chunk=on_chunk
         )
-        if len(body) > PARSE_IN_THREAD:
-            # A big answer is read off the event loop: probes and other pulls go on meanwhile.
-            return await asyncio.to_thread(parse_pull, body, operation)
-        return parse_pull(body, operation)
+        return await offload.run(len(body), parse_pull, body, operation)
 
     # -- transport --------------------------------------------------------------------
 
@@ -508,8 +503,7 @@ class InfobipClient:
         if retry_after is not None:
             delay = retry_after
         else:
-            ceiling = min(self.settings.backoff_max, self.settings.backoff_base * 2**attempt)
-            delay = ceiling / 2 + random.uniform(0, ceiling / 2)  # nosec B311  # retry jitter: no security meaning
+            delay = backoff.delay(attempt, self.settings.backoff_base, self.settings.backoff_max)
         # A stop cuts the wait short: nothing is in flight, and the grace period is short.
         until = time.monotonic() + delay
         while (left := until - time.monotonic()) > 0:
@@ -535,7 +529,7 @@ def parse_pull(body: bytes, operation: str = f"GET {PULL_PATH}") -> PullResponse
     Malformed -> MalformedResponseError with the bytes (``scan_pull`` reads what is whole)."""
     scan = scan_pull(body)
     if scan.error is not None:
-        raise MalformedResponseError(scan.error, body, operation=operation)
+        raise MalformedResponseError(scan.error, body, operation=operation, scan=scan)
     for name, value in scan.bad_counters.items():
         # The messages are what matter; a bad counter must not lose them.
         log.warning("pull response has a bad counter", field=name, value=value)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from poller.infobip.body import PullScan
+
 
 class InfobipError(Exception):
     """Base of every error the Infobip client raises."""
@@ -90,12 +92,16 @@ class TransportError(InfobipError):
 
 
 class MalformedResponseError(InfobipError):
-    """The answer could not be understood; `body` keeps what was received, for quarantine."""
+    """The answer could not be understood; `body` keeps what was received, for quarantine,
+    and `scan` what reading it found when it was read (so it is not read twice)."""
 
-    def __init__(self, reason: str, body: bytes, *, operation: str = "") -> None:
+    def __init__(
+        self, reason: str, body: bytes, *, operation: str = "", scan: PullScan | None = None
+    ) -> None:
         self.reason = reason
         self.body = body
         self.operation = operation
+        self.scan = scan
         suffix = f" ({operation})" if operation else ""
         super().__init__(f"malformed response: {reason}{suffix}")
 

@@ -1,8 +1,15 @@
 """Where spooled messages go: the sink interface, its results and its errors.
 
-The flusher, the daemon and the CLI speak to a sink through ``Sink`` and hear back about
-applications, never about keys or servers; ``poller.sink.redis`` is the implementation
-(Redis or Valkey streams, exactly once per spool row).
+The flusher, the daemon and the CLI speak to a sink through ``Sink`` (writes) and
+``StreamReader`` (what `poller tail`, `poller status` and the demo read) and hear back about
+applications and streams, never about keys or servers. ``poller.sink.redis`` is the
+implementation (Redis or Valkey streams, exactly once per spool row); ``poller.sink.memory``
+keeps the same contract in the process, for the fast tests. ``poller.sink.factory`` picks one
+from the settings (``POLLER_SINK__KIND``).
+
+Adding a sink: a module with a class that has every method of ``Sink`` (and a reader), one
+line in ``poller.sink.factory``, one value in ``SinkSettings.kind``, and the contract tests
+of ``tests/unit/test_sink_contract.py`` run against it.
 """
 
 from __future__ import annotations
@@ -11,8 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from poller.schemas import DEAD as DEAD_SCHEMA
-from poller.schemas import MO as MO_SCHEMA
+from poller.sink.entries import DEAD_SCHEMA, MO_SCHEMA, Message
 from poller.spool import QuarantineEntry, SpoolEntry
 
 
@@ -79,6 +85,49 @@ class StreamInfo:
     groups: list[GroupInfo] = field(default_factory=list)
 
 
+class GroupReader(Protocol):
+    """One stream read as one consumer of a consumer group."""
+
+    stream_key: str
+
+    async def ensure_group(self) -> bool:
+        """Create the group unless it exists; True when created."""
+        ...
+
+    async def read(self, count: int = 100, block_ms: int | None = None) -> list[Message]:
+        """New entries for this consumer, waiting up to ``block_ms`` (None: no wait)."""
+        ...
+
+    async def ack(self, entry_ids: list[str]) -> int:
+        """Acknowledge entries; how many were pending."""
+        ...
+
+
+class StreamReader(Protocol):
+    """The streams as their readers see them (`poller tail`, `poller status`, the demo)."""
+
+    async def streams(self, apps: Sequence[str] = (), *, dead: bool = False) -> list[str]:
+        """The names of these applications' streams (their dead-letter streams with
+        ``dead``), or of every stream that exists when none is named."""
+        ...
+
+    async def read(
+        self, positions: dict[str, str], *, count: int = 100, block_ms: int | None = None
+    ) -> list[tuple[str, Message]]:
+        """Entries after each stream's position (``0``: from the start), oldest first per
+        stream, waiting up to ``block_ms`` for one; ``positions`` moves past what was read."""
+        ...
+
+    async def ends(self, streams: Sequence[str]) -> dict[str, str]:
+        """Each stream's last entry id now: a position that reads only what comes after."""
+        ...
+
+    def group(self, stream: str, group: str, consumer: str, *, start: str = "0") -> GroupReader:
+        """A consumer of ``group`` on ``stream`` (a new group starts at ``start``: ``0`` or
+        ``$``)."""
+        ...
+
+
 class Sink(Protocol):
     """What the pipeline needs of a destination."""
 
@@ -95,8 +144,9 @@ class Sink(Protocol):
         """Release every connection."""
         ...
 
-    async def ping(self) -> bool:
-        """True when the destination answers (a probe: not counted as a write failure)."""
+    async def problem(self) -> str | None:
+        """Why the destination cannot take writes now (a probe for readiness: not counted
+        as a write failure), or None."""
         ...
 
     async def write(self, entries: Sequence[SpoolEntry]) -> WriteResult:
@@ -119,6 +169,10 @@ class Sink(Protocol):
         still needs; the number of entries removed."""
         ...
 
+    def reader(self) -> StreamReader:
+        """The streams' reading side (after ``connect``)."""
+        ...
+
     def describe(self) -> str:
         """Where the sink writes, for logs (no secret in it)."""
         ...
@@ -129,9 +183,12 @@ __all__ = [
     "MO_SCHEMA",
     "DurabilityError",
     "GroupInfo",
+    "GroupReader",
+    "Message",
     "Sink",
     "SinkConfigError",
     "SinkError",
     "StreamInfo",
+    "StreamReader",
     "WriteResult",
 ]

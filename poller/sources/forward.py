@@ -28,19 +28,18 @@ import hmac
 import json
 import ssl
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from poller import metrics
+from poller import metrics, offload
 from poller.flusher import Flusher
 from poller.infobip.body import scan_pull
-from poller.infobip.client import PARSE_IN_THREAD
-from poller.settings import ForwardSettings
-from poller.sources.items import now_rfc3339, quarantine, rows_from_items
+from poller.sources import Check, Counts
+from poller.sources.items import count_rows, now_rfc3339, quarantine, rows_from_items
+from poller.sources.settings import ForwardSettings
 from poller.spool import NewMessage, NewQuarantine, Spool, SpoolError
 from poller.stop import Stop
 from poller.web import GuardedServer
@@ -110,7 +109,9 @@ def parse_forward(body: bytes) -> tuple[list[tuple[bytes, Any]], str | None]:
 
 
 class ForwardReceiver:
-    """The HTTP forward source: an aiohttp server in the daemon's loop."""
+    """The HTTP forward source: an aiohttp server in the daemon's loop (a ``Source``)."""
+
+    name = "forward"
 
     def __init__(
         self,
@@ -144,10 +145,29 @@ class ForwardReceiver:
             ssl_context=context,
         )
         self.server.on_refused(metrics.FORWARD_REQUESTS.labels(status="503").inc)
-        self.received = 0
+        self._counts = Counts()
         self._in_flight = 0  # bytes reserved by the requests being read or spooled
         # Called after every request whose messages were spooled (readiness, status).
         self.on_received: Callable[[], None] | None = None
+
+    @property
+    def counts(self) -> Counts:
+        """Messages and quarantined items received since start."""
+        return self._counts
+
+    @property
+    def received(self) -> int:
+        """Messages received and spooled since start."""
+        return self._counts.messages
+
+    @property
+    def abandoned(self) -> int:
+        """Always 0: nothing is acknowledged before it is in the spool."""
+        return 0
+
+    def check(self) -> Check:
+        """Readiness: the receiver accepts connections."""
+        return (True, "listening") if self.listening else (False, "not listening")
 
     @property
     def listening(self) -> bool:
@@ -169,6 +189,17 @@ class ForwardReceiver:
             path=self.settings.path,
             tls=self.settings.tls_cert_file is not None,
         )
+
+    async def settle(self, seconds: float) -> bool:
+        """Stop accepting, let the requests in flight be answered (their spool append
+        included) within ``seconds``; True when they all were."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self.server.close()
+        except TimeoutError:
+            log.warning("forwarded requests still in flight at the stop deadline")
+            return False
+        return True
 
     async def close(self) -> None:
         """Stop accepting, let requests in flight finish (their spool append included)."""
@@ -236,10 +267,7 @@ class ForwardReceiver:
     async def _store(self, body: bytes) -> web.Response:
         started = time.monotonic()
         received_at = now_rfc3339()
-        if len(body) > PARSE_IN_THREAD:
-            items, problem = await asyncio.to_thread(parse_forward, body)
-        else:
-            items, problem = parse_forward(body)
+        items, problem = await offload.run(len(body), parse_forward, body)
         if problem is not None:
             # Nothing silently dropped: the bytes are kept, as for a pulled body.
             kept = quarantine(body, f"forwarded body: {problem}", None, received_at)
@@ -249,6 +277,7 @@ class ForwardReceiver:
                 log.error("forwarded body not kept: spool refused it", error=str(exc))
                 return _reply(503, "spool unavailable", {"Retry-After": RETRY_AFTER})
             self.flusher.wake()
+            self._counts.quarantined += 1
             metrics.MESSAGES_QUARANTINED.labels(app=None).inc()
             log.warning("forwarded body refused and quarantined", reason=problem, bytes=len(body))
             return _reply(400, problem)
@@ -259,12 +288,9 @@ class ForwardReceiver:
             log.error("forwarded messages not spooled; Infobip will deliver again", error=str(exc))
             return _reply(503, "spool unavailable", {"Retry-After": RETRY_AFTER})
         self.flusher.wake()
-        self.received += len(messages)
-        for app, count in Counter(m.app for m in messages).items():
-            metrics.FORWARD_MESSAGES.labels(app=app).inc(count)
-        for item in quarantined:
-            metrics.MESSAGES_QUARANTINED.labels(app=item.app).inc()
-            log.error("forwarded item quarantined", reason=item.reason, app=item.app)
+        self._counts.messages += len(messages)
+        self._counts.quarantined += len(quarantined)
+        count_rows(messages, quarantined, "forwarded")
         metrics.FORWARD_ACK_SECONDS.observe(time.monotonic() - started)
         if self.on_received is not None:
             self.on_received()

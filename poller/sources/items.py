@@ -7,13 +7,18 @@ and an item that is not a routable message is quarantined on its own, never drop
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from poller import redact
+import structlog
+
+from poller import metrics, redact
 from poller.infobip.body import Unreadable
 from poller.spool import NewMessage, NewQuarantine
+
+log = structlog.get_logger(__name__)
 
 # One encoder for every item: json.dumps would rebuild it per call.
 _ENCODE_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -95,3 +100,18 @@ def _problem(item: Any) -> str | None:
         if not _is_text(value):
             return f"result item's {name} is not valid Unicode text"
     return None
+
+
+def count_rows(
+    messages: Sequence[NewMessage],
+    quarantined: Sequence[NewQuarantine],
+    how: Literal["pulled", "forwarded"],
+) -> None:
+    """Metrics and log lines for rows a source spooled: messages by application, and each
+    quarantined item with its reason."""
+    counter = metrics.MESSAGES_PULLED if how == "pulled" else metrics.FORWARD_MESSAGES
+    for app, count in Counter(m.app for m in messages).items():
+        counter.labels(app=app).inc(count)
+    for item in quarantined:
+        metrics.MESSAGES_QUARANTINED.labels(app=item.app).inc()
+        log.error(f"{how} item quarantined", reason=item.reason, app=item.app)

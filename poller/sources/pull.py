@@ -4,7 +4,11 @@ A drain keeps up to ``in_flight`` pulls going (every call still waits for the ac
 limiter) while Infobip reports messages pending and the spool is below its cap. Each pull is
 one unit that a stop does not cut: its answer is written to the journal as its bytes arrive,
 then its items become spool rows in one fsynced append, then the journal file goes
-(design invariant 1). The flusher is woken; the drain never waits for Redis.
+(design invariant 1). The flusher is woken; the drain never waits for the sink.
+
+The scheduler (APScheduler, interval + jitter or cron) starts one drain per tick; a drain in
+flight is a task of the source's own, so a stop waits for it instead of APScheduler cutting it
+between pull and spool.
 
 Order: rows are appended in the order the pulls were sent, whatever order their answers
 arrive in, so each application's stream keeps Infobip's order across answers as well as
@@ -15,14 +19,19 @@ while it waits for its turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
-from poller import metrics
+from poller import metrics, offload
 from poller.flusher import Flusher
 from poller.infobip import (
     AuthError,
@@ -33,11 +42,12 @@ from poller.infobip import (
     ResponseTooLargeError,
     ThrottledError,
 )
-from poller.infobip.body import scan_pull
-from poller.infobip.client import PARSE_IN_THREAD
+from poller.infobip.body import PullScan, scan_pull
 from poller.journal import Journal, JournalEntry
-from poller.sources.items import now_rfc3339, quarantine, rows_from_items
-from poller.spool import NewMessage, NewQuarantine, Spool, SpoolError
+from poller.sources import Check, Counts
+from poller.sources.items import count_rows, now_rfc3339, quarantine, rows_from_items
+from poller.sources.settings import ScheduleSettings
+from poller.spool import DISK_FLOOR, NewMessage, NewQuarantine, Spool, SpoolError
 from poller.stop import Stop
 
 log = structlog.get_logger(__name__)
@@ -51,11 +61,12 @@ _CUT_BY_A_STOP = "answer cut short by the end of an earlier run"
 # Longest pause between attempts to append a pulled batch that the spool refused (disk full).
 SPOOL_RETRY_MAX = 30.0
 # Free space a pull needs on the spool's file system before it is sent, per message asked
-# for, plus a floor: the journal file, the rows in the WAL and the checkpoint into the spool
-# file each hold the answer once (Infobip's MO items are well under 1 KiB each). Infobip
-# forgets what it hands out, so a pull is not sent without room for its answer.
+# for, above the spool's floor: the journal file, the rows in the WAL and the checkpoint into
+# the spool file each hold the answer once (Infobip's MO items are well under 1 KiB each).
+# Infobip forgets what it hands out, so a pull is not sent without room for its answer.
 DISK_BYTES_PER_MESSAGE = 4096
-DISK_FLOOR = 1 << 20
+# Seconds kept, of what is left of a stop's grace period, for the spool append of a held batch.
+APPEND_RESERVE = 1.0
 
 
 @dataclass
@@ -96,11 +107,14 @@ class Rows:
     quarantined: list[NewQuarantine]
 
 
-def rows_from_body(body: bytes, pulled_at: str, reason: str | None = None) -> Rows:
+def rows_from_body(
+    body: bytes, pulled_at: str, reason: str | None = None, scan: PullScan | None = None
+) -> Rows:
     """Every whole item of a pull answer (or of what arrived of it) as rows; what is not
     whole goes to quarantine: the whole body when no item could be read, else the rest from
-    the first item that could not. ``reason`` says why the body is suspect, if it is."""
-    scan = scan_pull(body)
+    the first item that could not. ``reason`` says why the body is suspect, if it is;
+    ``scan``: the body as read already (it is read here otherwise)."""
+    scan = scan if scan is not None else scan_pull(body)
     messages, quarantined = rows_from_items(scan.items, pulled_at)
     problem = scan.error or (reason if scan.items else None)
     # Once every item was read, what is missing is only the counters: nothing to keep.
@@ -116,7 +130,9 @@ def rows_from_body(body: bytes, pulled_at: str, reason: str | None = None) -> Ro
 
 
 class PullSource:
-    """Drains the pull inbox into the spool; one drain per scheduler tick."""
+    """Drains the pull inbox into the spool; one drain per scheduler tick (a ``Source``)."""
+
+    name = "pull"
 
     def __init__(
         self,
@@ -129,6 +145,9 @@ class PullSource:
         pull_limit: int,
         max_pulls: int,
         in_flight: int,
+        schedule: ScheduleSettings | None = None,
+        scheduler: AsyncIOScheduler | None = None,
+        max_poll_age: float = float("inf"),
     ) -> None:
         self.client = client
         self.spool = spool
@@ -138,26 +157,109 @@ class PullSource:
         self.pull_limit = pull_limit
         self.max_pulls = max_pulls
         self.in_flight = in_flight
+        self.schedule = schedule
+        self.scheduler = scheduler
+        self.max_poll_age = max_poll_age
         metrics.PULL_LIMIT.set(pull_limit)
+        # The spool's readiness wants room for one answer on top of its floor.
+        spool.min_free = max(spool.min_free, DISK_FLOOR + pull_limit * DISK_BYTES_PER_MESSAGE)
         self._units: set[asyncio.Task[_Unit]] = set()
         self._last_turn: asyncio.Future[None] | None = None
         self._forget: list[str] = []  # journal files deleted since the last append
+        self._drain_task: asyncio.Task[DrainResult] | None = None
+        self.started = time.monotonic()
         self.last_success: float | None = None
-        self.backpressure = False
+        self._counts = Counts()
+        self.drains = 0
         # Set while a pulled batch waits in memory because the spool refused it.
         self.spool_error: str | None = None
         # Set while pulls are paused because the spool's file system lacks room.
         self.disk_paused: str | None = None
         # Messages a stop had to give up because neither the spool nor the journal held them.
-        self.abandoned = 0
-        # Called when a pull worked and what it spooled reached the sink (readiness).
-        self.on_progress: Callable[[], None] | None = None
+        self._abandoned = 0
+        # Called after every scheduled drain (the daemon's status line).
+        self.on_drain: list[Callable[[DrainResult], None]] = []
         self._unconfirmed = False  # spooled rows of a good pull the sink has not taken yet
         # Messages per pull that fill half the body limit at the size of the last answer's
         # messages (None: the pull limit fits). An answer past the limit loses what was not
         # read, and Infobip does not hand it out again: pulls ask for fewer before that.
         self._fit: int | None = None
         flusher.on_flushed.append(self._confirmed)
+
+    @property
+    def counts(self) -> Counts:
+        """Messages and quarantined items pulled since start."""
+        return self._counts
+
+    @property
+    def abandoned(self) -> int:
+        """Messages a stop gave up on (neither the spool nor the journal took them)."""
+        return self._abandoned
+
+    async def start(self) -> None:
+        """Put the drains on the scheduler: the first one as soon as it runs."""
+        if self.scheduler is None or self.schedule is None:
+            raise RuntimeError("a pull source without a scheduler drains only when told to")
+        s = self.schedule
+        trigger: Any
+        if s.cron:
+            trigger = CronTrigger.from_crontab(s.cron, timezone=UTC)
+        else:
+            trigger = IntervalTrigger(seconds=s.interval, jitter=s.jitter or None)
+        self.scheduler.add_job(
+            self._tick,
+            trigger,
+            id="poll",
+            name="pull drain",
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+
+    async def _tick(self) -> None:
+        if self.stop.requested:
+            return
+        # APScheduler cancels its job tasks on shutdown; the drain runs in a task of our own
+        # so that a stop waits for it instead of cutting it between pull and spool.
+        self._drain_task = asyncio.create_task(self._scheduled_drain(), name="pull-drain")
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._drain_task)
+
+    async def _scheduled_drain(self) -> DrainResult:
+        result = await self.drain()
+        if result.auth_failed and self.last_success is None:
+            # Never pulled with these credentials: nothing will work until they are fixed.
+            log.error("infobip refused the credentials; stopping", error=result.pull_error)
+            self.stop.request("infobip refused the credentials", failed=True)
+        for callback in self.on_drain:
+            callback(result)
+        return result
+
+    def check(self) -> Check:
+        """Readiness: a good poll within ``max_poll_age``, and the spool taking its answers."""
+        if self.spool_error is not None:
+            return (
+                False,
+                f"spool refuses writes, a pulled batch waits in memory: {self.spool_error}",
+            )
+        disk = self.disk_problem()
+        if disk is not None:
+            return False, f"pulling paused: {disk}"
+        now = time.monotonic()
+        limit = self.max_poll_age
+        if self.last_success is None:
+            waited = now - self.started
+            if waited < limit:
+                return True, f"no poll yet, started {waited:.0f} s ago (limit {limit:g} s)"
+            return (
+                False,
+                f"no successful poll in the {waited:.0f} s since start (limit {limit:g} s)",
+            )
+        age = now - self.last_success
+        if age <= limit:
+            return True, f"last successful poll {age:.0f} s ago"
+        return False, f"last successful poll {age:.0f} s ago (limit {limit:g} s)"
 
     async def drain(self) -> DrainResult:
         """Pull and spool while messages are pending, with up to ``in_flight`` pulls at once."""
@@ -205,7 +307,10 @@ class PullSource:
                 malformed = 0
                 pending = unit.pending if unit.results else 0
                 result.pending_reported = unit.pending
-        self._set_backpressure(result.backpressure)
+        metrics.BACKPRESSURE_ACTIVE.set(1 if result.backpressure else 0)
+        self.drains += 1
+        self._counts.messages += result.pulled
+        self._counts.quarantined += result.quarantined
         result.seconds = time.monotonic() - started
         metrics.POLL_CYCLE_SECONDS.observe(result.seconds)
         log.info(
@@ -277,29 +382,14 @@ class PullSource:
 
     def disk_problem(self, pulls: int = 1) -> str | None:
         """Why the spool's file system cannot take the answers of ``pulls`` pulls, or None."""
-        room = self.spool.disk_room()
-        if room is None:
-            return None
-        where = self.spool.path.parent
-        if room.read_only:
-            return f"the spool's file system ({where}) is read-only"
         need = DISK_FLOOR + pulls * self.pull_limit * DISK_BYTES_PER_MESSAGE
-        if room.free < need:
-            return (
-                f"the spool's file system ({where}) has {room.free / 2**20:.1f} MiB free, "
-                f"below the {need / 2**20:.1f} MiB a pull needs"
-            )
+        problem = self.spool.disk_problem(need)
+        if problem is not None:
+            return problem
         refused = self.journal.refuses_files() if self.journal is not None else None
         if refused is not None:
-            return f"the spool's file system ({where}) refuses writes: {refused}"
+            return f"the spool's file system ({self.spool.path.parent}) refuses writes: {refused}"
         return None
-
-    def problem(self) -> str | None:
-        """What keeps the spool from taking pulled or forwarded messages now, for readiness."""
-        if self.spool_error is not None:
-            return f"spool refuses writes, a pulled batch waits in memory: {self.spool_error}"
-        disk = self.disk_problem()
-        return None if disk is None else f"pulling paused: {disk}"
 
     def _disk_allows(self, pulls: int) -> bool:
         """True when the file system has room for ``pulls`` answers; logs each change."""
@@ -323,13 +413,27 @@ class PullSource:
         return task
 
     async def settle(self, seconds: float) -> bool:
-        """Wait for the pulls in flight to be spooled (a stop); True when none is left."""
+        """After a stop: no new drain, the drain in flight sends no new pull, and the pulls
+        in flight are spooled within ``seconds``; True when none is left."""
+        deadline = time.monotonic() + max(0.0, seconds)
+        if self.scheduler is not None and self.scheduler.get_job("poll") is not None:
+            self.scheduler.pause_job("poll")
+        drain = self._drain_task
+        if drain is not None and not drain.done():
+            log.info("waiting for the drain in flight", seconds_left=round(seconds, 1))
+            await asyncio.wait({drain}, timeout=max(0.0, deadline - time.monotonic()))
         if not self._units:
             return True
-        _done, late = await asyncio.wait(set(self._units), timeout=max(0.0, seconds))
+        left = max(0.0, deadline - time.monotonic())
+        _done, late = await asyncio.wait(set(self._units), timeout=left)
         if late:
             log.warning("pulls still in flight at the stop deadline", pulls=len(late))
         return not late
+
+    async def close(self) -> None:
+        """Take the drains off the scheduler."""
+        if self.scheduler is not None and self.scheduler.get_job("poll") is not None:
+            self.scheduler.remove_job("poll")
 
     async def _unit(
         self, previous: asyncio.Future[None] | None, turn: asyncio.Future[None]
@@ -358,10 +462,8 @@ class PullSource:
                 whole = await asyncio.to_thread(entry.read_body)
                 if whole is not None and len(whole) == exc.journaled:
                     body = whole
-            if len(body) > PARSE_IN_THREAD:
-                rows = await asyncio.to_thread(rows_from_body, body, pulled_at, exc.reason)
-            else:
-                rows = rows_from_body(body, pulled_at, exc.reason)
+            scan = exc.scan if body is exc.body else None
+            rows = await offload.run(len(body), rows_from_body, body, pulled_at, exc.reason, scan)
             if isinstance(exc, ResponseTooLargeError):
                 self._measure(len(body), len(rows.messages) + len(rows.quarantined))
             del body
@@ -409,7 +511,7 @@ class PullSource:
         if await self._append(rows, entry):
             unit.pulled = len(rows.messages)
             unit.quarantined = len(rows.quarantined)
-            self._count(rows)
+            count_rows(rows.messages, rows.quarantined, "pulled")
             if unit.error is None:
                 if unit.pulled or unit.quarantined:
                     self._unconfirmed = True  # stamped once the flusher has written them
@@ -423,18 +525,9 @@ class PullSource:
             self._unconfirmed = False
             self._progress()
 
-    def _count(self, rows: Rows) -> None:
-        for app, count in Counter(m.app for m in rows.messages).items():
-            metrics.MESSAGES_PULLED.labels(app=app).inc(count)
-        for item in rows.quarantined:
-            metrics.MESSAGES_QUARANTINED.labels(app=item.app).inc()
-            log.error("pulled item quarantined", reason=item.reason, app=item.app)
-
     def _progress(self) -> None:
         self.last_success = time.monotonic()
         metrics.LAST_SUCCESSFUL_POLL.set(time.time())
-        if self.on_progress is not None:
-            self.on_progress()
 
     async def _append(self, rows: Rows, entry: JournalEntry | None) -> bool:
         """Spool one answer's rows; while the spool refuses (disk full, I/O error), hold them
@@ -468,12 +561,12 @@ class PullSource:
                     messages=len(rows.messages),
                     attempt=attempts,
                 )
-                if self.stop.requested and self.stop.remaining() <= 1.0:
+                if self.stop.requested and self.stop.remaining() <= APPEND_RESERVE:
                     self._give_up(rows, entry)
                     return False
                 wait = delay
                 if self.stop.requested:
-                    wait = min(delay, max(0.05, self.stop.remaining() - 1.0))
+                    wait = min(delay, self.stop.budget(APPEND_RESERVE))
                 await asyncio.sleep(wait)
                 delay = min(SPOOL_RETRY_MAX, delay * 2)
                 continue
@@ -497,26 +590,12 @@ class PullSource:
             )
             return
         # Last resort before the process goes: the batch into the log, whole.
-        self.abandoned += len(rows.messages) + len(rows.quarantined)
+        self._abandoned += len(rows.messages) + len(rows.quarantined)
         log.critical(
             "stopping with a batch the spool never took; its messages follow",
             payloads=[m.payload for m in rows.messages],
             quarantined=[q.raw.decode("utf-8", "replace") for q in rows.quarantined],
         )
-
-    def _set_backpressure(self, on: bool) -> None:
-        if on != self.backpressure:
-            self.backpressure = on
-            stats = self.spool.stats()
-            if on:
-                log.warning(
-                    "spool is full: pulling paused until redis drains it",
-                    rows=stats.rows,
-                    bytes=stats.bytes,
-                )
-            else:
-                log.info("spool has room again: pulling resumed", rows=stats.rows)
-        metrics.BACKPRESSURE_ACTIVE.set(1 if on else 0)
 
 
 def salvage(spool: Spool, journal: Journal) -> tuple[int, int]:

@@ -109,12 +109,12 @@ async def child(kind: str, base_url: str, redis_url: str, size: int) -> None:
         before = status_kib("VmHWM")
         rss_before = status_kib("VmRSS")
         if kind == "pull":
-            await rt.source.drain()
+            await rt.pull.drain()
         else:
             assert rt.receiver is not None
             print("PORT", json.dumps(rt.receiver.port), flush=True)
             await asyncio.to_thread(sys.stdin.readline)  # go
-            drain = asyncio.create_task(rt.source.drain()) if kind == "worst" else None
+            drain = asyncio.create_task(rt.pull.drain()) if kind == "worst" else None
             await asyncio.to_thread(sys.stdin.readline)  # the parent's POSTs were answered
             if drain is not None:
                 await drain
@@ -261,7 +261,7 @@ async def run_case(kind: str, size_mib: float, redis_url: str) -> dict[str, obje
 
 
 async def main(sizes: list[float], kinds: list[str], runs: int) -> None:
-    from poller.embedded import EmbeddedRedis
+    from poller.devtools.embedded import EmbeddedRedis
 
     rows = []
     with EmbeddedRedis() as redis:

@@ -3,8 +3,9 @@
     python tests/benchmarks/bench_forward.py [--seconds 20] [--quick] [--out DIR]
         [--senders 32] [--batch-senders 16] [--generator auto|wrk|asyncio] [--keep]
 
-One Redis/Valkey server (poller.embedded; AOF on, appendfsync everysec) and `poller run` as its
-own process, configured forward-only (POLLER_FORWARD__APPLICATIONS, a token, a free loopback
+One Redis/Valkey server (poller.devtools.embedded; AOF on, appendfsync everysec) and
+`poller run` as its own process, configured forward-only (POLLER_FORWARD__APPLICATIONS, a
+token, a free loopback
 port, health server off, a spool in the work directory): it pulls nothing and, with no public
 URL, bootstraps nothing, so it talks to nobody but its senders and Redis. Then, one at a time:
 
@@ -380,7 +381,7 @@ class Bench:
     """The Redis server, the poller, the work directory and the children."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from poller.embedded import EmbeddedRedis, free_port
+        from poller.devtools.embedded import EmbeddedRedis, free_port
 
         self.args = args
         self.workdir = Path(tempfile.mkdtemp(prefix="poller-bench-forward-"))
@@ -761,7 +762,7 @@ def e2e_case(bench: Bench) -> dict[str, Any]:
     import httpx
     import redis
 
-    from poller.embedded import free_port
+    from poller.devtools.embedded import free_port
 
     seconds = bench.args.e2e_seconds
     key = KEY_TEMPLATE.replace("${app}", APP_E2E)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from poller import logs
 from poller.daemon import run_once
-from poller.embedded import EmbeddedRedis
+from poller.devtools.embedded import EmbeddedRedis
+from poller.devtools.simulator import Simulator
 from poller.settings import Settings
-from poller.simulator import Simulator
 
 APPS = ["bench-a", "bench-b", "bench-c"]
 

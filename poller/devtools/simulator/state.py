@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from poller.simulator.messages import InboxMessage, MessageFactory
-from poller.simulator.outbox import Outbox
+from poller.devtools.simulator.messages import InboxMessage, MessageFactory
+from poller.devtools.simulator.outbox import Outbox
 
 PULL = "PULL"
 HTTP_FORWARD = "HTTP_FORWARD"

@@ -8,9 +8,9 @@ import contextlib
 import math
 import signal
 
-from poller.simulator.app import Simulator
-from poller.simulator.forward import ForwarderSettings
-from poller.simulator.state import valid_forward_url
+from poller.devtools.simulator.app import Simulator
+from poller.devtools.simulator.forward import ForwarderSettings
+from poller.devtools.simulator.state import valid_forward_url
 
 
 def _applications(text: str) -> list[str]:

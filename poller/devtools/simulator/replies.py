@@ -6,8 +6,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from poller.httpserver import Response
-from poller.simulator.messages import InboxMessage
+from poller.devtools.simulator.httpserver import Response
+from poller.devtools.simulator.messages import InboxMessage
 
 
 def json_bytes(payload: Any) -> bytes:

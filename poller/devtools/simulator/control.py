@@ -39,11 +39,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from poller.httpserver import Request, Response
-from poller.simulator.replies import control_error, json_response, no_content
+from poller.devtools.simulator.httpserver import Request, Response
+from poller.devtools.simulator.replies import control_error, json_response, no_content
 
 if TYPE_CHECKING:
-    from poller.simulator.app import Simulator
+    from poller.devtools.simulator.app import Simulator
 
 PREFIX = "/_sim/"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from poller.simulator.ledger import Ledger
-from poller.simulator.messages import InboxMessage
+from poller.devtools.simulator.ledger import Ledger
+from poller.devtools.simulator.messages import InboxMessage
 
 # (ledger id, message), as in the pull inbox.
 Item = tuple[str, InboxMessage]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import secrets
 import shutil
 import sys
@@ -20,13 +19,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-
 from poller import logs
 from poller.daemon import Daemon
-from poller.embedded import EmbeddedRedis, free_port
+from poller.devtools.embedded import EmbeddedRedis, free_port
+from poller.devtools.simulator import Simulator
 from poller.settings import Settings
-from poller.simulator import Simulator
+from poller.sink import Message, Sink, StreamReader
+from poller.sink.factory import open_sink
 
 # Seconds the demo waits, after the generator stops, for the daemon to drain the inbox.
 DRAIN_WAIT = 15.0
@@ -71,19 +70,21 @@ async def run_demo(args: argparse.Namespace) -> int:
         )
         daemon = Daemon(settings)
         task = asyncio.create_task(daemon.run(), name="daemon")
-        redis = Redis.from_url(redis_server.url, decode_responses=True)
+        # The demo reads the streams as `poller tail` does: through the sink.
+        sink: Sink = open_sink(settings, "demo")
+        await sink.connect()
         try:
-            await _watch(daemon, task, simulator, redis, settings, apps, args, live)
+            await _watch(daemon, task, simulator, sink, settings, apps, args, live)
             simulator.set_rate(0)
             await _drain(daemon, task, simulator, forward)
             daemon.request_stop()
             code = await task
             if forward:
-                ok = await _forward_summary(simulator, redis, settings)
+                ok = await _forward_summary(simulator, sink.reader())
             else:
-                ok = await _summary(simulator, redis, settings)
+                ok = await _summary(simulator, sink.reader())
         finally:
-            await redis.aclose()
+            await sink.close()
         return 0 if ok and code == 0 else 1
     finally:
         await simulator.stop()
@@ -110,17 +111,20 @@ async def _watch(
     daemon: Daemon,
     task: asyncio.Task[int],
     simulator: Simulator,
-    redis: Redis,
+    sink: Sink,
     settings: Settings,
     apps: list[str],
     args: argparse.Namespace,
     live: bool,
 ) -> None:
     started = time.monotonic()
-    while not task.done() and not daemon.stopping:
+    latest: dict[str, Message] = {}
+    positions: dict[str, str] = {}
+    while not task.done() and not daemon.stop.requested:
         if args.duration is not None and time.monotonic() - started >= args.duration:
             return
-        lines = await _view(daemon, simulator, redis, settings, apps, time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        lines = await _view(daemon, simulator, sink, settings, apps, elapsed, latest, positions)
         if live:
             sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n(Ctrl-C to stop)\n")
         else:
@@ -134,14 +138,17 @@ async def _watch(
 async def _view(
     daemon: Daemon,
     simulator: Simulator,
-    redis: Redis,
+    sink: Sink,
     settings: Settings,
     apps: list[str],
     elapsed: float,
+    latest: dict[str, Message],
+    positions: dict[str, str],
 ) -> list[str]:
     rt = daemon.runtime
     spool = rt.spool.stats() if rt is not None else None
-    totals = rt.totals if rt is not None else None
+    source = (rt.receiver if settings.forward.applications else rt.pull) if rt else None
+    totals = source.counts if source is not None else None
     if settings.forward.applications:
         counts = simulator.ledger.forward_counts()
         receiver = rt.receiver if rt is not None else None
@@ -159,42 +166,50 @@ async def _view(
         lines = [
             f"[{elapsed:5.0f}s] handed out by Infobip: {simulator.ledger.handed_out}, "
             f"waiting in its inbox: {simulator.inbox_depth}",
-            f"pulled: {totals.pulled if totals else 0}, "
+            f"pulled: {totals.messages if totals else 0}, "
             f"in spool: {spool.rows if spool else 0}, "
             f"written: {rt.flusher.written if rt is not None else 0}, "
             f"quarantined: {totals.quarantined if totals else 0}",
             "",
         ]
-    latest: list[tuple[str, str, str]] = []
-    for app in apps:
-        key = settings.stream_key(app)
-        try:
-            length = await redis.xlen(key)
-            entries: Any = await redis.xrevrange(key, count=3)
-        except Exception as exc:  # the view must not stop the demo
-            lines.append(f"  {key}: {type(exc).__name__}")
-            continue
-        lines.append(f"  {key}: {length} entries")
-        for entry_id, fields in entries:
-            latest.append((entry_id, app, _text_of(fields.get("payload", "{}"))))
+    try:
+        await _follow(sink, apps, latest, positions)
+        for info in await sink.stream_info(apps):
+            lines.append(f"  {info.key}: {info.length} entries")
+    except Exception as exc:  # the view must not stop the demo
+        lines.append(f"  streams: {type(exc).__name__}")
     lines.append("")
     lines.append("latest messages:")
-    for entry_id, app, text in sorted(latest, key=_entry_order, reverse=True)[:6]:
-        lines.append(f"  {entry_id}  {app:<14} {text}")
+    newest = sorted(latest.values(), key=lambda m: _entry_order(m.entry_id), reverse=True)
+    for message in newest[:6]:
+        lines.append(f"  {message.entry_id}  {message.app:<14} {_text_of(message)}")
     return lines
 
 
-def _entry_order(row: tuple[str, str, str]) -> tuple[int, ...]:
+async def _follow(
+    sink: Sink, apps: list[str], latest: dict[str, Message], positions: dict[str, str]
+) -> None:
+    """Read what the streams got since the last view; keep the newest six."""
+    reader = sink.reader()
+    for stream in await reader.streams(apps):
+        positions.setdefault(stream, "0")
+    while found := await reader.read(positions, count=1000):
+        for _stream, message in found:
+            latest[message.entry_id + message.app] = message
+        for key in sorted(latest, key=lambda k: _entry_order(latest[k].entry_id))[:-6]:
+            del latest[key]
+
+
+def _entry_order(entry_id: str) -> tuple[int, ...]:
     # Stream ids are "<ms>-<seq>": compare them as numbers ("-12" comes after "-2").
-    return tuple(int(part) for part in row[0].split("-") if part.isdigit())
+    return tuple(int(part) for part in entry_id.split("-") if part.isdigit())
 
 
-def _text_of(payload: str) -> str:
-    try:
-        text = str(json.loads(payload).get("text", ""))
-    except (ValueError, AttributeError):
+def _text_of(message: Message) -> str:
+    value = message.payload.get("text")
+    if not isinstance(value, str):
         return "?"
-    text = text.replace("\n", " ")
+    text = value.replace("\n", " ")
     return text if len(text) <= 50 else text[:47] + "..."
 
 
@@ -214,27 +229,20 @@ async def _drain(
         await asyncio.sleep(0.2)
 
 
-async def _in_streams(redis: Redis, settings: Settings) -> Counter[str]:
+async def _in_streams(reader: StreamReader) -> Counter[str]:
+    """Message id -> entries carrying it, over every message stream."""
     in_streams: Counter[str] = Counter()
-    pattern = settings.redis.stream_key_template.replace("${app}", "*")
-    async for key in redis.scan_iter(match=pattern, _type="stream"):
-        last: str = "-"
-        while True:
-            batch: Any = await redis.xrange(key, min=last, count=1000)
-            if last != "-":
-                batch = batch[1:]
-            if not batch:
-                break
-            for _entry_id, fields in batch:
-                in_streams[str(fields["id"])] += 1
-            last = str(batch[-1][0])
+    positions = dict.fromkeys(await reader.streams(), "0")
+    while found := await reader.read(positions, count=1000):
+        for _stream, message in found:
+            in_streams[message.message_id] += 1
     return in_streams
 
 
-async def _summary(simulator: Simulator, redis: Redis, settings: Settings) -> bool:
+async def _summary(simulator: Simulator, reader: StreamReader) -> bool:
     handed: Counter[str] = Counter(simulator.ledger.ids())
     lost_in_transit = simulator.ledger.undelivered_ids()
-    in_streams = await _in_streams(redis, settings)
+    in_streams = await _in_streams(reader)
     missing = [m for m in handed if m not in in_streams and m not in lost_in_transit]
     twice = [m for m, n in in_streams.items() if n > 1]
     print(
@@ -248,9 +256,9 @@ async def _summary(simulator: Simulator, redis: Redis, settings: Settings) -> bo
     return ok
 
 
-async def _forward_summary(simulator: Simulator, redis: Redis, settings: Settings) -> bool:
+async def _forward_summary(simulator: Simulator, reader: StreamReader) -> bool:
     records = simulator.ledger.forward_records
-    in_streams = await _in_streams(redis, settings)
+    in_streams = await _in_streams(reader)
     missing = [m for m in records if m not in in_streams]
     twice = [m for m, n in in_streams.items() if n > 1]
     repeated = sum(1 for r in records.values() if r.sends > 1)

@@ -27,10 +27,10 @@ from urllib.parse import SplitResult, unquote, urlsplit
 import httpx
 import structlog
 
-from poller.simulator.faults import FORWARD_TARGET, FaultSet, delay_of
-from poller.simulator.ledger import ForwardAttempt, Ledger
-from poller.simulator.outbox import Item, Outbox
-from poller.simulator.replies import results_body
+from poller.devtools.simulator.faults import FORWARD_TARGET, FaultSet, delay_of
+from poller.devtools.simulator.ledger import ForwardAttempt, Ledger
+from poller.devtools.simulator.outbox import Item, Outbox
+from poller.devtools.simulator.replies import results_body
 
 log = structlog.get_logger(__name__)
 

@@ -14,13 +14,13 @@ forward.py); messages of an application without an action are counted as not rou
 nowhere; the OAuth2 token endpoint and the /_sim/ control endpoints are not throttled.
 """
 
-from poller.simulator.app import Simulator
-from poller.simulator.faults import FORWARD as FORWARD_FAULT_KINDS
-from poller.simulator.faults import KINDS as FAULT_KINDS
-from poller.simulator.forward import ForwarderSettings
-from poller.simulator.ledger import ForwardAttempt, ForwardRecord, Ledger, LedgerEntry
-from poller.simulator.messages import format_received_at
-from poller.simulator.state import ApiError
+from poller.devtools.simulator.app import Simulator
+from poller.devtools.simulator.faults import FORWARD as FORWARD_FAULT_KINDS
+from poller.devtools.simulator.faults import KINDS as FAULT_KINDS
+from poller.devtools.simulator.forward import ForwarderSettings
+from poller.devtools.simulator.ledger import ForwardAttempt, ForwardRecord, Ledger, LedgerEntry
+from poller.devtools.simulator.messages import format_received_at
+from poller.devtools.simulator.state import ApiError
 
 __all__ = [
     "FAULT_KINDS",

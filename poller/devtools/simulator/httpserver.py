@@ -1,4 +1,4 @@
-"""A small asyncio HTTP/1.1 server (stdlib only) for the simulator and the health endpoints."""
+"""A small asyncio HTTP/1.1 server (stdlib only) for the simulator: it can misbehave on purpose."""
 
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 from typing import Any
 
-from poller.httpserver import Response
-from poller.simulator.replies import service_error, too_many_requests
+from poller.devtools.simulator.httpserver import Response
+from poller.devtools.simulator.replies import service_error, too_many_requests
 
 # Answered instead of the operation: a pull does not touch the inbox.
 REFUSING = frozenset({"500", "503", "429"})

@@ -12,17 +12,24 @@ from typing import Any
 
 import structlog
 
-from poller.httpserver import HttpServer, Request, Response
-from poller.simulator.auth import Authenticator, Credentials, TokenBucket
-from poller.simulator.control import PREFIX, handle_control
-from poller.simulator.faults import REFUSING, FaultSet, delay_of, make_fault, refusal, spoil
-from poller.simulator.forward import Forwarder, ForwarderSettings
-from poller.simulator.ledger import Ledger
-from poller.simulator.messages import MessageFactory
-from poller.simulator.outbox import Outbox
-from poller.simulator.replies import forbidden, too_many_requests, unauthorized
-from poller.simulator.routes import INBOX_PATH, TOKEN_PATH, InfobipApi
-from poller.simulator.state import Account, Action
+from poller.devtools.simulator.auth import Authenticator, Credentials, TokenBucket
+from poller.devtools.simulator.control import PREFIX, handle_control
+from poller.devtools.simulator.faults import (
+    REFUSING,
+    FaultSet,
+    delay_of,
+    make_fault,
+    refusal,
+    spoil,
+)
+from poller.devtools.simulator.forward import Forwarder, ForwarderSettings
+from poller.devtools.simulator.httpserver import HttpServer, Request, Response
+from poller.devtools.simulator.ledger import Ledger
+from poller.devtools.simulator.messages import MessageFactory
+from poller.devtools.simulator.outbox import Outbox
+from poller.devtools.simulator.replies import forbidden, too_many_requests, unauthorized
+from poller.devtools.simulator.routes import INBOX_PATH, TOKEN_PATH, InfobipApi
+from poller.devtools.simulator.state import Account, Action
 
 log = structlog.get_logger(__name__)
 

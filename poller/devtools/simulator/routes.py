@@ -11,18 +11,18 @@ from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
-from poller.httpserver import Request, Response
-from poller.simulator.auth import Authenticator
-from poller.simulator.faults import SPOILING, Fault
-from poller.simulator.ledger import Ledger
-from poller.simulator.replies import (
+from poller.devtools.simulator.auth import Authenticator
+from poller.devtools.simulator.faults import SPOILING, Fault
+from poller.devtools.simulator.httpserver import Request, Response
+from poller.devtools.simulator.ledger import Ledger
+from poller.devtools.simulator.replies import (
     bad_request,
     json_response,
     no_content,
     results_body,
     service_error,
 )
-from poller.simulator.state import (
+from poller.devtools.simulator.state import (
     HTTP_FORWARD,
     PULL,
     Account,
