@@ -20,12 +20,14 @@ Every exit of text uses it: log lines (``poller.logs``), CLI output (``poller.cl
 from __future__ import annotations
 
 import base64
+import bisect
 import itertools
 import json
 import re
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, AnyStr
+from typing import Any, AnyStr, overload
 from urllib.parse import parse_qsl, quote, quote_plus, unquote
 
 from pydantic import BaseModel, SecretStr
@@ -292,6 +294,62 @@ def data(value: bytes) -> bytes:
     return _replace(value, _occurrences(value, pattern), REDACTED.encode())
 
 
+@overload
+def cut(value: str, limit: int) -> str: ...
+@overload
+def cut(value: bytes, limit: int) -> str | bytes: ...
+
+
+def cut(value: str | bytes, limit: int) -> str | bytes:
+    """``value`` cut to ``limit`` characters (bytes: to ``limit`` bytes, then text), with a
+    marker that says how many were cut.
+
+    Masking what is kept would no longer find a secret the cut splits in two, so the kept
+    text's end is masked from where a registered secret begins (its first MIN_LENGTH or
+    more characters), or from a URL's userinfo that the cut leaves open (its ``@`` may be
+    gone: nothing says where its password ends)."""
+    if len(value) <= limit:
+        return value
+    if isinstance(value, bytes):
+        kept, unit = value[:limit].decode("utf-8", "backslashreplace"), "bytes"
+    else:
+        kept, unit = value[:limit], "characters"
+    edge = min(_secret_start(kept, _current()), _open_userinfo(kept))
+    if edge < len(kept):
+        kept = kept[:edge] + REDACTED
+    return f"{kept} [… {len(value) - limit} {unit} cut]"
+
+
+def _secret_start(kept: str, search: _Search) -> int:
+    """Where the longest end of ``kept`` that begins a registered form starts (an end of
+    MIN_LENGTH characters or more); ``len(kept)`` when none does."""
+    forms = search.forms
+    for at in range(max(0, len(kept) - search.longest), len(kept) - MIN_LENGTH + 1):
+        if kept[at : at + MIN_LENGTH] not in search.heads:
+            continue
+        end = kept[at:]
+        # The forms that start with ``end`` come first among those not below it.
+        index = bisect.bisect_left(forms, end)
+        if index < len(forms) and forms[index].startswith(end):
+            return at
+    return len(kept)
+
+
+def _open_userinfo(kept: str) -> int:
+    """Where the password of a URL authority that runs to the end of ``kept`` may start
+    (after its first ``:``); ``len(kept)`` when there is none."""
+    last = deque(_authorities(kept), maxlen=1)
+    if not last or last[0][1] != len(kept):
+        return len(kept)
+    colon = kept.find(":", last[0][0])
+    return len(kept) if colon < 0 else colon + 1
+
+
+def exception_text(exc: BaseException) -> str:
+    """An exception as one line of text, type first (not yet masked)."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 def strings(value: Any) -> Any:
     """Every string inside ``value`` (dicts, lists, tuples) passed through ``text``."""
     if isinstance(value, str):
@@ -318,5 +376,5 @@ def field(key: str, value: Any) -> Any:
         # Structured tracebacks (dict_tracebacks) are lists of dicts holding exception texts.
         return [field(key, item) for item in value]
     if isinstance(value, BaseException):
-        return text(f"{type(value).__name__}: {value}")
+        return text(exception_text(value))
     return value

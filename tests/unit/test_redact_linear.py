@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pytest
@@ -63,10 +63,15 @@ def assert_linear(make: Callable[[int], T], mask: Callable[[T], object]) -> None
 
 
 @pytest.fixture
-def registry(monkeypatch: pytest.MonkeyPatch) -> None:
+def registry() -> Iterator[None]:
     """Secrets registered by the test are forgotten after it."""
-    monkeypatch.setattr(redact, "_forms", set(redact._forms))
-    monkeypatch.setattr(redact, "_generation", redact._generation)
+    saved = redact._forms
+    redact._forms = set(saved)
+    try:
+        yield
+    finally:
+        redact._forms = saved
+        redact._generation += 1  # the search built with the test's secrets is built again
 
 
 @pytest.mark.parametrize("unit", SHAPES.values(), ids=SHAPES.keys())
