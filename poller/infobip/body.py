@@ -154,6 +154,7 @@ class _Routes(msgspec.Struct):
 
 _RAW = msgspec.json.Decoder(_Raw)
 _ROUTES = msgspec.json.Decoder(_Routes)
+_BOM = b"\xef\xbb\xbf"
 _ROUTE_FIELDS = ("messageId", "applicationCode", "receivedAt")
 
 
@@ -169,6 +170,10 @@ def scan_pull(body: bytes) -> PullScan:
 
     Each item comes as (its bytes as sent, its decoded value); the value may hold only the
     routing fields (the fast reader skips the rest: they are in the bytes)."""
+    if body.startswith(_BOM):
+        # JSON has no byte order mark, but RFC 8259 lets a reader skip one, and a server's
+        # framework may put one first: the answer after it is read as usual.
+        body = body[len(_BOM) :]
     scan = _fast(body)
     return scan if scan is not None else _careful(body)
 
