@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -209,6 +210,27 @@ def test_both_readers_give_every_item_the_same_outcome(answer: tuple[bytes, list
         assert [(d, _routing(v)) for d, v in fast.items] == [
             (d, _routing(v)) for d, v in careful.items
         ]
+
+
+@given(_NUMBERS, _NUMBERS, st.booleans())
+def test_a_counter_is_read_alike_by_both_readers_in_any_spelling(
+    count: str, pending: str, with_item: bool
+) -> None:
+    item = '{"messageId":"m","applicationCode":"a"}' if with_item else ""
+    body = f'{{"results":[{item}],"messageCount":{count},"pendingMessageCount":{pending}}}'
+    fast, careful = body_module._fast(body.encode()), body_module._careful(body.encode())
+    assert fast is not None  # msgspec reads every JSON number
+    for scan in (fast, careful):
+        for spelled, read in ((count, scan.message_count), (pending, scan.pending_message_count)):
+            number = Decimal(spelled)
+            whole = number == number.to_integral_value() and 0 <= number <= 2**53 - 1
+            assert read == (int(number) if whole else None)
+        assert scan.pending == (
+            scan.pending_message_count
+            if scan.bad_counters.get("pendingMessageCount") is None
+            else (None if with_item else 0)
+        )
+    assert fast.bad_counters == careful.bad_counters
 
 
 @pytest.mark.parametrize("depth", [10, 5000])

@@ -135,11 +135,28 @@ class PullScan:
     results_complete: bool = False  # the results array was read to its end
     bad_counters: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def pending(self) -> int | None:
+        """What a drain should take as still pending: ``pending_message_count`` when it was
+        read. When it was not (missing or not a count: see ``bad_counters``), None after an
+        answer that held items (unknown: ask again) and 0 after an empty one; never 0 while
+        messages are coming."""
+        if self.pending_message_count is not None:
+            return self.pending_message_count
+        return None if self.items else 0
+
+
+# A JSON number, as RFC 8259 spells one.
+_NUMBER = re.compile(r"(-?)(0|[1-9][0-9]*)(?:\.([0-9]+))?(?:[eE]([+-]?[0-9]+))?")
+MAX_COUNT = 2**53 - 1
+"""The largest counter read: every JSON reader holds integers up to it exactly."""
+
 
 class _Raw(msgspec.Struct):
     results: list[msgspec.Raw]
-    messageCount: Any = None
-    pendingMessageCount: Any = None
+    # As sent: a counter is read from its text (empty when it is missing).
+    messageCount: msgspec.Raw = msgspec.Raw()
+    pendingMessageCount: msgspec.Raw = msgspec.Raw()
 
 
 class _Route(msgspec.Struct):
@@ -155,6 +172,7 @@ class _Routes(msgspec.Struct):
 _RAW = msgspec.json.Decoder(_Raw)
 _ROUTES = msgspec.json.Decoder(_Routes)
 _BOM = b"\xef\xbb\xbf"
+_COUNTERS = ("messageCount", "pendingMessageCount")
 _ROUTE_FIELDS = ("messageId", "applicationCode", "receivedAt")
 
 
@@ -200,8 +218,8 @@ def _fast(body: bytes) -> PullScan | None:
         if item.count(b"[") + item.count(b"{") > MAX_DEPTH and _too_deep(item.decode()):
             value = Unreadable(_DEEP)
         items.append((item, value))
-    for name in ("messageCount", "pendingMessageCount"):
-        _counter(scan, name, getattr(raw, name))
+    for name in _COUNTERS:
+        _counter(scan, name, bytes(getattr(raw, name)).decode())
     return scan
 
 
@@ -235,6 +253,7 @@ def _walk(text: str, scan: PullScan) -> None:
         raise _Stop("not a JSON object", pos)
     pos = _skip(text, pos + 1)
     seen_results = False
+    seen_counters: set[str] = set()
     first = True
     while True:
         if text.startswith("}", pos):
@@ -243,6 +262,9 @@ def _walk(text: str, scan: PullScan) -> None:
                 raise _Stop("not JSON (data after the document)", end)
             if not seen_results:
                 raise _Stop("`results` is not a list", 0)
+            for name in _COUNTERS:
+                if name not in seen_counters:
+                    _counter(scan, name, "")
             return
         if not first:
             if not text.startswith(",", pos):
@@ -263,9 +285,11 @@ def _walk(text: str, scan: PullScan) -> None:
             pos = _items(text, _skip(text, pos + 1), scan)
             scan.results_complete = True
         else:
-            value, pos = _value(text, pos)
-            if key in ("messageCount", "pendingMessageCount"):
-                _counter(scan, key, value)
+            start = pos
+            _ignored, pos = _value(text, pos)
+            if key in _COUNTERS:
+                seen_counters.add(key)
+                _counter(scan, key, text[start:pos])
         pos = _skip(text, pos)
 
 
@@ -336,14 +360,43 @@ def _skip(text: str, pos: int) -> int:
     return match.end() if match else pos
 
 
-def _counter(scan: PullScan, name: str, value: Any) -> None:
-    if value is None or value is msgspec.UNSET:
-        scan.bad_counters[name] = "missing"
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        scan.bad_counters[name] = repr(value)[:40]
-        return
+def _counter(scan: PullScan, name: str, spelled: str) -> None:
+    """Read a counter from its JSON text (empty: missing): any number spelling of a whole
+    count. When a document names it twice, the last one counts, as msgspec reads it."""
+    missing = spelled in ("", "null")
+    count = None if missing else _count(spelled)
     if name == "messageCount":
-        scan.message_count = value
+        scan.message_count = count
     else:
-        scan.pending_message_count = value
+        scan.pending_message_count = count
+    scan.bad_counters.pop(name, None)
+    if count is None:
+        # Bytes that are not UTF-8 come as lone surrogates: shown escaped, never written raw.
+        shown = spelled[:40].encode("utf-8", "backslashreplace").decode()
+        scan.bad_counters[name] = "missing" if missing else shown
+
+
+def _count(spelled: str) -> int | None:
+    """The whole count a JSON number spells (``10``, ``1E1``, ``10.0``, ``-0``); None for
+    what is not a number, a fraction, negative, or past MAX_COUNT. Exact (a float would read
+    10.000000000000001 as 10), and linear however long the spelling."""
+    match = _NUMBER.fullmatch(spelled)
+    if match is None:
+        return None
+    sign, whole, fraction, exponent = match.groups(default="")
+    digits = (whole + fraction).lstrip("0")
+    if not digits:
+        return 0  # zero, however spelled
+    if sign:
+        return None
+    significant = digits.rstrip("0")
+    # The number is int(significant) * 10 ** shift.
+    shift = len(digits) - len(significant) - len(fraction)
+    if exponent:
+        if len(exponent.lstrip("+-").lstrip("0")) > 18:
+            return None  # 10 ** -(huge) makes a fraction, 10 ** (huge) a number past any count
+        shift += int(exponent)
+    if shift < 0 or len(significant) + shift > len(str(MAX_COUNT)):
+        return None
+    count = int(significant) * 10**shift
+    return count if count <= MAX_COUNT else None
