@@ -260,6 +260,42 @@ def test_manifests_validate_offline() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _ingress() -> dict[str, Any]:
+    (ingress,) = [doc for doc in _docs("forward.yaml") if doc["kind"] == "Ingress"]
+    return ingress
+
+
+def _nginx_size(text: str) -> int:
+    """An nginx size (``4m``, ``512k``, ``1g``, bytes) in bytes."""
+    match = re.fullmatch(r"(\d+)([kmg]?)", text.strip().lower())
+    assert match, f"not an nginx size: {text!r}"
+    return int(match.group(1)) * 1024 ** " kmg".index(match.group(2) or " ")
+
+
+def test_the_forward_ingress_writes_no_access_log() -> None:
+    # With POLLER_FORWARD__TOKEN_IN=path (the default) the token is in the URL, and
+    # ingress-nginx's default access log writes $request, the request line with the URL.
+    annotations = _ingress()["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/enable-access-log"] == "false"
+    paths = [p["path"] for rule in _ingress()["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert paths == ["/infobip/forward"]  # the only location of this Ingress: no log for any
+
+
+def test_the_forward_ingress_limits_rate_connections_and_body_size(
+    configmap_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = _settings_from(configmap_env, monkeypatch, tmp_path)
+    annotations = _ingress()["metadata"]["annotations"]
+    assert int(annotations["nginx.ingress.kubernetes.io/limit-rps"]) > 0
+    assert int(annotations["nginx.ingress.kubernetes.io/limit-connections"]) > 0
+    # What nginx lets through is what the receiver takes: no body the receiver would refuse
+    # with a 413 after nginx read it all, no body nginx refuses that the receiver takes.
+    body = _nginx_size(annotations["nginx.ingress.kubernetes.io/proxy-body-size"])
+    assert body == settings.forward.max_body_bytes
+    # A slow sender is held by nginx, which passes the body on once it is whole.
+    assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "on"
+
+
 # --- systemd ------------------------------------------------------------------------------
 
 
