@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
@@ -260,6 +261,37 @@ def test_manifests_validate_offline() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _built() -> list[dict[str, Any]]:
+    """What ``kubectl apply -k deploy/kubernetes`` applies (kubectl's kustomize, or kustomize)."""
+    for command in (["kubectl", "kustomize"], ["kustomize", "build"]):
+        tool = shutil.which(command[0])
+        if tool is None:
+            continue
+        result = subprocess.run(
+            [tool, *command[1:], str(K8S)], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        return [doc for doc in _yaml().safe_load_all(result.stdout) if doc]
+    pytest.skip("neither kubectl nor kustomize is installed")
+
+
+def test_the_kustomize_build_validates_and_holds_the_forward_guards(tmp_path: Path) -> None:
+    docs = _built()
+    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in docs}
+    assert ("Ingress", "infobip-push-poller-forward") in kinds
+    assert ("NetworkPolicy", "infobip-push-poller") in kinds
+    assert ("NetworkPolicy", "infobip-push-poller-egress") in kinds
+    tool = _tool("kubernetes-validate")
+    if tool is None:
+        pytest.skip("kubernetes-validate is not installed")
+    built = tmp_path / "built.yaml"
+    built.write_text(_yaml().safe_dump_all(docs))
+    result = subprocess.run(
+        [tool, "--strict", "--quiet", str(built)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def _ingress() -> dict[str, Any]:
     (ingress,) = [doc for doc in _docs("forward.yaml") if doc["kind"] == "Ingress"]
     return ingress
@@ -294,6 +326,37 @@ def test_the_forward_ingress_limits_rate_connections_and_body_size(
     assert body == settings.forward.max_body_bytes
     # A slow sender is held by nginx, which passes the body on once it is whole.
     assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "on"
+
+
+def test_the_egress_policy_allows_exactly_dns_redis_and_https(
+    statefulset: dict[str, Any],
+    configmap_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    settings = _settings_from(configmap_env, monkeypatch, tmp_path)
+    redis_port = urlparse(settings.redis.url).port or 6379
+    policies = [
+        doc for doc in _docs("networkpolicy.yaml") if "Egress" in doc["spec"]["policyTypes"]
+    ]
+    (egress,) = policies
+    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert egress["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    allowed: set[tuple[int, str]] = set()
+    for rule in egress["spec"]["egress"]:
+        # A rule without ports would let every port through.
+        assert rule.get("ports"), rule
+        ports = {(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}
+        allowed |= ports
+        if (53, "UDP") in ports:
+            assert ports == {(53, "UDP"), (53, "TCP")}
+            (peer,) = rule["to"]
+            assert peer["namespaceSelector"]["matchLabels"] == {
+                "kubernetes.io/metadata.name": "kube-system"
+            }
+            assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    assert allowed == {(53, "UDP"), (53, "TCP"), (redis_port, "TCP"), (443, "TCP")}
+    assert urlparse(settings.infobip.base_url).scheme == "https"
 
 
 # --- systemd ------------------------------------------------------------------------------
