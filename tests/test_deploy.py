@@ -359,6 +359,34 @@ def test_the_egress_policy_allows_exactly_dns_redis_and_https(
     assert urlparse(settings.infobip.base_url).scheme == "https"
 
 
+# Measured (deploy/OPERATIONS.md, Memory): the process at rest, the peak RSS a body costs per
+# byte until its rows are in Redis, the flusher's read-back, one forward connection at the
+# bounds the Ingress puts on what reaches the pod (headers, a body it has not read yet).
+AT_REST_MIB = 66
+PER_BODY_BYTE = 3
+READ_BACK_MIB = 60
+PER_CONNECTION_MIB = 0.2
+
+
+def test_the_memory_limit_fits_the_worst_case_the_bounds_allow(
+    container: dict[str, Any],
+    configmap_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    settings = _settings_from(configmap_env, monkeypatch, tmp_path)
+    mib = 1024 * 1024
+    pulls = settings.infobip.pulls_in_flight * settings.infobip.max_body_bytes * PER_BODY_BYTE
+    # The receiver takes one body whatever its size, more while they fit the bytes in flight.
+    forward = settings.forward
+    bodies = max(forward.max_bytes_in_flight, forward.max_body_bytes) * PER_BODY_BYTE
+    connections = forward.max_connections * PER_CONNECTION_MIB * mib
+    worst = AT_REST_MIB * mib + READ_BACK_MIB * mib + pulls + bodies + connections
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    assert worst <= int(limit.removesuffix("Mi")) * mib, worst / mib
+
+
 # --- systemd ------------------------------------------------------------------------------
 
 
