@@ -1,7 +1,9 @@
-"""structlog set-up: JSON lines off a terminal, console rendering on one, secrets redacted."""
+"""structlog set-up: JSON lines off a terminal, console rendering on one, secrets redacted,
+every line bounded in length whatever a sender put in it."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -10,6 +12,70 @@ from typing import Any, Literal
 import structlog
 
 from poller import redact
+
+# A sender chooses much of what is logged (a message's text, a header in a library's error):
+# each string is cut to this many characters before it is masked, so that a line costs the
+# same to mask and to write however much was sent.
+MAX_STRING = 2_000
+# A rendered traceback or stack is longer than a field, and its end (the error) matters.
+MAX_TRACEBACK = 20_000
+MAX_ITEMS = 100  # of a list, tuple or dict
+MAX_NESTING = 16
+MAX_INT_BITS = 256  # json and repr refuse integers of more than 4,300 digits
+
+
+def bound_processor(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: strings cut to ``MAX_STRING`` characters (a rendered traceback to
+    ``MAX_TRACEBACK``), containers to ``MAX_ITEMS`` items, ``MAX_NESTING`` levels deep.
+    Runs before ``redact_processor``: ``redact.cut`` masks what a cut leaves of a secret."""
+    if event_dict.get("level") == "critical":
+        # The last resort of a batch the spool never took carries its messages whole: the
+        # line is all that is left of them (poller.sources.pull).
+        return event_dict
+    for key in list(event_dict):
+        value = event_dict[key]
+        if key == "exc_info":
+            continue
+        if key in ("exception", "stack") and isinstance(value, str):
+            event_dict[key] = redact.cut(value, MAX_TRACEBACK)
+        else:
+            event_dict[key] = _bound(value, 0)
+    return event_dict
+
+
+def _bound(value: Any, depth: int) -> Any:
+    if isinstance(value, str | bytes):
+        return redact.cut(value, MAX_STRING)
+    if isinstance(value, bool | float) or value is None:
+        return value
+    if isinstance(value, int):
+        return (
+            value
+            if value.bit_length() <= MAX_INT_BITS
+            else f"<an integer of {value.bit_length()} bits>"
+        )
+    if isinstance(value, BaseException):
+        return redact.cut(redact.exception_text(value), MAX_STRING)
+    if not isinstance(value, dict | list | tuple):
+        return value
+    if depth >= MAX_NESTING:
+        return f"[… nested deeper than {MAX_NESTING} levels]"
+    more = len(value) - MAX_ITEMS
+    if isinstance(value, dict):
+        items = itertools.islice(value.items(), MAX_ITEMS)
+        out = {
+            _bound(k, depth + 1) if isinstance(k, str) else k: _bound(v, depth + 1)
+            for k, v in items
+        }
+        if more > 0:
+            out["[…]"] = f"{more} more items"
+        return out
+    bounded = [_bound(item, depth + 1) for item in value[:MAX_ITEMS]]
+    if more > 0:
+        bounded.append(f"[… {more} more items]")
+    return bounded
 
 
 def redact_processor(
@@ -47,7 +113,12 @@ def configure(
         renderer = structlog.dev.ConsoleRenderer(
             colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
         )
-        tail: list[Any] = [structlog.processors.format_exc_info, redact_processor, renderer]
+        tail: list[Any] = [
+            structlog.processors.format_exc_info,
+            bound_processor,
+            redact_processor,
+            renderer,
+        ]
     else:
         # No frame locals: they hold request forms, headers and settings in plain text.
         tracebacks = structlog.processors.ExceptionRenderer(
@@ -55,6 +126,7 @@ def configure(
         )
         tail = [
             tracebacks,
+            bound_processor,
             redact_processor,
             structlog.processors.JSONRenderer(ensure_ascii=False),
         ]

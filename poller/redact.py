@@ -8,6 +8,11 @@ live OAuth token) is registered, in each form it may travel in (raw, percent-enc
 form-encoded, JSON-escaped, and ``user:password`` as the Basic header's base64), and masked
 in text and in raw bytes.
 
+Masking is linear in the length of the text, which a sender may choose: no pattern can
+backtrack over what it has read, and the registered secrets are looked for in one pass (a
+trie), so that a process that has registered thousands of OAuth tokens pays the same per
+character as one that registered a few.
+
 Every exit of text uses it: log lines (``poller.logs``), CLI output (``poller.cli.output``),
 ``/readyz``, bytes kept in quarantine and dead-letter streams (``poller.sources.items``).
 """
@@ -15,9 +20,14 @@ Every exit of text uses it: log lines (``poller.logs``), CLI output (``poller.cl
 from __future__ import annotations
 
 import base64
+import bisect
+import itertools
 import json
 import re
-from typing import Any
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, AnyStr, overload
 from urllib.parse import parse_qsl, quote, quote_plus, unquote
 
 from pydantic import BaseModel, SecretStr
@@ -29,17 +39,40 @@ MIN_LENGTH = 4
 _SENSITIVE = r"(?:passw(?:or)?d|pwd|secret|token|api_?key|credential)"
 # Names of structured fields (log keys) whose values are masked whatever they hold.
 _SECRET_KEY = re.compile(rf"{_SENSITIVE}|authorization|^pass$", re.IGNORECASE)
-# A parameter named like a secret in a query string or a form body, up to the next separator.
-_PARAMETER = re.compile(
-    rf"(?P<key>(?:(?<=[?&;\s\"'])|^)[\w.-]*?(?:{_SENSITIVE}|\bpass\b)[\w.-]*=)[^&#\s\"']*",
-    re.IGNORECASE,
-)
-# scheme:// and the authority up to the path, query, fragment or the end of the word.
-_AUTHORITY = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<authority>[^/?#\s]*)")
+# What a sender writes reaches these patterns, so each is linear in its input: runs are
+# possessive (no backtracking into them) and may begin only where a run begins, so no
+# character is scanned twice over. A lazy name part followed by a greedy one made
+# "token" * 30,000 cost 50 s.
+# A query or form parameter's name: the text's start or a separator, name characters, "=".
+_PARAMETER_NAME = re.compile(r"(?:(?<=[?&;\s\"'])|^)[\w.-]*+=")
+_SECRET_PARAMETER = re.compile(rf"{_SENSITIVE}|\bpass\b", re.IGNORECASE)
+_PARAMETER_VALUE = re.compile(r"[^&#\s\"']*+")
+# A URL's scheme is the end of a run of scheme characters just before "://" (the run is
+# found once; the scheme starts at its first letter that begins a word), its authority the
+# text up to the path, query, fragment or the end of the word.
+_SCHEME_RUN = re.compile(r"(?<![a-zA-Z0-9+.-])[a-zA-Z0-9+.-]++(?=://)")
+_SCHEME_START = re.compile(r"\b[a-zA-Z]")
+_AUTHORITY = re.compile(r"[^/?#\s]*+")
+# Registered secrets sharing first characters nest at most this deep in the search
+# pattern; deeper ones are listed flat (compiling a pattern recurses once per level).
+_TRIE_DEPTH = 40
+
+
+@dataclass(frozen=True)
+class _Search:
+    """What masking needs of the registered forms, built again after each registration."""
+
+    generation: int
+    text: re.Pattern[str] | None
+    data: re.Pattern[bytes] | None
+    forms: tuple[str, ...]  # sorted: whether a text ends with a form's beginning is a bisection
+    heads: frozenset[str]  # each form's first MIN_LENGTH characters
+    longest: int
+
 
 _forms: set[str] = set()
-_ordered: tuple[str, ...] = ()
-_ordered_bytes: tuple[bytes, ...] = ()
+_generation = 0
+_search = _Search(0, None, None, (), frozenset(), 0)
 
 
 def is_secret_name(name: str) -> bool:
@@ -72,18 +105,16 @@ def register_url(url: str | None) -> None:
     """Remember the password of a URL's userinfo and the values of its secret parameters."""
     if not url:
         return
-    for match in _AUTHORITY.finditer(url):
-        userinfo, at, _host = match["authority"].rpartition("@")
-        if at and ":" in userinfo:
-            password = userinfo.partition(":")[2]
-            register(password)
-            register(unquote(password))
+    for start, end in _url_passwords(url):
+        password = url[start:end]
+        register(password)
+        register(unquote(password))
     _, _, query = url.partition("?")
     for name, value in parse_qsl(query.partition("#")[0], keep_blank_values=False):
         if is_secret_name(name):
             register(value)
-    for match in _PARAMETER.finditer(url):
-        value = match[0][len(match["key"]) :]
+    for start, end in _secret_values(url):
+        value = url[start:end]
         register(value)
         register(unquote(value))
 
@@ -116,43 +147,207 @@ def _basic_partner(name: str) -> str | None:
 
 
 def _add(*forms: str) -> None:
-    global _ordered, _ordered_bytes
+    global _generation
     new = {form for form in forms if len(form) >= MIN_LENGTH} - _forms
     if not new:
         return
     _forms.update(new)
-    # Longest first: a form that contains another is replaced whole.
-    _ordered = tuple(sorted(_forms, key=len, reverse=True))
-    _ordered_bytes = tuple(form.encode() for form in _ordered)
+    _generation += 1
 
 
-def _mask_authority(match: re.Match[str]) -> str:
-    # The last @ ends the userinfo, as urllib (and redis-py) read it: a password may hold @.
-    userinfo, at, host = match["authority"].rpartition("@")
-    user, colon, _password = userinfo.partition(":")
-    if not (at and colon):
-        return match[0]
-    return f"{match['scheme']}{user}:{REDACTED}@{host}"
+def _current() -> _Search:
+    """The search for the forms registered now (built on first use after a registration)."""
+    global _search
+    search = _search
+    if search.generation != _generation:
+        # A registration while this is built bumps the generation: the next call builds again.
+        search = _search = _build(_generation, sorted(_forms))
+    return search
+
+
+def _build(generation: int, forms: list[str]) -> _Search:
+    if not forms:
+        return _Search(generation, None, None, (), frozenset(), 0)
+    # A lookahead finds a form at every position where one starts, overlapping ones included,
+    # so that every character of every occurrence is masked (replacing one form after another
+    # could cut an overlapping one in two and show its rest).
+    text = re.compile(f"(?=({_trie(forms, 0)}))")
+    # The same search over bytes: each byte of the UTF-8 forms as one latin-1 character.
+    encoded = sorted({form.encode().decode("latin-1") for form in forms})
+    data = re.compile(f"(?=({_trie(encoded, 0)}))".encode("latin-1"))
+    heads = frozenset(form[:MIN_LENGTH] for form in forms)
+    return _Search(generation, text, data, tuple(forms), heads, max(map(len, forms)))
+
+
+def _trie(forms: list[str], depth: int) -> str:
+    """A pattern matching the longest of ``forms`` (sorted, distinct, none empty) that starts
+    at a position. As a trie, its branches begin with distinct characters: a position costs
+    at most the length of the longest form, however many forms there are (an alternation
+    would try every form at every position)."""
+    if depth >= _TRIE_DEPTH:
+        return "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+    branches = []
+    for _first, grouped in itertools.groupby(forms, key=lambda form: form[0]):
+        group = list(grouped)
+        prefix = _common_prefix(group[0], group[-1])  # sorted: the ends share the least
+        tails = [form[len(prefix) :] for form in group if len(form) > len(prefix)]
+        branch = re.escape(prefix)
+        if tails:
+            # Greedy: a longer form is tried before the one that ends at the prefix.
+            optional = "?" if len(tails) < len(group) else ""
+            branch += f"(?:{_trie(tails, depth + 1)}){optional}"
+        branches.append(branch)
+    return "|".join(branches)
+
+
+def _common_prefix(first: str, last: str) -> str:
+    size = 0
+    for a, b in zip(first, last, strict=False):
+        if a != b:
+            break
+        size += 1
+    return first[:size]
+
+
+def _authorities(value: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of the authority of each ``scheme://authority`` in ``value``."""
+    resume = 0
+    for run in _SCHEME_RUN.finditer(value):
+        if run.end() <= resume:
+            continue  # inside the previous authority
+        if _SCHEME_START.search(value, max(run.start(), resume), run.end()) is None:
+            continue
+        start = run.end() + 3
+        match = _AUTHORITY.match(value, start)
+        resume = match.end() if match else start
+        yield start, resume
+
+
+def _url_passwords(value: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of each URL password: from the userinfo's first ``:`` to the last ``@``
+    of the authority, as urllib (and redis-py) read it: a password may hold ``@``."""
+    for start, end in _authorities(value):
+        at = value.rfind("@", start, end)
+        colon = value.find(":", start, at) if at >= 0 else -1
+        if colon >= 0:
+            yield colon + 1, at
+
+
+def _secret_values(value: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of the value of each parameter named like a secret, up to the next
+    separator (``&``, ``#``, a quote or a space)."""
+    resume = 0
+    for name in _PARAMETER_NAME.finditer(value):
+        if name.start() < resume:
+            continue  # inside the value of the previous one
+        if _SECRET_PARAMETER.search(value, name.start(), name.end()) is None:
+            continue
+        match = _PARAMETER_VALUE.match(value, name.end())
+        resume = match.end() if match else name.end()
+        yield name.end(), resume
+
+
+def _occurrences(value: AnyStr, pattern: re.Pattern[AnyStr]) -> Iterator[tuple[int, int]]:
+    """(start, end) of each stretch of ``value`` covered by registered forms; overlapping
+    occurrences make one stretch, adjacent ones stay apart (one mask each, as before)."""
+    start = end = -1
+    for match in pattern.finditer(value):
+        at, stop = match.start(), match.end(1)
+        if at < end:
+            end = max(end, stop)
+            continue
+        if end >= 0:
+            yield start, end
+        start, end = at, stop
+    if end >= 0:
+        yield start, end
+
+
+def _replace(value: AnyStr, spans: Iterable[tuple[int, int]], mask: AnyStr) -> AnyStr:
+    parts: list[AnyStr] = []
+    last = 0
+    for start, end in spans:
+        parts += (value[last:start], mask)
+        last = end
+    if not parts:
+        return value
+    parts.append(value[last:])
+    return mask[:0].join(parts)
 
 
 def text(value: str) -> str:
     """``value`` with URL passwords, secret parameters and every registered secret masked."""
-    value = _AUTHORITY.sub(_mask_authority, value)
-    value = _PARAMETER.sub(lambda m: f"{m['key']}{REDACTED}", value)
-    for form in _ordered:
-        if form in value:
-            value = value.replace(form, REDACTED)
+    value = _replace(value, _url_passwords(value), REDACTED)
+    value = _replace(value, _secret_values(value), REDACTED)
+    pattern = _current().text
+    if pattern is not None:
+        value = _replace(value, _occurrences(value, pattern), REDACTED)
     return value
 
 
 def data(value: bytes) -> bytes:
     """Raw bytes with every registered secret masked: bytes are kept as received otherwise
     (a wrong base URL answered by a server that echoes the request would hold the API key)."""
-    mask = REDACTED.encode()
-    for form in _ordered_bytes:
-        if form in value:
-            value = value.replace(form, mask)
-    return value
+    pattern = _current().data
+    if pattern is None:
+        return value
+    return _replace(value, _occurrences(value, pattern), REDACTED.encode())
+
+
+@overload
+def cut(value: str, limit: int) -> str: ...
+@overload
+def cut(value: bytes, limit: int) -> str | bytes: ...
+
+
+def cut(value: str | bytes, limit: int) -> str | bytes:
+    """``value`` cut to ``limit`` characters (bytes: to ``limit`` bytes, then text), with a
+    marker that says how many were cut.
+
+    Masking what is kept would no longer find a secret the cut splits in two, so the kept
+    text's end is masked from where a registered secret begins (its first MIN_LENGTH or
+    more characters), or from a URL's userinfo that the cut leaves open (its ``@`` may be
+    gone: nothing says where its password ends)."""
+    if len(value) <= limit:
+        return value
+    if isinstance(value, bytes):
+        kept, unit = value[:limit].decode("utf-8", "backslashreplace"), "bytes"
+    else:
+        kept, unit = value[:limit], "characters"
+    edge = min(_secret_start(kept, _current()), _open_userinfo(kept))
+    if edge < len(kept):
+        kept = kept[:edge] + REDACTED
+    return f"{kept} [… {len(value) - limit} {unit} cut]"
+
+
+def _secret_start(kept: str, search: _Search) -> int:
+    """Where the longest end of ``kept`` that begins a registered form starts (an end of
+    MIN_LENGTH characters or more); ``len(kept)`` when none does."""
+    forms = search.forms
+    for at in range(max(0, len(kept) - search.longest), len(kept) - MIN_LENGTH + 1):
+        if kept[at : at + MIN_LENGTH] not in search.heads:
+            continue
+        end = kept[at:]
+        # The forms that start with ``end`` come first among those not below it.
+        index = bisect.bisect_left(forms, end)
+        if index < len(forms) and forms[index].startswith(end):
+            return at
+    return len(kept)
+
+
+def _open_userinfo(kept: str) -> int:
+    """Where the password of a URL authority that runs to the end of ``kept`` may start
+    (after its first ``:``); ``len(kept)`` when there is none."""
+    last = deque(_authorities(kept), maxlen=1)
+    if not last or last[0][1] != len(kept):
+        return len(kept)
+    colon = kept.find(":", last[0][0])
+    return len(kept) if colon < 0 else colon + 1
+
+
+def exception_text(exc: BaseException) -> str:
+    """An exception as one line of text, type first (not yet masked)."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def strings(value: Any) -> Any:
@@ -181,5 +376,5 @@ def field(key: str, value: Any) -> Any:
         # Structured tracebacks (dict_tracebacks) are lists of dicts holding exception texts.
         return [field(key, item) for item in value]
     if isinstance(value, BaseException):
-        return text(f"{type(value).__name__}: {value}")
+        return text(exception_text(value))
     return value

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
@@ -258,6 +259,132 @@ def test_manifests_validate_offline() -> None:
         [tool, "--strict", "--quiet", *files], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _built() -> list[dict[str, Any]]:
+    """What ``kubectl apply -k deploy/kubernetes`` applies (kubectl's kustomize, or kustomize)."""
+    for command in (["kubectl", "kustomize"], ["kustomize", "build"]):
+        tool = shutil.which(command[0])
+        if tool is None:
+            continue
+        result = subprocess.run(
+            [tool, *command[1:], str(K8S)], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        return [doc for doc in _yaml().safe_load_all(result.stdout) if doc]
+    pytest.skip("neither kubectl nor kustomize is installed")
+
+
+def test_the_kustomize_build_validates_and_holds_the_forward_guards(tmp_path: Path) -> None:
+    docs = _built()
+    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in docs}
+    assert ("Ingress", "infobip-push-poller-forward") in kinds
+    assert ("NetworkPolicy", "infobip-push-poller") in kinds
+    assert ("NetworkPolicy", "infobip-push-poller-egress") in kinds
+    tool = _tool("kubernetes-validate")
+    if tool is None:
+        pytest.skip("kubernetes-validate is not installed")
+    built = tmp_path / "built.yaml"
+    built.write_text(_yaml().safe_dump_all(docs))
+    result = subprocess.run(
+        [tool, "--strict", "--quiet", str(built)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _ingress() -> dict[str, Any]:
+    (ingress,) = [doc for doc in _docs("forward.yaml") if doc["kind"] == "Ingress"]
+    return ingress
+
+
+def _nginx_size(text: str) -> int:
+    """An nginx size (``4m``, ``512k``, ``1g``, bytes) in bytes."""
+    match = re.fullmatch(r"(\d+)([kmg]?)", text.strip().lower())
+    assert match, f"not an nginx size: {text!r}"
+    return int(match.group(1)) * 1024 ** " kmg".index(match.group(2) or " ")
+
+
+def test_the_forward_ingress_writes_no_access_log() -> None:
+    # With POLLER_FORWARD__TOKEN_IN=path (the default) the token is in the URL, and
+    # ingress-nginx's default access log writes $request, the request line with the URL.
+    annotations = _ingress()["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/enable-access-log"] == "false"
+    paths = [p["path"] for rule in _ingress()["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert paths == ["/infobip/forward"]  # the only location of this Ingress: no log for any
+
+
+def test_the_forward_ingress_limits_rate_connections_and_body_size(
+    configmap_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = _settings_from(configmap_env, monkeypatch, tmp_path)
+    annotations = _ingress()["metadata"]["annotations"]
+    assert int(annotations["nginx.ingress.kubernetes.io/limit-rps"]) > 0
+    assert int(annotations["nginx.ingress.kubernetes.io/limit-connections"]) > 0
+    # What nginx lets through is what the receiver takes: no body the receiver would refuse
+    # with a 413 after nginx read it all, no body nginx refuses that the receiver takes.
+    body = _nginx_size(annotations["nginx.ingress.kubernetes.io/proxy-body-size"])
+    assert body == settings.forward.max_body_bytes
+    # A slow sender is held by nginx, which passes the body on once it is whole.
+    assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "on"
+
+
+def test_the_egress_policy_allows_exactly_dns_redis_and_https(
+    statefulset: dict[str, Any],
+    configmap_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    settings = _settings_from(configmap_env, monkeypatch, tmp_path)
+    redis_port = urlparse(settings.redis.url).port or 6379
+    policies = [
+        doc for doc in _docs("networkpolicy.yaml") if "Egress" in doc["spec"]["policyTypes"]
+    ]
+    (egress,) = policies
+    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert egress["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    allowed: set[tuple[int, str]] = set()
+    for rule in egress["spec"]["egress"]:
+        # A rule without ports would let every port through.
+        assert rule.get("ports"), rule
+        ports = {(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}
+        allowed |= ports
+        if (53, "UDP") in ports:
+            assert ports == {(53, "UDP"), (53, "TCP")}
+            (peer,) = rule["to"]
+            assert peer["namespaceSelector"]["matchLabels"] == {
+                "kubernetes.io/metadata.name": "kube-system"
+            }
+            assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    assert allowed == {(53, "UDP"), (53, "TCP"), (redis_port, "TCP"), (443, "TCP")}
+    assert urlparse(settings.infobip.base_url).scheme == "https"
+
+
+# Measured (deploy/OPERATIONS.md, Memory): the process at rest, the peak RSS a body costs per
+# byte until its rows are in Redis, the flusher's read-back, one forward connection at the
+# bounds the Ingress puts on what reaches the pod (headers, a body it has not read yet).
+AT_REST_MIB = 66
+PER_BODY_BYTE = 3
+READ_BACK_MIB = 60
+PER_CONNECTION_MIB = 0.2
+
+
+def test_the_memory_limit_fits_the_worst_case_the_bounds_allow(
+    container: dict[str, Any],
+    configmap_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    settings = _settings_from(configmap_env, monkeypatch, tmp_path)
+    mib = 1024 * 1024
+    pulls = settings.infobip.pulls_in_flight * settings.infobip.max_body_bytes * PER_BODY_BYTE
+    # The receiver takes one body whatever its size, more while they fit the bytes in flight.
+    forward = settings.forward
+    bodies = max(forward.max_bytes_in_flight, forward.max_body_bytes) * PER_BODY_BYTE
+    connections = forward.max_connections * PER_CONNECTION_MIB * mib
+    worst = AT_REST_MIB * mib + READ_BACK_MIB * mib + pulls + bodies + connections
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    assert worst <= int(limit.removesuffix("Mi")) * mib, worst / mib
 
 
 # --- systemd ------------------------------------------------------------------------------

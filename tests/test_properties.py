@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from poller.infobip.body import Unreadable, scan_pull
+from poller.infobip import body as body_module
+from poller.infobip.body import MAX_DEPTH, Unreadable, scan_pull
 from poller.infobip.client import parse_pull
 from poller.infobip.errors import MalformedResponseError
 from poller.sources.forward import parse_forward
@@ -168,6 +170,67 @@ def test_a_damaged_answer_loses_no_item_that_arrived_whole(
     kept = [m.payload for m in rows.messages] + [q.raw for q in rows.quarantined]
     for item in whole:
         assert any(item in k for k in kept)
+
+
+def _routing(value: object) -> object:
+    """What the pipeline uses of an item's decoded value: why it is unreadable, or its
+    routing fields."""
+    if isinstance(value, Unreadable) or not isinstance(value, dict):
+        return value
+    return {k: v for k, v in value.items() if k in ("messageId", "applicationCode", "receivedAt")}
+
+
+@given(st.lists(items(), max_size=5), st.data())
+def test_a_deep_item_anywhere_takes_no_neighbour_with_it(
+    texts: list[str], data: st.DataObject
+) -> None:
+    depth = data.draw(st.sampled_from([MAX_DEPTH + 1, 300, 3_000]), label="depth")
+    at = data.draw(st.integers(0, len(texts)), label="at")
+    deep = '{"messageId":"deep","applicationCode":"a","x":' + "[" * depth + "]" * depth + "}"
+    around = [t.encode("utf-8", "surrogatepass") for t in texts]
+
+    def body(parts: list[str]) -> bytes:
+        return ('{"results":[' + ",".join(parts) + "]}").encode("utf-8", "surrogatepass")
+
+    alone = scan_pull(body(texts))
+    scan = scan_pull(body([*texts[:at], deep, *texts[at:]]))
+    assert scan.error is None
+    assert [d for d, _v in scan.items] == [*around[:at], deep.encode(), *around[at:]]
+    values = [_routing(v) for _d, v in scan.items]
+    assert values.pop(at) == Unreadable(f"result item nested deeper than {MAX_DEPTH} levels")
+    assert values == [_routing(v) for _d, v in alone.items]
+
+
+@given(answers())
+def test_both_readers_give_every_item_the_same_outcome(answer: tuple[bytes, list[bytes]]) -> None:
+    body, _expected = answer
+    fast = body_module._fast(body)
+    if fast is not None:  # msgspec refused it: only the careful reader reads it
+        careful = body_module._careful(body)
+        assert [(d, _routing(v)) for d, v in fast.items] == [
+            (d, _routing(v)) for d, v in careful.items
+        ]
+
+
+@given(_NUMBERS, _NUMBERS, st.booleans())
+def test_a_counter_is_read_alike_by_both_readers_in_any_spelling(
+    count: str, pending: str, with_item: bool
+) -> None:
+    item = '{"messageId":"m","applicationCode":"a"}' if with_item else ""
+    body = f'{{"results":[{item}],"messageCount":{count},"pendingMessageCount":{pending}}}'
+    fast, careful = body_module._fast(body.encode()), body_module._careful(body.encode())
+    assert fast is not None  # msgspec reads every JSON number
+    for scan in (fast, careful):
+        for spelled, read in ((count, scan.message_count), (pending, scan.pending_message_count)):
+            number = Decimal(spelled)
+            whole = number == number.to_integral_value() and 0 <= number <= 2**53 - 1
+            assert read == (int(number) if whole else None)
+        assert scan.pending == (
+            scan.pending_message_count
+            if scan.bad_counters.get("pendingMessageCount") is None
+            else (None if with_item else 0)
+        )
+    assert fast.bad_counters == careful.bad_counters
 
 
 @pytest.mark.parametrize("depth", [10, 5000])
