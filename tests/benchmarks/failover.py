@@ -22,14 +22,15 @@ message its pull endpoint handed out) is compared with the streams on the master
 It prints one JSON document (also written to report.json in the work directory, with every
 log): ``lost`` (handed out, in no stream), ``doubled`` (in a stream more than once),
 ``stall_s`` (the longest time, from the disruption to the end of generation, in which the
-poller's poller_messages_written_total did not move; ``baseline_stall_s`` is the same before
-the disruption), ``surviving_gap_s`` (the longest gap between the server times of
-consecutive entries left in the streams, around the disruption), when the lost messages were
-handed out relative to the disruption, and the poller's warning and error log events. For
-Sentinel: when the old primary stopped saying it was a master (ROLE, polled), and how many
-writes the poller had confirmed between the promotion and then. The exit status is 0 when
-the run completed (1 with ``--expect-no-loss`` and a message lost or doubled, 2 when the
-harness could not run the case).
+poller's poller_messages_written_total did not move: no flush confirmed, durability wait
+included; ``baseline_stall_s`` is the same before the disruption), ``spool_rows_peak``,
+``surviving_gap_s`` (the longest gap between the server times of consecutive entries left in
+the streams, around the disruption), when the lost messages were handed out relative to the
+disruption, and the poller's warning and error log events. For Sentinel: when the old
+primary stopped saying it was a master (ROLE, polled), and how many writes the poller had
+confirmed between the promotion and then. The exit status is 0 when the run completed (1
+with ``--expect-no-loss`` and a message lost or doubled, 2 when the harness could not run
+the case).
 """
 
 from __future__ import annotations
@@ -482,6 +483,7 @@ def report(
         "drain_s": None if t.drained is None else round(t.drained - t.generation_stopped, 2),
         "inbox_left": state["inboxDepth"],
         "spool_rows_left": s.spool[-1] if s.spool else None,
+        "spool_rows_peak": max(s.spool, default=None),
         "poller_exit": harness.poller_exit,
         "poller_warnings": harness.log_events(),
         **case.details,
