@@ -224,11 +224,13 @@ def summary(
 
     checked = [b for b in batches if b.checks]
     lost = [b for b in checked if kept[str(b.n)] < BATCH]
-    verdicts: dict[str, dict[str, int]] = {}
+    verdicts: dict[str, dict[str, Any]] = {}
     for check in CHECKS:
+        missed = [b for b in lost if b.checks[check]]
         verdicts[check] = {
-            "accepted_lost": sum(1 for b in lost if b.checks[check]),
+            "accepted_lost": len(missed),
             "refused_kept": sum(1 for b in checked if not b.checks[check] and b not in lost),
+            "accepted_lost_written_s": [rel(missed[0].at), rel(missed[-1].at)] if missed else None,
         }
     both = sum(1 for b in lost if b.checks["sentinel_majority"] and b.checks["wait_1"])
     verdicts["sentinel_majority_and_wait_1"] = {
