@@ -190,7 +190,9 @@ async def _pull(client: InfobipClient, args: argparse.Namespace) -> int:
             [_row(item) for item in results],
         )
         saved = f", appended to {args.out}" if args.out else ""
-        say(f"{len(results)} message(s){saved}; {response.pending_message_count} still pending")
+        pending = response.pending_message_count
+        left = "an unknown number" if pending is None else str(pending)
+        say(f"{len(results)} message(s){saved}; {left} still pending")
     if results and not args.out:
         warn("pulled messages are consumed: Infobip will not hand them out again (see --out)")
     return 0

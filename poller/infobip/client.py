@@ -538,7 +538,7 @@ def parse_pull(body: bytes, operation: str = f"GET {PULL_PATH}") -> PullResponse
         items=[data for data, _value in scan.items],
         routes=[value for _data, value in scan.items],
         message_count=len(scan.items) if scan.message_count is None else scan.message_count,
-        pending_message_count=scan.pending_message_count or 0,
+        pending_message_count=scan.pending,
     )
 
 

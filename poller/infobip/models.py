@@ -82,7 +82,7 @@ class PullResponse:
     items: list[bytes]
     routes: list[Any]
     message_count: int
-    pending_message_count: int
+    pending_message_count: int | None  # None: the answer held items but no readable count
 
     @property
     def results(self) -> list[Any]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import codecs
 import hmac
 import json
 import ssl
@@ -91,7 +92,9 @@ class GroupCommit:
 
 def parse_forward(body: bytes) -> tuple[list[tuple[bytes, Any]], str | None]:
     """The items of a forwarded body (bytes as sent, routing fields), or a reason it is not
-    one of the accepted shapes: envelope, one message object, an array of messages."""
+    one of the accepted shapes: envelope, one message object, an array of messages. A UTF-8
+    byte order mark before the document is skipped."""
+    body = body.removeprefix(codecs.BOM_UTF8)
     head = body.lstrip()[:1]
     if head == b"[":
         scan = scan_pull(b'{"results":' + body + b"}")

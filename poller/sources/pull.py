@@ -497,7 +497,8 @@ class PullSource:
             unit.results = len(response.items)
             unit.pending = response.pending_message_count
             metrics.PULLS.labels(outcome="ok" if response.items else "empty").inc()
-            metrics.INFOBIP_PENDING_MESSAGES.set(response.pending_message_count)
+            if response.pending_message_count is not None:
+                metrics.INFOBIP_PENDING_MESSAGES.set(response.pending_message_count)
             self._measure(len(response.body), len(response.items))
             # The rows hold each item's bytes: the body need not stay in memory with them.
             del response
