@@ -88,6 +88,7 @@ class Daemon:
         s = self.settings
         watchdog: asyncio.Task[None] | None = None
         retry: asyncio.Task[None] | None = None
+        heartbeat = asyncio.create_task(self._heartbeat(rt), name="replica-heartbeat")
         try:
             rt.start_line()
             readiness = Readiness(
@@ -129,13 +130,21 @@ class Daemon:
                 await self.stop.wait()
             return await self._shutdown(rt)
         finally:
-            for task in (watchdog, retry):
+            for task in (watchdog, retry, heartbeat):
                 if task is not None:
                     task.cancel()
+            await rt.leave()
             if self.health is not None:
                 await self.health.stop()
             rt.stop_line()
             await rt.close()
+
+    async def _heartbeat(self, rt: Runtime) -> None:
+        """This poller in the account's replica registry, renewed until the stop."""
+        while True:
+            await rt.beat()
+            if await self.stop.sleep(self.settings.health.heartbeat_interval):
+                return
 
     async def _bootstrap(self, rt: Runtime) -> None:
         await rt.bootstrapper.run()
@@ -262,6 +271,7 @@ async def run_once(
     pending: int | None = None
     try:
         rt.start_line()
+        await rt.beat()
         rt.start_flushing()
         if bootstrap and settings.infobip.bootstrap:
             reports = await rt.bootstrapper.once(settings.infobip.applications)
@@ -304,4 +314,5 @@ async def run_once(
         return EXIT_FAILED
     finally:
         remove_signals()
+        await rt.leave()
         await rt.close()

@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 import structlog
 
 from poller import backoff, metrics
-from poller.sink import Sink, SinkError, WriteResult
+from poller.sink import DurabilityError, Sink, SinkError, WriteResult
 from poller.spool import QuarantineEntry, Spool, SpoolEntry, SpoolError
 from poller.stop import Stop
 
@@ -34,6 +34,8 @@ FLUSH_ROWS = 5000
 # Backoff of a failed flush and of a parked application: first delay, longest delay.
 RETRY_BASE = 0.5
 RETRY_MAX = 10.0
+# Longest backoff after a write the sink took but could not confirm (the durability wait).
+DURABILITY_RETRY = 1.0
 
 
 @dataclass
@@ -139,6 +141,10 @@ class Flusher:
                 await self.flush()
             except (SinkError, SpoolError) as exc:
                 delay = backoff.delay(self.failures - 1, self.retry_base, self.retry_max)
+                if isinstance(exc, DurabilityError):
+                    # The sink answers; its replicas do not yet: each try costs one wait, and
+                    # the rows should go as soon as a replica acknowledges again.
+                    delay = min(delay, DURABILITY_RETRY)
                 # Once per outage at warning level; the retries at debug.
                 (log.warning if self.failures == 1 else log.debug)(
                     "flush failed; the rows wait in the spool",

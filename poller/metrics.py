@@ -147,7 +147,37 @@ INFOBIP_RETRIES = _counter(
     "Retried Infobip calls by reason (timeout, 5xx, 429, ...).",
     ["reason"],
 )
-INFOBIP_THROTTLED = _counter("poller_infobip_throttled", "HTTP 429 answers from Infobip.")
+INFOBIP_THROTTLED = _counter(
+    "poller_infobip_throttled",
+    "HTTP 429 answers from Infobip, by the budget the call was made under: shared (every"
+    " poller of the account: someone else uses the key too, or the budget is set above the"
+    " account's) or local (this process alone, or its share while Redis is unreachable).",
+    ["budget"],
+)
+SINK_DURABILITY_DEGRADED = _gauge(
+    "poller_sink_durability_degraded",
+    "1 while writes count on the primary's word alone because no replica is left"
+    " (POLLER_REDIS__NO_REPLICA=degrade).",
+)
+SINK_UNCONFIRMED = _counter(
+    "poller_sink_unconfirmed",
+    "Flushes written but not confirmed (the durability wait unmet, or the primary changed):"
+    " their rows stayed in the spool and were written again, once.",
+)
+INFOBIP_BUDGET_WAIT = _counter(
+    "poller_infobip_budget_wait_seconds",
+    "Seconds Infobip calls waited for their turn in the account's request budget.",
+)
+REPLICAS = _gauge(
+    "poller_replicas",
+    "Pollers of this account in the replica registry, by state: alive (beating), gone (not"
+    " beating, empty spool), stranded (not beating while its spool holds rows).",
+    ["state"],
+)
+REPLICAS_STRANDED_ROWS = _gauge(
+    "poller_replicas_stranded_rows",
+    "Rows in the spools of stranded pollers: messages that wait until a poller runs there.",
+)
 SINK_ERRORS = _counter(
     "poller_sink_errors",
     "Flushes that failed as a whole: the sink unreachable or taking no writes (each retry counts).",
@@ -208,6 +238,10 @@ _BY_APP = (
 # Known label values exist from the start, so rate() sees a zero before the first event.
 for _outcome in PULL_OUTCOMES:
     PULLS.labels(outcome=_outcome)
+for _budget in ("shared", "local"):
+    INFOBIP_THROTTLED.labels(budget=_budget)
+for _state in ("alive", "gone", "stranded"):
+    REPLICAS.labels(state=_state)
 
 
 def set_applications(applications: Iterable[str]) -> None:

@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+import os
+import socket
+import time
+from dataclasses import dataclass, field
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from poller import __version__, metrics
 from poller.bootstrap import Bootstrapper
+from poller.coordination import Registry, ReplicaState
 from poller.flusher import Flusher
 from poller.infobip import InfobipClient
 from poller.journal import Journal, JournalError
 from poller.settings import Settings
 from poller.sink import Sink, SinkConfigError, SinkError
-from poller.sink.factory import open_sink
+from poller.sink.factory import open_budget, open_registry, open_sink
 from poller.sources import Source
 from poller.sources.forward import ForwardReceiver
 from poller.sources.pull import PullSource, salvage
@@ -80,7 +84,13 @@ class Runtime:
     sources: list[Source]
     scheduler: AsyncIOScheduler
     bootstrapper: Bootstrapper
+    registry: Registry
     sink_server: str | None = None
+    # Pollers of the account seen alive at the last heartbeat (this one included), shared
+    # with the request budget (its share of the rate while Redis is unreachable).
+    alive: list[int] = field(default_factory=lambda: [1])
+    started: float = field(default_factory=time.time)
+    _stranded: set[str] = field(default_factory=set)
     _flushing: asyncio.Task[None] | None = None
 
     @classmethod
@@ -99,11 +109,14 @@ class Runtime:
             journal = Journal.beside(spool.path)
             await asyncio.to_thread(salvage, spool, journal)
             sink = open_sink(settings, spool.instance_id)
+            alive = [1]  # the registry's view, for the budget's share while Redis is away
             client = InfobipClient(
                 settings.infobip,
                 on_retry=_count_retry,
                 stop=stop,
-                on_throttled=metrics.INFOBIP_THROTTLED.inc,
+                on_throttled=_count_throttled,
+                budget=open_budget(settings, sink, lambda: alive[0]),
+                on_wait=metrics.INFOBIP_BUDGET_WAIT.inc,
             )
         except JournalError as exc:
             spool.close()
@@ -123,8 +136,19 @@ class Runtime:
             scheduler=scheduler,
         )
         bootstrapper = Bootstrapper(settings, client, stop)
+        registry = open_registry(settings, sink)
         runtime = cls(
-            settings, stop, spool, sink, client, flusher, sources, scheduler, bootstrapper
+            settings,
+            stop,
+            spool,
+            sink,
+            client,
+            flusher,
+            sources,
+            scheduler,
+            bootstrapper,
+            registry,
+            alive=alive,
         )
         metrics.set_info(__version__, spool.instance_id)
         metrics.set_applications([*settings.infobip.applications, *settings.forward.applications])
@@ -162,6 +186,54 @@ class Runtime:
     def abandoned(self) -> int:
         """Messages a stop made the sources give up on (they are in the log only)."""
         return sum(source.abandoned for source in self.sources)
+
+    def replica_state(self) -> ReplicaState:
+        """What the replica registry holds of this poller."""
+        stats = self.spool.stats()
+        return ReplicaState(
+            instance=self.spool.instance_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            spool=str(self.spool.path),
+            rows=stats.rows,
+            oldest_age_s=stats.oldest_age_s,
+            sources=[source.name for source in self.sources],
+            started=self.started,
+            interval=self.settings.health.heartbeat_interval,
+        )
+
+    async def beat(self) -> None:
+        """Renew this poller in the replica registry; count and name the stranded ones."""
+        try:
+            now, replicas = await self.registry.beat(self.replica_state())
+        except SinkError as exc:
+            log.debug("replica heartbeat failed; the next one tries again", error=str(exc))
+            return
+        alive = [r for r in replicas if r.alive(now)]
+        stranded = [r for r in replicas if r.stranded(now)]
+        self.alive[0] = max(1, len(alive))
+        metrics.REPLICAS.labels(state="alive").set(len(alive))
+        metrics.REPLICAS.labels(state="stranded").set(len(stranded))
+        metrics.REPLICAS.labels(state="gone").set(len(replicas) - len(alive) - len(stranded))
+        metrics.REPLICAS_STRANDED_ROWS.set(sum(r.rows for r in stranded))
+        for replica in stranded:
+            if replica.instance not in self._stranded:
+                log.warning(
+                    "a poller stopped beating while its spool holds rows: start a poller on"
+                    " that spool to deliver them",
+                    instance=replica.instance,
+                    host=replica.host,
+                    spool=replica.spool,
+                    rows=replica.rows,
+                    last_heartbeat_s_ago=round(now - replica.heartbeat),
+                )
+        self._stranded = {r.instance for r in stranded}
+
+    async def leave(self) -> None:
+        """Tell the registry this poller stops (its entry stays while its spool has rows)."""
+        with contextlib.suppress(SinkError):
+            await self.registry.leave(self.replica_state())
 
     def start_flushing(self) -> None:
         """Start the flusher (it begins with what a previous run left in the spool)."""
@@ -251,6 +323,10 @@ class Runtime:
             dead_lettered=self.flusher.dead_lettered,
             spool_rows=self.spool.stats().rows,
         )
+
+
+def _count_throttled(budget: str) -> None:
+    metrics.INFOBIP_THROTTLED.labels(budget=budget).inc()
 
 
 def _count_retry(reason: str) -> None:

@@ -61,6 +61,12 @@ class HealthSettings(Section):
     enabled: bool = Field(True, description="Serve /livez, /readyz and /metrics.")
     host: str = Field("127.0.0.1", description="Health server bind address.")
     port: int = Field(9464, ge=0, le=65535, description="Health server port.")
+    heartbeat_interval: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between this poller's heartbeats in the account's replica"
+        " registry (on the sink's Redis); one missed 3 times counts as gone.",
+    )
     max_poll_age: float | None = Field(
         None,
         gt=0,

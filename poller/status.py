@@ -7,10 +7,11 @@ from typing import Any
 
 import httpx
 
+from poller.coordination import ReplicaState
 from poller.health.probe import check, local_url
 from poller.settings import Settings
 from poller.sink import SinkError, StreamInfo
-from poller.sink.factory import open_sink
+from poller.sink.factory import open_registry, open_sink
 from poller.spool import Spool, SpoolError, SpoolStats
 
 
@@ -23,7 +24,13 @@ async def readiness(settings: Settings) -> tuple[bool, str]:
 async def status_report(settings: Settings) -> dict[str, Any]:
     """Spool depth and age, the daemon's readiness, every stream's length and its consumer
     groups; ``errors`` lists what could not be found out."""
-    report: dict[str, Any] = {"spool": None, "health": None, "streams": None, "errors": []}
+    report: dict[str, Any] = {
+        "spool": None,
+        "health": None,
+        "streams": None,
+        "replicas": None,
+        "errors": [],
+    }
     spool_path = settings.spool.path
     instance = None
     # A read-only look without the spool's lock: the daemon may be running and holds it.
@@ -54,6 +61,8 @@ async def status_report(settings: Settings) -> dict[str, Any]:
         await sink.connect()
         streams = await sink.stream_info()
         report["streams"] = [_stream_dict(s) for s in streams]
+        now, replicas = await open_registry(settings, sink).replicas()
+        report["replicas"] = [_replica_dict(r, now) for r in replicas]
     except SinkError as exc:
         report["errors"].append(f"sink: {exc}")
     finally:
@@ -86,4 +95,20 @@ def _stream_dict(info: StreamInfo) -> dict[str, Any]:
             }
             for g in info.groups
         ],
+    }
+
+
+def _replica_dict(replica: ReplicaState, now: float) -> dict[str, Any]:
+    state = "alive" if replica.alive(now) else "stranded" if replica.stranded(now) else "gone"
+    return {
+        "instance": replica.instance,
+        "state": state,
+        "host": replica.host,
+        "pid": replica.pid,
+        "version": replica.version,
+        "sources": replica.sources,
+        "spool": replica.spool,
+        "rows": replica.rows,
+        "oldest_age_seconds": replica.oldest_age_s,
+        "heartbeat_seconds_ago": round(max(0.0, now - replica.heartbeat), 1),
     }

@@ -502,9 +502,9 @@ async def test_wait_covers_the_flush_and_notices_a_stalled_replica(
                     await other.xadd(key, {"x": "y"})
                 finally:
                     await other.aclose()
-                ((client, _),) = sink._conn.by_node([key])
+                ((node, client, _),) = sink._conn.by_node([key])
                 with pytest.raises(DurabilityError, match="0 of 1"):
-                    await sink._wait_durable(client, hwm_key(key, sink.instance_id))
+                    await sink._durability.confirm(node, client, {hwm_key(key, sink.instance_id): 1})
                 with pytest.raises(DurabilityError, match="0 of 1"):
                     await sink.write([entry(seq) for seq in range(11, 21)])
             finally:

@@ -35,7 +35,7 @@ from redis import Redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
-from poller.embedded import EmbeddedRedis, Prefer, free_port
+from poller.devtools.embedded import EmbeddedRedis, Prefer, free_port
 
 Address = tuple[str, int]
 HOST = "127.0.0.1"

@@ -52,5 +52,21 @@ def _print(report: dict[str, Any]) -> None:
             )
     if report["streams"] is not None:
         table(["stream", "length", "group", "consumers", "pending", "lag"], rows)
+    if report.get("replicas") is not None:
+        table(
+            ["poller", "state", "host", "pid", "sources", "spool rows", "heartbeat"],
+            [
+                [
+                    r["instance"],
+                    r["state"].upper() if r["state"] == "stranded" else r["state"],
+                    r["host"],
+                    r["pid"],
+                    ",".join(r["sources"]),
+                    r["rows"],
+                    f"{r['heartbeat_seconds_ago']:g} s ago",
+                ]
+                for r in report["replicas"]
+            ],
+        )
     for err in report["errors"]:
         say(f"problem: {err}")

@@ -40,7 +40,7 @@ from poller.infobip.models import (
     ConfigurationList,
     PullResponse,
 )
-from poller.infobip.ratelimit import TokenBucket
+from poller.infobip.ratelimit import Budget, TokenBucket
 from poller.infobip.settings import InfobipSettings
 from poller.stop import Stop
 
@@ -131,10 +131,16 @@ class InfobipClient:
         transport: httpx.AsyncBaseTransport | None = None,
         on_retry: RetryHook | None = None,
         stop: Stop | None = None,
-        on_throttled: Callable[[], None] | None = None,
+        on_throttled: Callable[[str], None] | None = None,
+        budget: Budget | None = None,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
+        """``budget``: the account's request budget (default: this process's own, at
+        POLLER_INFOBIP__RATE_LIMIT); ``on_throttled`` hears of every 429, with the kind of
+        budget the call was made under."""
         self.settings = settings
-        self._on_throttled = on_throttled  # every 429, retried or not
+        self._on_throttled = on_throttled
+        self._on_wait = on_wait  # seconds each call waited for its turn
         problems = settings.account_problems()
         if problems:
             raise SettingsError(problems)
@@ -142,7 +148,7 @@ class InfobipClient:
         self._auth = build_auth(settings)
         # Evenly spaced, no burst: Infobip counts requests per second, so a burst that a bucket
         # allows can still land 11 calls in one of Infobip's windows.
-        self._bucket = TokenBucket(settings.rate_limit, burst=1.0)
+        self.budget: Budget = budget or TokenBucket(settings.rate_limit, burst=1.0)
         self._on_retry = on_retry
         # Once a stop is asked for, no new pull is sent (retries included).
         self.stop = stop
@@ -326,7 +332,9 @@ class InfobipClient:
         retried_delete = False
         for attempt in range(attempts):
             last = attempt + 1 >= attempts
-            await self._bucket.acquire()
+            waited = await self.budget.acquire()
+            if self._on_wait is not None and waited > 0:
+                self._on_wait(waited)
             if keep_partial and self.stopping:
                 # A new pull now would hand out messages a stopping process may not keep.
                 raise TransportError(f"{operation}: not sent, the poller is stopping")
@@ -362,8 +370,8 @@ class InfobipClient:
                 if status == 429:
                     reason = "429"
                     if self._on_throttled is not None:
-                        self._on_throttled()
-                    self._bucket.pause(retry_after if retry_after is not None else 1.0)
+                        self._on_throttled(self.budget.kind)
+                    self.budget.pause(retry_after if retry_after is not None else 1.0)
                 elif status >= 500:
                     reason = "5xx"
                     if ambiguous_raises:

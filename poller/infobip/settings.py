@@ -71,7 +71,18 @@ class InfobipSettings(Section):
         " Keeps the limit's pace while seconds per pull x rate_limit stay below it.",
     )
     rate_limit: float = Field(
-        10.0, gt=0, le=1000, description="Requests per second to Infobip, all calls together."
+        8.0,
+        gt=0,
+        le=1000,
+        description="Requests per second to Infobip that every poller of this account takes"
+        " together (every call: pulls, bootstrap, retries). Infobip allows 10 per account: the"
+        " default leaves 2/s for other users of the same key (the CLI, other integrations).",
+    )
+    rate_limit_scope: Literal["shared", "local"] = Field(
+        "shared",
+        description="shared: one budget for every poller of the account, kept in the sink's"
+        " Redis (a 429 pauses them all; while Redis is unreachable each falls back to its share"
+        " of the rate); local: this process alone (one poller per account).",
     )
     connect_timeout: float = Field(5.0, gt=0, description="Connect timeout, seconds.")
     read_timeout: float = Field(

@@ -8,7 +8,10 @@ then its items become spool rows in one fsynced append, then the journal file go
 
 The scheduler (APScheduler, interval + jitter or cron) starts one drain per tick; a drain in
 flight is a task of the source's own, so a stop waits for it instead of APScheduler cutting it
-between pull and spool.
+between pull and spool. The cadence follows the traffic: while messages flow the next drain
+comes after the hot interval (a drain itself pulls on while messages are pending), and once the
+inbox stays empty for the hot period the wait doubles at each empty answer up to the interval.
+A cron schedule is kept as it is.
 
 Order: rows are appended in the order the pulls were sent, whatever order their answers
 arrive in, so each application's stream keeps Infobip's order across answers as well as
@@ -23,7 +26,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -180,6 +183,8 @@ class PullSource:
         # Called after every scheduled drain (the daemon's status line).
         self.on_drain: list[Callable[[DrainResult], None]] = []
         self._unconfirmed = False  # spooled rows of a good pull the sink has not taken yet
+        self._last_traffic = time.monotonic()  # when an answer last held messages
+        self.idle_delay: float | None = None  # seconds before the next drain, once idle
         # Messages per pull that fill half the body limit at the size of the last answer's
         # messages (None: the pull limit fits). An answer past the limit loses what was not
         # read, and Infobip does not hand it out again: pulls ask for fewer before that.
@@ -232,9 +237,37 @@ class PullSource:
             # Never pulled with these credentials: nothing will work until they are fixed.
             log.error("infobip refused the credentials; stopping", error=result.pull_error)
             self.stop.request("infobip refused the credentials", failed=True)
+        self._next_drain(result)
         for callback in self.on_drain:
             callback(result)
         return result
+
+    def _next_drain(self, result: DrainResult) -> None:
+        """Bring the next drain forward to the cadence's delay (interval schedules only)."""
+        delay = self.cadence(result)
+        if delay is None or self.scheduler is None or self.stop.requested:
+            return
+        if self.scheduler.get_job("poll") is None:
+            return
+        when = datetime.now(UTC) + timedelta(seconds=delay)
+        self.scheduler.modify_job("poll", next_run_time=when)
+
+    def cadence(self, result: DrainResult, now: float | None = None) -> float | None:
+        """Seconds until the next drain after ``result``, or None to leave the schedule's
+        own (a cron schedule, a failed drain, a full spool)."""
+        s = self.schedule
+        if s is None or s.cron or result.pull_error or result.backpressure:
+            return None
+        now = time.monotonic() if now is None else now
+        if result.pulled or result.quarantined:
+            self._last_traffic = now
+            self.idle_delay = None
+            return s.hot_interval
+        if now - self._last_traffic < s.hot_period:
+            return s.hot_interval
+        before = self.idle_delay if self.idle_delay is not None else s.hot_interval
+        self.idle_delay = min(s.interval, before * 2)
+        return self.idle_delay
 
     def check(self) -> Check:
         """Readiness: a good poll within ``max_poll_age``, and the spool taking its answers."""

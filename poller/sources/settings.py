@@ -17,7 +17,25 @@ from poller.config import ENV_DELIMITER, ENV_PREFIX, Section, split_list
 class ScheduleSettings(Section):
     """When to poll, and how long a stop may take."""
 
-    interval: float = Field(5.0, gt=0, description="Seconds between pull drains (scheduler ticks).")
+    interval: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between pull drains while the inbox stays empty (after the hot"
+        " period and the back-off); the most an idle poller asks.",
+    )
+    hot_interval: float = Field(
+        0.2,
+        gt=0,
+        description="Seconds between drains for hot_period after an answer that held messages:"
+        " while messages flow, a message waits about this long at Infobip (0.2: p99 under"
+        " 0.5 s at a steady 100 msg/s). Every call still waits for the request budget.",
+    )
+    hot_period: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds the hot interval lasts after the last answer with messages; then"
+        " the interval doubles at each empty answer up to `interval` (0: no hot period).",
+    )
     jitter: float = Field(
         0.0,
         ge=0,
@@ -44,6 +62,16 @@ class ScheduleSettings(Section):
         except ValueError as exc:
             raise ValueError(f"not a cron expression ({exc})") from None
         return value
+
+    @model_validator(mode="after")
+    def _check_cadence(self) -> ScheduleSettings:
+        if self.hot_interval > self.interval:
+            raise ValueError(
+                f"{ENV_PREFIX}SCHEDULE{ENV_DELIMITER}HOT_INTERVAL ({self.hot_interval:g} s) must"
+                f" not be longer than {ENV_PREFIX}SCHEDULE{ENV_DELIMITER}INTERVAL"
+                f" ({self.interval:g} s)"
+            )
+        return self
 
 
 class ForwardSettings(Section):

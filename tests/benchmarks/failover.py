@@ -1,7 +1,7 @@
 """Failover benchmark: what a Redis failover does to messages the poller had acknowledged.
 
 Run: python tests/benchmarks/failover.py --case planned|kill-lagging|cluster-kill
-         [--rate 1000] [--durability none|wait] [--warmup 10] [--after 25] [--workdir DIR]
+         [--rate 1000] [--durability auto|none|wait] [--warmup 10] [--after 25] [--workdir DIR]
 
 Cases (topologies from tests/topology.py, every process on loopback):
 
@@ -54,7 +54,7 @@ from typing import Any
 import httpx
 from redis import Redis
 
-from poller.embedded import free_port
+from poller.devtools.embedded import free_port
 from tests.benchmarks.soak_chaos import parse_metrics
 from tests.support import poller_command
 from tests.topology import (
@@ -135,8 +135,9 @@ class Harness:
                 "POLLER_INFOBIP__BACKOFF_BASE": "0.1",
                 "POLLER_INFOBIP__BACKOFF_MAX": "1",
                 "POLLER_REDIS__DURABILITY": args.durability,
-                "POLLER_REDIS__DURABILITY_REPLICAS": "1",
                 "POLLER_REDIS__DURABILITY_TIMEOUT_MS": "1000",
+                "POLLER_REDIS__NO_REPLICA": args.no_replica,
+                **({"POLLER_REDIS__DURABILITY_REPLICAS": "1"} if args.durability == "wait" else {}),
                 "POLLER_SPOOL__PATH": str(workdir / "spool.db"),
                 "POLLER_SCHEDULE__INTERVAL": "1",
                 "POLLER_SCHEDULE__JITTER": "0",
@@ -467,6 +468,7 @@ def report(
         "case": args.case,
         "rate": args.rate,
         "durability": args.durability,
+        "no_replica": args.no_replica,
         "server": case.server_version(),
         "handed_out": len(handed_out),
         "in_streams": len(counts),
@@ -505,7 +507,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--case", choices=("planned", "kill-lagging", "cluster-kill"), required=True
     )
     parser.add_argument("--rate", type=float, default=1000.0, help="messages/s (default 1000)")
-    parser.add_argument("--durability", choices=("none", "wait"), default="none")
+    parser.add_argument("--durability", choices=("auto", "none", "wait"), default="auto")
+    parser.add_argument(
+        "--no-replica",
+        choices=("wait", "degrade"),
+        default="wait",
+        help="POLLER_REDIS__NO_REPLICA (durability=auto with no replica left)",
+    )
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before the disruption")
     parser.add_argument(
         "--after", type=float, default=25.0, help="seconds of generation after the disruption"

@@ -64,6 +64,17 @@ class Connections:
         return self._tls is not None
 
     @property
+    def sentinel(self) -> Sentinel | None:
+        """The sentinels (mode=sentinel), else None."""
+        return self._sentinel
+
+    async def reset_master(self) -> None:
+        """Drop the connections to the master (mode=sentinel): the next ones ask the
+        sentinels where it is now, instead of writing on to a demoted one."""
+        if self._sentinel is not None and self._redis is not None:
+            await self._redis.connection_pool.disconnect()
+
+    @property
     def cluster(self) -> RedisCluster | None:
         """The cluster client (mode=cluster), else None."""
         return self._cluster
@@ -173,10 +184,10 @@ class Connections:
             self._node_clients[node.name] = client
         return client
 
-    def by_node(self, keys: list[str]) -> list[tuple[Redis, list[str]]]:
-        """Keys grouped by the server that holds them, with a client for that server."""
+    def by_node(self, keys: list[str]) -> list[tuple[str, Redis, list[str]]]:
+        """Keys grouped by the server that holds them: its name, a client for it, the keys."""
         if self._cluster is None:
-            return [(cast(Redis, self.writer()), keys)]
+            return [("primary", cast(Redis, self.writer()), keys)]
         groups: dict[str, list[str]] = defaultdict(list)
         clients: dict[str, Redis] = {}
         for key in keys:
@@ -185,7 +196,7 @@ class Connections:
                 raise SinkError(f"no cluster node serves the slot of {key}")
             clients[node.name] = self.node_client(node)
             groups[node.name].append(key)
-        return [(clients[name], node_keys) for name, node_keys in groups.items()]
+        return [(name, clients[name], node_keys) for name, node_keys in groups.items()]
 
     async def close(self) -> BaseException | None:
         """Close and forget every client; returns the first error instead of raising it."""

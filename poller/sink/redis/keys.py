@@ -27,6 +27,17 @@ _APP_KEY_PREFIX = 60
 _APP_KEY_HASH = 32  # hex digits of SHA-256: 128 bits
 
 
+# Keys of the coordination between the pollers of one account (the shared request budget,
+# the replica registry), in one Cluster slot per account; the account is named by its base
+# URL's host, never by a credential.
+COORDINATION_PREFIX = "infobip-push-poller"
+
+
+def account_key(account: str, what: str) -> str:
+    """The key of ``what`` (``budget``, ``replicas``) for one account."""
+    return f"{COORDINATION_PREFIX}:{{{app_key(account)}}}:{what}"
+
+
 class Keys:
     """The keys of one stream key template."""
 

@@ -47,11 +47,26 @@ class RedisSettings(Section):
     )
     batch_size: int = Field(500, ge=1, le=10000, description="Entries per Lua call.")
     socket_timeout: float = Field(5.0, gt=0, description="Redis socket timeout, seconds.")
-    durability: Literal["none", "wait", "waitaof"] = Field(
-        "none",
-        description="Wait after each flush: none, wait (replicas), waitaof (AOF fsync).",
+    durability: Literal["auto", "none", "wait", "waitaof"] = Field(
+        "auto",
+        description="When a flush counts as written (then the spool lets its rows go): auto"
+        " (WAIT for every replica the deployment lists as healthy; none on a server that never"
+        " had one), none (the primary's word: a failover can lose what it acknowledged), wait"
+        " (WAIT for durability_replicas, at least 1), waitaof (WAITAOF: AOF fsync). Every mode"
+        " also checks the server written to is still the primary.",
     )
-    durability_replicas: int = Field(1, ge=0, description="Replicas WAIT/WAITAOF must reach.")
+    durability_replicas: int | None = Field(
+        None,
+        ge=0,
+        description="Replicas WAIT/WAITAOF must reach (default: every replica the deployment"
+        " lists as healthy: the sentinels' replicas, or the primary's connected ones).",
+    )
+    no_replica: Literal["wait", "degrade"] = Field(
+        "wait",
+        description="durability=auto when a deployment that had replicas has none left: wait"
+        " (rows stay in the spool until one is back; readiness says so) or degrade (count on"
+        " the primary alone meanwhile; poller_sink_durability_degraded is 1).",
+    )
     durability_local: bool = Field(True, description="WAITAOF also waits for the local fsync.")
     durability_timeout_ms: int = Field(1000, ge=1, description="WAIT/WAITAOF timeout, ms.")
     trim: Literal["none", "acked", "maxlen"] = Field(
@@ -139,7 +154,7 @@ class RedisSettings(Section):
         if (
             self.durability == "waitaof"
             and not self.durability_local
-            and not self.durability_replicas
+            and self.durability_replicas == 0
         ):
             raise ValueError(
                 f"durability=waitaof needs {ENV_PREFIX}REDIS{ENV_DELIMITER}DURABILITY_LOCAL=true"
@@ -151,7 +166,10 @@ class RedisSettings(Section):
                 raise ValueError(
                     f"{ENV_PREFIX}REDIS{ENV_DELIMITER}SENTINELS: {address!r} is not host:port"
                 )
-        if self.durability != "none" and self.durability_timeout_ms >= self.socket_timeout * 1000:
+        if (
+            self.durability in ("wait", "waitaof")
+            and self.durability_timeout_ms >= self.socket_timeout * 1000
+        ):
             raise ValueError(
                 f"{ENV_PREFIX}REDIS{ENV_DELIMITER}DURABILITY_TIMEOUT_MS "
                 f"({self.durability_timeout_ms}) must be shorter than "
@@ -165,6 +183,12 @@ class RedisSettings(Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def wait_timeout_ms(self) -> int:
+        """The WAIT/WAITAOF timeout: the setting, kept within the socket timeout (with
+        durability=auto the wait must not outlast the connection waiting for it)."""
+        return max(1, min(self.durability_timeout_ms, int(self.socket_timeout * 800)))
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:
         """The sentinels as (host, port), brackets of an IPv6 address removed."""

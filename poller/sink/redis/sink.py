@@ -35,9 +35,8 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from poller import redact
+from poller import metrics, redact
 from poller.sink import (
-    DurabilityError,
     GroupInfo,
     SinkConfigError,
     SinkError,
@@ -46,6 +45,7 @@ from poller.sink import (
 )
 from poller.sink.entries import DEAD_FIELDS, DEAD_SCHEMA, MO_FIELDS, MO_SCHEMA
 from poller.sink.redis.connection import REDIS_ERRORS, Connections
+from poller.sink.redis.durability import Durability
 from poller.sink.redis.keys import Keys, hwm_key, seen_key
 from poller.sink.redis.lua import Script
 from poller.sink.redis.reader import RedisReader
@@ -108,11 +108,18 @@ class RedisSink:
         self.hwm_ttl = hwm_ttl
         self.dedupe_window = dedupe_window
         self._conn = Connections(settings)
+        self._durability = Durability(settings, self._conn)
         # Write failures in a row (the "recovered after N tries" line); nothing else counts.
         self._failures = 0
         # True once the server was reached and the durability settings checked against it.
         self._ready = False
         self.server: str | None = None
+
+    @property
+    def connections(self) -> Connections:
+        """The deployment's clients: the account's shared budget and replica registry use
+        the same ones (same servers, same settings)."""
+        return self._conn
 
     def stream_key(self, app: str | None) -> str:
         """The stream of one application (None: no application, for dead letters)."""
@@ -189,13 +196,15 @@ class RedisSink:
                     "waitaof with appendfsync != always answers before the fsync",
                     appendfsync=fsync,
                 )
-        if self.settings.durability == "wait" and self.settings.mode != "cluster":
-            replicas = (await admin.info("replication")).get("connected_slaves", 0)
-            if int(replicas) < self.settings.durability_replicas:
+        if self.settings.durability in ("wait", "auto") and self.settings.mode != "cluster":
+            _connected, replicas = await self._durability.replicas("primary", admin)
+            wanted = self.settings.durability_replicas
+            log.info("durability", mode=self.settings.durability, replicas=replicas)
+            if wanted is not None and replicas < wanted:
                 log.warning(
                     "fewer replicas connected than durability_replicas; writes will fail",
                     connected=replicas,
-                    wanted=self.settings.durability_replicas,
+                    wanted=wanted,
                 )
 
     @staticmethod
@@ -222,10 +231,11 @@ class RedisSink:
         return await self._conn.ping()
 
     async def problem(self) -> str | None:
-        """Why the sink cannot take writes now (readiness), or None."""
-        if await self._conn.ping():
-            return None
-        return f"{self.describe()}: no answer to PING"
+        """Why the sink cannot take writes now (readiness), or None: no answer, or the last
+        flush not confirmed (the durability wait unmet, no replica left)."""
+        if not await self._conn.ping():
+            return f"{self.describe()}: no answer to PING"
+        return self._durability.problem
 
     def reader(self) -> RedisReader:
         """What `poller tail`, `poller status` and the demo read the streams through."""
@@ -293,10 +303,10 @@ class RedisSink:
         result = WriteResult()
         if not streams:
             return result
+        marks: dict[str, int] = {}  # each mark key written -> the seq it must hold now
         try:
             await self._ensure_ready()
             client = self._conn.writer()
-            marks: list[str] = []  # the mark keys written: what the durability wait covers
             for key, by_mark in streams.items():
                 for rows in by_mark.values():
                     for _seq, app, _values, _dedupe in rows:
@@ -305,7 +315,7 @@ class RedisSink:
                 try:
                     for mark, rows in by_mark.items():
                         await self._write_stream(client, key, mark, fields, rows, result)
-                        marks.append(mark)
+                        marks[mark] = rows[-1][0]
                 except ResponseError as exc:
                     if _server_wide(exc):
                         raise
@@ -316,15 +326,23 @@ class RedisSink:
                 await self._trim(client, key)
             # Grouped after the writes: the Cluster client has followed any MOVED by now.
             if marks:
-                for node_client, keys in self._conn.by_node(marks):
-                    await self._wait_durable(node_client, keys[-1])
+                for node, node_client, keys in self._conn.by_node(list(marks)):
+                    await self._durability.confirm(node, node_client, {k: marks[k] for k in keys})
         except SinkError as exc:
+            self._unconfirmed(exc, marks)
             self._error("write", exc)
             raise
         except REDIS_ERRORS as exc:
+            self._unconfirmed(exc, marks)
             raise self._error("write", exc) from exc
         self._recovered()
         return result
+
+    def _unconfirmed(self, exc: BaseException, marks: dict[str, int]) -> None:
+        """A flush failed: its rows stay in the spool; after writes that went in, say so."""
+        self._durability.failed(exc)
+        if marks:
+            metrics.SINK_UNCONFIRMED.inc()
 
     def _refused(self, key: str, exc: ResponseError) -> str:
         """The text for ``WriteResult.failed``; logged at error level, it needs a human."""
@@ -375,46 +393,6 @@ class RedisSink:
             if _server_wide(exc):
                 raise
             log.warning("stream not trimmed", stream=key, error=redact.text(str(exc)))
-
-    async def _wait_durable(self, client: Redis, mark: str) -> None:
-        """One WAIT or WAITAOF covering every write of this flush on ``client``'s server.
-
-        Both commands are documented to wait only for the writes of the connection they run
-        on, and the writes may have used another pooled connection or one redis-py has since
-        reconnected. So WAIT travels in a pipeline (one connection, resent whole by redis-py's
-        retries) behind ``INCRBY <mark> 0`` on a high-water mark this flush wrote (it exists,
-        and keeps its TTL): a write that follows all of them in the replication stream, so
-        acknowledging it acknowledges them. (Redis 7.0.15 and Valkey
-        9.1.2 were seen to wait for their whole offset anyway; this does not rely on it.)
-
-        WAITAOF with ``appendfsync everysec`` answers before the data is fsynced: only
-        ``appendfsync always`` makes its local acknowledgement mean "on disk".
-        """
-        if self.settings.durability == "none":
-            return
-        timeout = self.settings.durability_timeout_ms
-        local = 1 if self.settings.durability_local else 0
-        pipe = client.pipeline(transaction=False)
-        pipe.incrby(mark, 0)
-        if self.settings.durability == "wait":
-            pipe.wait(self.settings.durability_replicas, timeout)
-        else:
-            pipe.waitaof(local, self.settings.durability_replicas, timeout)
-        reply = (await pipe.execute())[1]
-        if self.settings.durability == "wait":
-            got = int(reply)
-            if got < self.settings.durability_replicas:
-                raise DurabilityError(
-                    f"WAIT: {got} of {self.settings.durability_replicas} replicas acknowledged"
-                    f" within {timeout} ms"
-                )
-            return
-        got_local, got_replicas = int(reply[0]), int(reply[1])
-        if got_local < local or got_replicas < self.settings.durability_replicas:
-            raise DurabilityError(
-                f"WAITAOF: local fsync {got_local}/{local}, replicas"
-                f" {got_replicas}/{self.settings.durability_replicas} within {timeout} ms"
-            )
 
     # -- status -------------------------------------------------------------------------
 
