@@ -23,9 +23,10 @@ CASES = (
     "latency",
     "footprint",
     "scaling",
+    "replicas",
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def drained(run: dict[str, Any]) -> None:
@@ -45,7 +46,7 @@ def test_quick_benchmark_runs_every_case(tmp_path: Path) -> None:
         cwd=RUN.parent.parent.parent,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=560,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -105,6 +106,14 @@ def test_quick_benchmark_runs_every_case(tmp_path: Path) -> None:
         for run in size["runs"]:
             drained(run)
         assert size["median"]["cpu_s_per_100k"] >= 0
+
+    for name, config in cases["replicas"].items():
+        if not isinstance(config, dict) or "runs" not in config:
+            continue
+        for run in config["runs"]:
+            assert run["accounted"] is True, name
+            assert run["exit_codes"] == [0] * run["replicas"], name
+            assert run["msg_per_s"] > 0, name
 
     table = (out / "latest.md").read_text()
     assert "| case | result | target | met? |" in table

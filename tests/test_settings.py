@@ -44,7 +44,9 @@ def test_defaults_need_nothing() -> None:
     assert settings.infobip.api_key is None
     assert settings.infobip.applications == []
     assert settings.infobip.pull_limit == 1000
-    assert settings.infobip.rate_limit == 10.0
+    assert settings.infobip.rate_limit == 8.0  # of the account's 10: 2/s for other users
+    assert settings.infobip.rate_limit_scope == "shared"
+    assert settings.redis.durability == "auto"
     assert settings.redis.url == "redis://127.0.0.1:6379/0"
     assert stream_of(settings, "shop") == "infobip:push:{shop}:mo"
     assert settings.schedule.cron is None

@@ -58,6 +58,9 @@ class SharedBudget:
         self._down_until = 0.0  # time.monotonic() before which Redis is not asked
         self._paused_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        # One reservation at a time per process: a pull waiting for its turn holds no Redis
+        # connection of its own (four pulls in flight would otherwise open four).
+        self._asking = asyncio.Lock()
 
     @property
     def kind(self) -> str:
@@ -84,7 +87,7 @@ class SharedBudget:
         if time.monotonic() < self._down_until:
             return None
         try:
-            async with asyncio.timeout(CALL_TIMEOUT):
+            async with self._asking, asyncio.timeout(CALL_TIMEOUT):
                 wait_ms = await _BUDGET(
                     self._conn.writer(), (self.key,), ("take", self._interval_ms, str(KEY_TTL_MS))
                 )
