@@ -503,8 +503,9 @@ async def test_wait_covers_the_flush_and_notices_a_stalled_replica(
                 finally:
                     await other.aclose()
                 ((node, client, _),) = sink._conn.by_node([key])
+                mark = hwm_key(key, sink.instance_id)
                 with pytest.raises(DurabilityError, match="0 of 1"):
-                    await sink._durability.confirm(node, client, {hwm_key(key, sink.instance_id): 1})
+                    await sink._durability.confirm(node, client, {mark: 1})
                 with pytest.raises(DurabilityError, match="0 of 1"):
                     await sink.write([entry(seq) for seq in range(11, 21)])
             finally:
