@@ -222,14 +222,17 @@ def test_build_time_pip_settings_are_not_in_the_image(rootfs: Path) -> None:
     assert not (rootfs / "root/.config/pip").exists()
 
 
-def test_ships_this_checkouts_code(rootfs: Path) -> None:
+def test_ships_this_checkouts_code_without_the_development_tools(rootfs: Path) -> None:
     installed = next((rootfs / "opt/venv/lib").glob("python3*/site-packages/poller"))
     source = ROOT / "poller"
+    # The simulator, the demo and the throwaway Redis are not the daemon's: not in the image.
+    assert not (installed / "devtools").exists()
     differ = [
         str(path.relative_to(source))
         for path in source.rglob("*")
         if path.is_file()
         and "__pycache__" not in path.parts
+        and "devtools" not in path.relative_to(source).parts
         and not (
             (installed / path.relative_to(source)).is_file()
             and filecmp.cmp(path, installed / path.relative_to(source), shallow=False)
@@ -245,6 +248,15 @@ def test_version(image: Image) -> None:
     done = image.poller("--version")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"poller {poller.__version__}"
+
+
+def test_the_development_tools_say_they_are_not_in_the_image(image: Image) -> None:
+    # Tried: `poller demo` and `poller simulate` in the image, which ships the daemon only.
+    for command in ("demo", "simulate"):
+        done = image.poller(command)
+        assert done.returncode == 1, done.stderr
+        assert "development tool this installation does not have" in done.stderr
+        assert "Traceback" not in done.stderr
 
 
 def test_config_show_uses_the_image_defaults_and_masks_the_key(image: Image) -> None:
