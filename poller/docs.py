@@ -1,5 +1,6 @@
-"""README tables generated from the code: settings and metrics. `python -m poller.docs` rewrites
-them in README.md; a test fails when the README is out of date."""
+"""Documentation generated from the code: the settings and metrics tables of
+deploy/REFERENCE.md (and any other document with their markers). `python -m poller.docs`
+rewrites them; a test fails when a document is out of date."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def settings_table() -> str:
 
 
 def render(text: str) -> str:
-    """The README text with every generated block brought up to date."""
+    """A document's text with every generated block brought up to date."""
     blocks: dict[str, Callable[[], str]] = {
         "settings": settings_table,
         "metrics": metrics.markdown_table,
@@ -59,14 +60,19 @@ def render(text: str) -> str:
     return text
 
 
+# The documents that hold generated blocks, relative to the repository's root.
+DOCUMENTS = ("README.md", "deploy/REFERENCE.md")
+
+
 def main(argv: list[str]) -> int:
-    """Rewrite the generated blocks of the README given (default README.md)."""
-    path = Path(argv[0] if argv else "README.md")
-    text = path.read_text(encoding="utf-8")
-    updated = render(text)
-    if updated != text:
-        path.write_text(updated, encoding="utf-8")
-        print(f"updated {path}")
+    """Rewrite the generated blocks of the documents given (default: DOCUMENTS)."""
+    for name in argv or DOCUMENTS:
+        path = Path(name)
+        text = path.read_text(encoding="utf-8")
+        updated = render(text)
+        if updated != text:
+            path.write_text(updated, encoding="utf-8")
+            print(f"updated {path}")
     return 0
 
 

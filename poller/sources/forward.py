@@ -231,7 +231,7 @@ class ForwardReceiver:
         if not self.spool.has_room():
             return _reply(503, "spool at its cap", {"Retry-After": RETRY_AFTER})
         # Memory: a body costs about three times its size until its rows are spooled (see
-        # the README's Memory paragraph); the sizes of the bodies in hand are capped.
+        # deploy/OPERATIONS.md, Memory); the sizes of the bodies in hand are capped.
         size = limit if request.content_length is None else request.content_length
         if self._in_flight and self._in_flight + size > self.settings.max_bytes_in_flight:
             return _reply(503, "too many bytes in flight", {"Retry-After": "1"})
