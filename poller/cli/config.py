@@ -54,8 +54,9 @@ def check(settings: Settings, *, as_json: bool) -> int:
         say(printable(f"{_MARKS[c.status]:<4}  {c.name:<{width}}  {c.detail}"))
     counts = {s: sum(c.status == s for c in report.checks) for s in _MARKS}
     verdict = {0: "ready to run", 1: "fix what failed", 2: "fix the settings"}[code]
+    notes = f"{counts['note']} note" + ("" if counts["note"] == 1 else "s")
     say(
-        f"config check: {counts['ok']} ok, {counts['note']} notes, {counts['skip']} skipped,"
+        f"config check: {counts['ok']} ok, {notes}, {counts['skip']} skipped,"
         f" {counts['fail']} failed: {verdict}"
     )
     return code
