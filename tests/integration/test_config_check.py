@@ -341,3 +341,23 @@ async def test_a_small_or_read_only_disk_fails_naming_what_to_change(
     assert "POLLER_SPOOL__PATH" in found["spool"].detail
     assert found["disk"].status == "fail"
     assert "read-only" in found["disk"].detail
+
+
+async def test_cluster_and_sentinel_deployments_pass(
+    configured_simulator: Simulator,
+    redis_cluster: list[EmbeddedRedis],
+    redis_sentinel: str,
+    tmp_path: Path,
+) -> None:
+    # Tried: the check against a three-primary cluster (the keyed probes go to the node of
+    # each key's slot, the others to a primary) and a sentinel-watched server.
+    for redis in (
+        {"url": redis_cluster[0].url, "mode": "cluster"},
+        {"url": "redis://127.0.0.1/0", "mode": "sentinel", "sentinels": [redis_sentinel]},
+    ):
+        s = settings_for(configured_simulator, str(redis["url"]), tmp_path, redis=redis)
+        report = await preflight.check(s)
+        found = checks_of(report)
+        assert found["redis"].status == "ok", failures(report)
+        assert found["redis acl"].status == "ok", failures(report)
+        assert f"({redis['mode']})" in found["redis"].detail
