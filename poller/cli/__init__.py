@@ -73,7 +73,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
             return EXIT_FAILURE
         raise
-    if args.command in NO_SETTINGS:
+    if args.command in NO_SETTINGS or getattr(args, "no_settings", False):
         return int(module.command(args))
     # The settings (and the libraries they validate with) are loaded for these commands only.
     common = importlib.import_module("poller.cli.common")

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "see `poller config show`.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--config", metavar="FILE", help=f"TOML settings file (also ${CONFIG_ENV})")
+    _shared_options(parser, default=None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser(
@@ -92,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     cverbs = config.add_subparsers(dest="verb", required=True, metavar="VERB")
     show = cverbs.add_parser("show", help="print the effective settings (secrets masked)")
     show.add_argument("--json", action="store_true", help="print JSON")
+    check = cverbs.add_parser(
+        "check",
+        help="try the settings before running them, changing nothing: spool, disk, ports,"
+        " Redis and its ACL, Infobip and its scopes (exit 0 ok, 1 a check failed, 2 bad"
+        " settings)",
+    )
+    check.add_argument("--json", action="store_true", help="print JSON")
+    example = cverbs.add_parser(
+        "example", help="print a commented example TOML file of every setting at its default"
+    )
+    example.set_defaults(no_settings=True)
 
     _tail_arguments(sub)
     sub.add_parser(
@@ -101,7 +112,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _infobip_arguments(sub)
     _describe_subcommands(parser)
+    _share_options(parser)
     return parser
+
+
+# Log settings the flags override (poller.settings.LogSettings; a test keeps them equal).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("auto", "json", "console")
+# Commands that read no settings (poller.cli.NO_SETTINGS): they take none of the options below.
+SELF_CONFIGURED = frozenset({"demo", "simulate"})
+
+
+def _shared_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--config, --log-level and --log-format: before the command or after it. Below the top
+    the default is SUPPRESS, so an option given before the command is not reset after it."""
+    parser.add_argument(
+        "--config", metavar="FILE", default=default, help=f"TOML settings file (also ${CONFIG_ENV})"
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=default,
+        help="overrides POLLER_LOG__LEVEL",
+    )
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default=default, help="overrides POLLER_LOG__FORMAT"
+    )
+
+
+def _share_options(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand (and verb) that reads the settings the shared options."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                if name not in SELF_CONFIGURED:
+                    _shared_options(child, default=argparse.SUPPRESS)
+                    _share_options(child)
+
+
+def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """What the flags set over every other source of settings."""
+    log = {
+        name: value
+        for name, value in (
+            ("level", getattr(args, "log_level", None)),
+            ("format", getattr(args, "log_format", None)),
+        )
+        if value is not None
+    }
+    return {"log": log} if log else {}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
