@@ -58,7 +58,7 @@ class StreamSummary:
     """One dead-letter stream: its letters by reason (newest reason first) and its totals."""
 
     stream: DeadStream
-    app: str
+    app: str | None  # as its letters name it ("": no application); None: not known
     reasons: list[ReasonCount]
 
 
@@ -117,7 +117,7 @@ async def summary(dead: DeadLetters, apps: Sequence[str] = ()) -> list[StreamSum
     found: list[StreamSummary] = []
     for stream in streams:
         by_reason = groups[stream.stream]
-        app = next((seen[0][2] for seen in by_reason.values()), stream.app or "")
+        app = next((seen[0][2] for seen in by_reason.values()), stream.app)
         reasons = [
             ReasonCount(reason, len(seen), seen[0][1], [entry_id for entry_id, _t, _a in seen])
             for reason, seen in by_reason.items()

@@ -85,7 +85,7 @@ def _when(seconds: float) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _app_shown(app: str | None) -> str:
+def _app_shown(app: str) -> str:
     return app if app else f"{NO_APP} (no application)"
 
 
@@ -119,7 +119,8 @@ def _print_list(summaries: list[StreamSummary], *, as_json: bool) -> None:
     for s in summaries:
         say(
             printable(
-                f"{s.stream.stream}  app {_app_shown(s.app)}: {_n(s.stream.length, 'dead letter')}"
+                f"{s.stream.stream}{'' if s.app is None else f'  app {_app_shown(s.app)}'}:"
+                f" {_n(s.stream.length, 'dead letter')}"
                 f" (re-driven so far: {_n(s.stream.redriven, 'message')},"
                 f" purged: {s.stream.purged})"
             )
@@ -198,7 +199,7 @@ def _print_retry(report: RetryReport, *, as_json: bool) -> None:
     unchanged: Counter[str] = Counter()
     for o in report.outcomes:
         where = f"{o.letter.stream} {o.letter.entry_id}"
-        to = ", ".join(f"{n} to {app}" for app, n in sorted(o.messages.items()))
+        to = ", ".join(f"{_n(n, 'message')} to {app}" for app, n in sorted(o.messages.items()))
         if o.status == "unchanged":
             unchanged[o.reasons[0] if o.reasons else o.letter.reason] += 1
         elif o.status == "already":
