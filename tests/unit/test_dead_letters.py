@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from redis.crc import key_slot
 
 from poller import deadletters, metrics
 from poller.cli.parser import parse
@@ -21,6 +22,7 @@ from poller.settings import Settings
 from poller.sink import DeadLetter
 from poller.sink.entries import DEAD_FIELDS, DEAD_SCHEMA
 from poller.sink.memory import MemorySink, stream_name
+from poller.sink.redis.keys import dead_of, dead_totals_key, redriven_key, stream_key
 from poller.sources.pull import rows_from_body
 from poller.spool import QuarantineEntry
 
@@ -250,3 +252,17 @@ async def test_the_daemon_publishes_the_dead_letter_streams(tmp_path: Path) -> N
     assert value("poller_dead_letters_redriven", {"app": "app-m"}) == 1
     assert value("poller_dead_letters_purged", {"app": "app-m"}) == 0
     assert value("poller_dead_letters", {"app": "other"}) == 1
+
+
+@pytest.mark.parametrize("template", ["infobip:push:{${app}}:mo", "plain:${app}:mo"])
+def test_the_keys_of_a_re_drive_share_the_slot_of_their_stream(template: str) -> None:
+    """The scripts' keys must hash to one Cluster slot: the totals with the dead-letter
+    stream, the marker with the message stream (whose dead-letter stream's own hash tag must
+    not take over in the marker's key)."""
+    stream = stream_key(template, "app-a")
+    dead = dead_of(stream_key(template, None))
+    assert key_slot(dead_totals_key(dead).encode()) == key_slot(dead.encode())
+    marker = redriven_key(stream, dead, "1767261600000-0")
+    assert key_slot(marker.encode()) == key_slot(stream.encode())
+    assert marker.endswith(":1767261600000-0")
+    assert redriven_key(stream, dead_of(stream), "1-0") != redriven_key(stream, dead, "1-0")
