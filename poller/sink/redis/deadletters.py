@@ -116,7 +116,8 @@ class RedisDeadLetters:
         for message in plan.messages:
             by_stream[self.keys.stream(message.app)].append(message)
         cluster = self._conn.cluster is not None
-        here = [s for s in by_stream if not cluster or key_slot(s.encode()) == _slot(dead)]
+        # Outside a Cluster every stream is "here": one script does it all.
+        here = [s for s in by_stream if not cluster or _slot(s) == _slot(dead)]
         result = RedriveResult()
         client = self._conn.writer()
         try:
