@@ -29,6 +29,7 @@ COMMANDS = {
     "status": "poller.cli.status",
     "config": "poller.cli.config",
     "tail": "poller.cli.tail",
+    "dead": "poller.cli.dead",
     "infobip": "poller.cli.admin",
     "demo": "poller.cli.devtools",
     "simulate": "poller.cli.devtools",

@@ -18,7 +18,7 @@ from poller.settings import Settings, load_settings
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 # Commands that answer a question rather than do the daemon's work.
-ANSWERING = frozenset({"tail", "status", "check", "config"})
+ANSWERING = frozenset({"tail", "status", "check", "config", "dead"})
 
 Command = Callable[[argparse.Namespace, Settings], int]
 

@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     example.set_defaults(no_settings=True)
 
     _tail_arguments(sub)
+    _dead_arguments(sub)
     sub.add_parser(
         "simulate",
         help="serve the Infobip simulator on loopback (`poller simulate --help` for its options)",
@@ -216,6 +217,40 @@ def _tail_arguments(sub: Any) -> None:
     tail.add_argument("--count", type=int, default=None, help="stop after this many messages")
     tail.add_argument("--dead", action="store_true", help="the dead-letter streams instead")
     tail.add_argument("--json", action="store_true", help="one JSON document per message")
+
+
+def _dead_arguments(sub: Any) -> None:
+    """`poller dead list|show|retry|purge`."""
+    dead = sub.add_parser("dead", help="dead letters: count by reason, show, re-drive, purge")
+    verbs = dead.add_subparsers(dest="verb", required=True, metavar="VERB")
+    app_help = "this application's only (repeatable; - : bodies with no application)"
+    listing = verbs.add_parser("list", help="dead letters by stream and reason, newest first")
+    listing.add_argument("apps", nargs="*", metavar="APP", help="default: every stream")
+    show = verbs.add_parser("show", help="one dead letter: its reason and raw bytes, escaped")
+    show.add_argument("id", metavar="ID", help="an id `poller dead list` printed")
+    retry = verbs.add_parser(
+        "retry", help="parse dead letters again: what parses goes to its stream, once"
+    )
+    retry.add_argument("--reason", metavar="TEXT", help="only those whose reason contains TEXT")
+    retry.add_argument("--id", dest="ids", nargs="+", action="extend", metavar="ID", help="these")
+    purge = verbs.add_parser("purge", help="delete dead letters older than a duration")
+    purge.add_argument(
+        "--older-than", required=True, type=_duration, metavar="D", help="7d, 12h, 30m, 90s"
+    )
+    for verb in (show, retry, purge):
+        verb.add_argument("--app", action="append", metavar="APP", help=app_help)
+    for verb in (retry, purge):
+        verb.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    for verb in (listing, show, retry, purge):
+        _json_flag(verb)
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in units or not (number.isascii() and number.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number and a unit: 7d, 12h, 30m, 90s")
+    return int(number) * units[unit]
 
 
 def _infobip_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

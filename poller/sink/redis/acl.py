@@ -26,8 +26,8 @@ from redis.exceptions import NoPermissionError
 from poller.sink.redis.connection import Connections
 from poller.sink.redis.keys import Keys, account_key, hwm_key, seen_key
 
-# Every command the poller (run, once, status and the retention trim) runs, as the ACL names
-# them; deploy/OPERATIONS.md explains each.
+# Every command the poller (run, once, status, the retention trim and `poller dead`) runs, as
+# the ACL names them; deploy/OPERATIONS.md explains each.
 POLLER_COMMANDS: tuple[str, ...] = (
     "ping",
     "info",
@@ -57,6 +57,9 @@ POLLER_COMMANDS: tuple[str, ...] = (
     "hset",
     "hdel",
     "hgetall",
+    "xrevrange",
+    "xdel",
+    "hincrby",
 )
 # Added with POLLER_REDIS__DURABILITY=waitaof, and for a URL that selects a database but 0.
 WAITAOF_COMMANDS: tuple[str, ...] = ("waitaof", "config|get")
@@ -107,6 +110,10 @@ _PROBES: dict[str, tuple[tuple[str, ...], ...]] = {
     # No instance id has this form: the field never exists.
     "hdel": (("HDEL", "R", f"{_WRITER}:never-a-field"),),
     "hgetall": (("HGETALL", "R"),),
+    "xrevrange": (("XREVRANGE", "S", "-", "+", "COUNT", "1"),),
+    # No entry has this id: nothing is deleted (XDEL refuses the id after the ACL passed it).
+    "xdel": (("XDEL", "S", "not-an-id"),),
+    "hincrby": (("HINCRBY", "S", "f", _BAD),),
     "waitaof": (("WAITAOF", "0", "0", "1"),),
     "config|get": (("CONFIG", "GET", "appendonly"),),
     "select": (("SELECT", "DB"),),
