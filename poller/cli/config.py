@@ -1,4 +1,5 @@
-"""`poller config show [--json]`: the effective settings, secrets masked."""
+"""`poller config show [--json]`: the effective settings, secrets masked, and where each came
+from (env, .env, secrets, TOML or default)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     rows = []
     for dotted, value in flatten(settings):
         shown = "" if value is None else value
-        rows.append([dotted, shown, env_name(tuple(dotted.split(".")))])
-    table(["setting", "value", "environment variable"], rows)
+        rows.append([dotted, shown, env_name(tuple(dotted.split("."))), settings.origin(dotted)])
+    table(["setting", "value", "environment variable", "from"], rows)
     return 0
 
 
