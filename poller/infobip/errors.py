@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from poller.infobip.body import PullScan
+from poller.redact import Own
 
 
 class InfobipError(Exception):
@@ -64,15 +65,15 @@ class AuthError(ApiError):
     """401 or 403: the credentials are wrong or lack the scope."""
 
     @property
-    def hint(self) -> str:
-        """What to do about it, for an operator."""
+    def hint(self) -> Own:
+        """What to do about it, for an operator (the project's words: never masked)."""
         if self.status == 403:
-            return (
+            return Own(
                 f"the credentials were accepted but lack a scope for this call: pulling needs"
                 f" {PULL_SCOPE}; bootstrap and `poller infobip` configuration/action commands"
                 f" need {MANAGE_SCOPE} (a pull-only key runs with POLLER_INFOBIP__BOOTSTRAP=false)"
             )
-        return "the credentials were refused: a wrong or revoked key, or the wrong auth scheme"
+        return Own("the credentials were refused: a wrong or revoked key, or the wrong auth scheme")
 
 
 class NotFoundError(ApiError):
