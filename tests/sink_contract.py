@@ -130,3 +130,14 @@ async def check_groups(sink: Sink, app: str) -> None:
     (info,) = await sink.stream_info([app])
     assert info.length == 2
     assert [(g.name, g.pending) for g in info.groups] == [("billing", 1)]
+
+
+async def check_missing_streams(sink: Sink, apps: tuple[str, str]) -> None:
+    """Tried: a stream never written to, one written to, and a dead-letter stream of each."""
+    written, never = apps
+    await sink.write([entry(1, written)])
+    reader = sink.reader()
+    (present, absent) = await reader.streams([written, never])
+    assert await reader.missing([present, absent]) == [absent]
+    dead_streams = await reader.streams([written, never], dead=True)
+    assert await reader.missing(dead_streams) == dead_streams

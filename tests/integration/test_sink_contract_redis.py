@@ -78,3 +78,7 @@ async def test_outage_raises(own_redis: EmbeddedRedis, key_template: str) -> Non
 
 async def test_groups(sink: RedisSink, apps: tuple[str, str]) -> None:
     await contract.check_groups(sink, apps[0])
+
+
+async def test_missing_streams(sink: RedisSink, apps: tuple[str, str]) -> None:
+    await contract.check_missing_streams(sink, apps)

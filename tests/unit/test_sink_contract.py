@@ -52,3 +52,7 @@ async def test_outage_raises() -> None:
 
 async def test_groups() -> None:
     await contract.check_groups(MemorySink(), "app-a")
+
+
+async def test_missing_streams() -> None:
+    await contract.check_missing_streams(MemorySink(), APPS)

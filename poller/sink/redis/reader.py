@@ -40,6 +40,15 @@ class RedisReader:
         except REDIS_ERRORS as exc:
             raise self._error("scan", exc) from exc
 
+    async def missing(self, streams: Sequence[str]) -> list[str]:
+        """Those of ``streams`` with no key (EXISTS, one key a call: a cluster's keys of
+        several applications live in several slots)."""
+        client = self._conn.writer()
+        try:
+            return [stream for stream in streams if not await client.exists(stream)]
+        except REDIS_ERRORS as exc:
+            raise self._error("read", exc) from exc
+
     async def read(
         self, positions: dict[str, str], *, count: int = 100, block_ms: int | None = None
     ) -> list[tuple[str, Message]]:
