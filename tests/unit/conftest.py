@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Iterator
 
 import pytest
-
-from poller import logs
+import structlog
 
 
 @pytest.fixture(autouse=True)
-def logs_back_on_stderr() -> Iterator[None]:
-    """A test that runs a command in-process (``poller.cli.main``) points the logs at the
-    stderr pytest captured for it; the tests after it must not write to that closed stream."""
+def logs_as_they_were() -> Iterator[None]:
+    """A test that runs a command in-process (``poller.cli.main``) or sets up the logs points
+    them at a stream of its own (the stderr pytest captured for it); the tests after it, in
+    any tier, find the logs as they were before."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     yield
-    logs.configure(stream=sys.__stderr__)
+    structlog.reset_defaults()
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
