@@ -41,13 +41,13 @@ class RedisReader:
             raise self._error("scan", exc) from exc
 
     async def missing(self, streams: Sequence[str]) -> list[str]:
-        """Those of ``streams`` with no key (EXISTS, one key a call: a cluster's keys of
-        several applications live in several slots)."""
-        client = self._conn.writer()
+        """Those of ``streams`` that are no stream of the template, found by SCAN: a
+        reader's least-privilege ACL has SCAN (and the stream reads), not EXISTS."""
         try:
-            return [stream for stream in streams if not await client.exists(stream)]
+            found = set(await self.scan())
         except REDIS_ERRORS as exc:
-            raise self._error("read", exc) from exc
+            raise self._error("scan", exc) from exc
+        return [stream for stream in streams if stream not in found]
 
     async def read(
         self, positions: dict[str, str], *, count: int = 100, block_ms: int | None = None
