@@ -27,6 +27,7 @@ from poller.settings import Settings, SettingsError
 from poller.sink import SinkError
 from poller.sources.pull import DrainResult
 from poller.stop import EarlySignals, Stop
+from poller.web import ListenError
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +101,11 @@ class Daemon:
             )
             if s.health.enabled:
                 self.health = HealthServer(readiness, s.health.host, s.health.port)
-                await self.health.start()
+                try:
+                    await self.health.start()
+                except ListenError as exc:
+                    self.health = None
+                    raise SettingsError([exc.problem]) from None
                 log.info("health server listening", host=s.health.host, port=self.health.port)
             rt.start_flushing()
             if rt.pull is not None:
@@ -110,6 +115,8 @@ class Daemon:
                 # Infobip retries. The pull drains wait for the scheduler.
                 try:
                     await source.start()
+                except ListenError as exc:  # a setting to change: exit 2, as for a bad one
+                    raise SettingsError([exc.problem]) from None
                 except OSError as exc:
                     log.error(f"{source.name} source cannot start", error=str(exc))
                     return EXIT_FAILED

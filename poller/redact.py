@@ -75,6 +75,23 @@ _generation = 0
 _search = _Search(0, None, None, (), frozenset(), 0)
 
 
+class Own(str):
+    """Text the project wrote itself (a hint, a fixed explanation): shown as written.
+
+    Masking is for foreign text (an exception's message, a server's answer, a URL), where a
+    secret may be echoed; a secret that happens to be a common word ("wrong") must not mask
+    the project's own words ("a wrong or revoked key")."""
+
+    __slots__ = ()
+
+
+def own(template: str, /, **foreign: object) -> Own:
+    """``template``, the project's words kept as written, with each ``{name}`` filled by its
+    value masked (an ``Own`` value is kept)."""
+    filled = {k: v if isinstance(v, Own) else text(str(v)) for k, v in foreign.items()}
+    return Own(template.format(**filled))
+
+
 def is_secret_name(name: str) -> bool:
     """True when a field or parameter called ``name`` holds a secret (``ssl_password``...)."""
     return bool(_SECRET_KEY.search(name))
@@ -276,7 +293,10 @@ def _replace(value: AnyStr, spans: Iterable[tuple[int, int]], mask: AnyStr) -> A
 
 
 def text(value: str) -> str:
-    """``value`` with URL passwords, secret parameters and every registered secret masked."""
+    """``value`` with URL passwords, secret parameters and every registered secret masked
+    (an ``Own`` text is the project's own: kept as written)."""
+    if isinstance(value, Own):
+        return value
     value = _replace(value, _url_passwords(value), REDACTED)
     value = _replace(value, _secret_values(value), REDACTED)
     pattern = _current().text

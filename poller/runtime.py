@@ -10,6 +10,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -17,6 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from poller import __version__, metrics
 from poller.bootstrap import Bootstrapper
 from poller.coordination import Registry, ReplicaState
+from poller.env import env_name
 from poller.flusher import Flusher
 from poller.infobip import InfobipClient
 from poller.journal import Journal, JournalError
@@ -30,6 +32,9 @@ from poller.spool import Spool, SpoolError
 from poller.stop import Stop
 
 log = structlog.get_logger(__name__)
+
+# Named when the spool cannot be opened: the setting that gives its file.
+SPOOL_SETTING = env_name(("spool", "path"))
 
 # Seconds of a stop's grace period kept, after the sources settled, for the final flush.
 FLUSH_RESERVE = 3.0
@@ -167,7 +172,7 @@ class Runtime:
         try:
             return await cls.open(settings, stop)
         except SpoolError as exc:
-            log.error("cannot open the spool", error=str(exc))
+            log.error("cannot open the spool", error=str(exc), setting=SPOOL_SETTING)
         except SinkConfigError as exc:
             log.error("the sink cannot honour the settings", error=str(exc))
         return None
@@ -329,6 +334,7 @@ class Runtime:
             stream_key_template=s.redis.stream_key_template if s.sink.kind == "redis" else None,
             spool=str(s.spool.path),
             spool_rows=stats.rows,
+            spool_directory_created=_shown(self.spool.created_directory),
             pulls_in_flight=s.infobip.pulls_in_flight,
             schedule=s.schedule.cron or f"every {s.schedule.interval:g}s ±{s.schedule.jitter:g}s",
         )
@@ -343,6 +349,10 @@ class Runtime:
             dead_lettered=self.flusher.dead_lettered,
             spool_rows=self.spool.stats().rows,
         )
+
+
+def _shown(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _count_throttled(budget: str) -> None:

@@ -15,7 +15,14 @@ from typing import Any, Literal
 
 from apscheduler.triggers.cron import CronTrigger
 from dotenv import dotenv_values
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -26,7 +33,7 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as PydanticSettingsError
 
-from poller import redact
+from poller import origins, redact
 from poller.config import Section, SettingsError
 from poller.env import CONFIG_ENV, DOTENV_FILE, ENV_DELIMITER, ENV_PREFIX, SECRETS_DIR_ENV, env_name
 from poller.infobip.settings import CREDENTIAL_SETTINGS, InfobipSettings
@@ -111,6 +118,30 @@ class Settings(BaseSettings):
     health: HealthSettings = Field(default_factory=HealthSettings, description="Health.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
 
+    # Which source gave each setting given (dotted name -> origins label), when read by
+    # load_settings.
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def sections(cls) -> dict[str, type[BaseModel]]:
+        """Each section's name and model."""
+        found = {}
+        for name, info in cls.model_fields.items():
+            model = info.annotation
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                found[name] = model
+        return found
+
+    def origin(self, dotted: str) -> str:
+        """Where a setting (``redis.url``) came from: env, .env, secrets, TOML, argument (given
+        in code) or default."""
+        found = self._origins.get(dotted)
+        if found is not None:
+            return found
+        section, _, name = dotted.partition(".")
+        given = getattr(self, section).model_fields_set
+        return origins.ARGUMENT if name in given else origins.DEFAULT
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -169,7 +200,7 @@ class Settings(BaseSettings):
 
         With bootstrap on, an empty application list is refused: bootstrap would route
         nothing to the inbox, and a forgotten setting would look like a quiet account."""
-        problems = self.infobip.account_problems()
+        problems = self.infobip.account_problems() + self.sink_problems()
         if bootstrap and not (self.infobip.applications or self.forward.applications):
             problems.append(
                 f"infobip.applications ({env_name(('infobip', 'applications'))}): none"
@@ -179,6 +210,21 @@ class Settings(BaseSettings):
                 " with the actions it already has"
             )
         return problems
+
+    def sink_problems(self) -> list[str]:
+        """What writing to the sink lacks: the Redis address, which has no default a start may
+        fall back on (127.0.0.1 would quietly be another Redis than the one meant)."""
+        if self.sink.kind != "redis" or self.redis.mode == "sentinel":
+            return []  # the sentinels give the address
+        if "url" in self.redis.model_fields_set:
+            return []
+        url = env_name(("redis", "url"))
+        return [
+            f"redis.url ({url}): not set; the Redis the streams go to, such as"
+            f" {url}=redis://127.0.0.1:6379/0"
+            f" (or {env_name(('redis', 'sentinels'))} with {env_name(('redis', 'mode'))}=sentinel;"
+            " `poller demo` brings its own)"
+        ]
 
     def stop_problems(self) -> list[str]:
         """Why a graceful stop could not finish a pull in flight; checked by `poller run`.
@@ -231,12 +277,22 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     if path is not None and not path.is_file():
         raise SettingsError([f"{CONFIG_ENV}/--config: no such file: {path}"])
     secrets_dir = _secrets_dir_of()
+    given = origins.read(
+        Settings.sections(),
+        environ=os.environ,
+        dotenv_file=Path(DOTENV_FILE),
+        secrets_dir=secrets_dir,
+        toml_file=path,
+    )
     token = _toml_file.set(path)
     secrets_token = _secrets_dir.set(secrets_dir)
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        raise SettingsError(_describe(exc, prefix=())) from None
+        # The names that are no setting first (pydantic saw those of a section too).
+        raise SettingsError(
+            given.unknown + _describe(exc, prefix=(), extra=not given.unknown)
+        ) from None
     except PydanticSettingsError as exc:  # the secrets directory cannot be read
         raise SettingsError([f"{SECRETS_DIR_ENV} ({secrets_dir}): {exc}"]) from None
     except ValueError as exc:  # a malformed TOML file
@@ -244,6 +300,9 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     finally:
         _secrets_dir.reset(secrets_token)
         _toml_file.reset(token)
+    if given.unknown:
+        raise SettingsError(given.unknown)
+    settings._origins = given.origins
     return settings
 
 
@@ -260,13 +319,22 @@ def _secrets_dir_of() -> Path | None:
     return directory
 
 
-def _describe(exc: ValidationError, prefix: tuple[str, ...]) -> list[str]:
+def _describe(exc: ValidationError, prefix: tuple[str, ...], *, extra: bool = True) -> list[str]:
+    """One line per error; ``extra=False`` leaves out the unknown names (reported already)."""
     lines = []
     for error in exc.errors(include_url=False, include_input=False):
         loc = prefix + tuple(str(p) for p in error["loc"] if not str(p).startswith("function-"))
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown setting (misspelt?)"
+            if not extra:
+                continue
+            known = [
+                f"{s}.{n}" for s, model in Settings.sections().items() for n in model.model_fields
+            ]
+            best = origins.closest(".".join(loc), known)
+            message = "not a setting" + (
+                f"; did you mean {env_name(tuple(best.split('.')))}?" if best else ""
+            )
         if loc:
             dotted = ".".join(loc)
             lines.append(f"{dotted} ({env_name(loc)}): {message}")

@@ -193,6 +193,8 @@ class Spool:
         self._was_full = False
         # Free bytes the spool's sources want on its file system (readiness checks it).
         self.min_free = DISK_FLOOR
+        # The directory this open created for the file (the start line says so), if any.
+        self.created_directory: Path | None = None
 
     @classmethod
     def open(cls, path: Path | str, *, max_rows: int, max_bytes: int) -> Spool:
@@ -202,10 +204,17 @@ class Spool:
         on the same file gets a SpoolError naming the pid that holds it."""
         path = Path(path)
         _check_file(path)
+        directory = path.parent
+        if directory.exists() and not directory.is_dir():
+            raise SpoolError(f"spool {path}: {directory} is not a directory")
+        created = not directory.exists()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise SpoolError(f"spool {path}: cannot create its directory: {exc}") from exc
+            reason = exc.strerror or str(exc)
+            raise SpoolError(
+                f"spool {path}: cannot create its directory {directory}: {reason}"
+            ) from exc
         lock_fd = _take_lock(path)
         try:
             _private(path)
@@ -228,6 +237,7 @@ class Spool:
             os.close(lock_fd)
             raise
         spool._lock_fd = lock_fd
+        spool.created_directory = directory if created else None
         return spool
 
     @staticmethod

@@ -18,14 +18,18 @@ aiohttp gives the protocol, routing, keep-alive and streaming bodies. Around its
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import resource
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+
+from poller.env import env_name
 
 log = structlog.get_logger(__name__)
 
@@ -150,6 +154,27 @@ class _Guard(asyncio.Protocol):
             self.transport.abort()
 
 
+class ListenError(OSError):
+    """A server cannot listen on its address: ``problem`` names the setting to change."""
+
+    def __init__(self, section: str, host: str, port: int, cause: OSError) -> None:
+        code = cause.errno
+        name = "port"
+        if code == errno.EADDRINUSE:
+            advice = "address already in use; choose another port or stop what listens there"
+        elif code == errno.EACCES:
+            advice = "permission denied; a port from 1024 up needs no privilege"
+        elif code == errno.EADDRNOTAVAIL or isinstance(cause, socket.gaierror):
+            name = "host"
+            advice = "not an address of this machine; use one of its addresses (0.0.0.0 for all)"
+        else:
+            advice = cause.strerror or str(cause)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        setting = f"{section}.{name} ({env_name((section, name))})"
+        self.problem = f"{setting}: cannot listen on {address}: {advice}"
+        super().__init__(code, self.problem)
+
+
 # Connections the running servers of this process may hold together.
 _claimed = 0
 
@@ -162,7 +187,8 @@ def _open_descriptors() -> int:
 
 
 class GuardedServer:
-    """An aiohttp application served with the limits above, in the running event loop."""
+    """An aiohttp application served with the limits above, in the running event loop;
+    ``name`` is also its settings section (health, forward), named when it cannot listen."""
 
     def __init__(
         self,
@@ -211,7 +237,7 @@ class GuardedServer:
         self._gate.on_refused = callback
 
     async def start(self) -> None:
-        """Bind and serve; OSError when the address cannot be used."""
+        """Bind and serve; ListenError when the address cannot be used."""
         runner = web.AppRunner(
             self._app,
             access_log=None,
@@ -236,10 +262,10 @@ class GuardedServer:
                 # Also the most connections asyncio accepts at once, each a descriptor.
                 backlog=min(512, gate.cap),
             )
-        except OSError:
+        except OSError as exc:
             self._release_descriptors()
             await runner.cleanup()
-            raise
+            raise ListenError(self.name, self.host, self._port, exc) from exc
         self._runner = runner
 
     def _claim_descriptors(self) -> None:

@@ -209,3 +209,14 @@ async def check_purge_spares_message_streams(sink: Sink, app: str) -> None:
     assert [e["id"] for e in await every_entry(sink, app)] == ["m1", "m2"]
     (stream,) = await dead.dead_streams([app])
     assert (stream.length, stream.purged) == (0, 1)
+
+
+async def check_missing_streams(sink: Sink, apps: tuple[str, str]) -> None:
+    """Tried: a stream never written to, one written to, and a dead-letter stream of each."""
+    written, never = apps
+    await sink.write([entry(1, written)])
+    reader = sink.reader()
+    (present, absent) = await reader.streams([written, never])
+    assert await reader.missing([present, absent]) == [absent]
+    dead_streams = await reader.streams([written, never], dead=True)
+    assert await reader.missing(dead_streams) == dead_streams

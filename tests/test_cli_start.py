@@ -73,12 +73,12 @@ def refused_start(command: str, env: dict[str, str], cwd: Path) -> tuple[int, li
 @pytest.mark.parametrize(
     ("command", "env", "named"),
     [
-        ("run", {}, ["BASE_URL", "API_KEY", "APPLICATIONS"]),
-        ("run", {"POLLER_INFOBIP__API_KEY": API_KEY}, ["BASE_URL", "APPLICATIONS"]),
+        ("run", {}, ["BASE_URL", "API_KEY", "REDIS__URL", "APPLICATIONS"]),
+        ("run", {"POLLER_INFOBIP__API_KEY": API_KEY}, ["BASE_URL", "REDIS__URL", "APPLICATIONS"]),
         (
             "run",
             {"POLLER_INFOBIP__API_KEY": API_KEY, "POLLER_INFOBIP__BASE_URL": "https://x.api.infobip.com"},
-            ["APPLICATIONS"],
+            ["REDIS__URL", "APPLICATIONS"],
         ),
         (
             "run",
@@ -88,9 +88,9 @@ def refused_start(command: str, env: dict[str, str], cwd: Path) -> tuple[int, li
                 "POLLER_INFOBIP__APPLICATIONS": "app-a",
                 "POLLER_SCHEDULE__GRACE_PERIOD": "10",
             },
-            ["GRACE_PERIOD"],
+            ["REDIS__URL", "GRACE_PERIOD"],
         ),
-        ("once", {"POLLER_INFOBIP__API_KEY": API_KEY}, ["BASE_URL", "APPLICATIONS"]),
+        ("once", {"POLLER_INFOBIP__API_KEY": API_KEY}, ["BASE_URL", "REDIS__URL", "APPLICATIONS"]),
     ],
 )  # fmt: skip
 def test_a_refused_start_writes_nothing_and_names_each_missing_setting(
@@ -99,14 +99,15 @@ def test_a_refused_start_writes_nothing_and_names_each_missing_setting(
     # Tried: `poller run` in an empty directory with no settings, with only an API key (it
     # used to create poller-spool.db, its lock and journal there first, or start against the
     # global base URL with no application), with no application, and with a grace period too
-    # short; `poller once` with only a key. Each must exit 2 before touching the disk.
+    # short; `poller once` with only a key; each without POLLER_REDIS__URL (it used to mean
+    # 127.0.0.1 quietly). Each must exit 2 before touching the disk.
     code, lines = refused_start(command, env, tmp_path)
     assert code == 2
     assert sorted(os.listdir(tmp_path)) == []
     assert len(lines) == len(named), lines
     for line, name in zip(lines, named, strict=True):
         assert line.startswith("poller: bad setting: ")
-        assert f"POLLER_INFOBIP__{name}" in line or f"POLLER_SCHEDULE__{name}" in line
+        assert any(f"POLLER_{group}{name}" in line for group in ("INFOBIP__", "SCHEDULE__", ""))
     assert not any(API_KEY in line for line in lines)
 
 

@@ -286,6 +286,10 @@ async def test_reader_and_consumer_users(
         code, out, err = await run_cli(as_user(READER), "tail", "--json", "--count", "6")
         assert code == 0, out + err
         assert [json.loads(line)["id"] for line in out.splitlines()] == [f"m{n}" for n in range(6)]
+        # A stream that does not exist is told apart with the reader's commands (SCAN).
+        code, out, err = await run_cli(as_user(READER), "tail", "no-such-app")
+        assert (code, out) == (1, ""), err
+        assert "does not exist" in err
         args = ("tail", "app-alpha", "--group", "g", "--ack", "--count", "4", "--json")
         code, out, err = await run_cli(as_user(CONSUMER), *args)
         assert code == 0, out + err

@@ -737,7 +737,8 @@ def test_settings_from_a_secrets_directory(monkeypatch: pytest.MonkeyPatch, tmp_
     with pytest.raises(SettingsError) as caught:
         load_settings()
     assert caught.value.lines == [
-        "infobip.apikey (POLLER_INFOBIP__APIKEY): unknown setting (misspelt?)"
+        f"poller_infobip__apikey (secret file {secrets / 'poller_infobip__apikey'}) is not a"
+        " setting; did you mean POLLER_INFOBIP__API_KEY?"
     ]
     monkeypatch.setenv(SECRETS_DIR_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(SettingsError) as caught:

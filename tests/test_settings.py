@@ -179,7 +179,8 @@ def test_poller_config_in_dotenv_is_honoured(clean_env: Path) -> None:
          "infobip.applications (POLLER_INFOBIP__APPLICATIONS): expected a JSON list or "
          "comma-separated values"),
         ({"POLLER_INFOBIP__APIKEY": "typo"},
-         "infobip.apikey (POLLER_INFOBIP__APIKEY): unknown setting (misspelt?)"),
+         "POLLER_INFOBIP__APIKEY (in the environment) is not a setting; did you mean"
+         " POLLER_INFOBIP__API_KEY?"),
     ],
 )  # fmt: skip
 def test_bad_value_names_setting_and_variable(env: dict[str, str], line: str) -> None:
@@ -272,7 +273,12 @@ def test_config_show_masks_secrets(clean_env: Path) -> None:
     for secret in SECRETS.values():
         assert secret not in table.stdout + table.stderr + as_json.stdout + as_json.stderr
     rows = {line.split()[0]: line.split() for line in table.stdout.splitlines()[1:]}
-    assert rows["infobip.api_key"] == ["infobip.api_key", "**********", "POLLER_INFOBIP__API_KEY"]
+    assert rows["infobip.api_key"] == [
+        "infobip.api_key",
+        "**********",
+        "POLLER_INFOBIP__API_KEY",
+        "env",
+    ]
     assert rows["redis.password"][1] == "**********"
     shown = json.loads(as_json.stdout)
     assert shown["infobip"]["client_secret"] == "**********"

@@ -25,6 +25,7 @@ from poller.infobip.errors import InfobipError, MalformedResponseError
 from poller.settings import CREDENTIAL_SETTINGS, Settings, env_name
 from poller.sources.items import encode_item
 
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
@@ -50,10 +51,16 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     except AuthError as exc:
         scheme = settings.infobip.auth
         names = " and ".join(env_name(("infobip", n)) for n in CREDENTIAL_SETTINGS[scheme])
-        raise InfobipError(
-            f"Infobip refused the credentials ({exc}): {exc.hint}; check"
-            f" POLLER_INFOBIP__AUTH={scheme} and {names}"
-        ) from None
+        # Only Infobip's answer is masked: the hint and the setting names are the project's.
+        error(
+            redact.own(
+                "Infobip refused the credentials ({error}): {hint}; check"
+                f" POLLER_INFOBIP__AUTH={scheme} and {names}",
+                error=exc,
+                hint=exc.hint,
+            )
+        )
+        return EXIT_FAILURE
 
 
 def _usage_problem(args: argparse.Namespace) -> str | None:

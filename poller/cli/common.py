@@ -45,7 +45,7 @@ def run_with_settings(command: Command, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except InfobipError as exc:
         hint = getattr(exc, "hint", None)  # an AuthError says which scope or key is wrong
-        error(f"{exc}: {hint}" if hint else str(exc))
+        error(redact.own("{error}: {hint}", error=exc, hint=hint) if hint else str(exc))
         return EXIT_FAILURE
     except (BrokenPipeError, KeyboardInterrupt):
         raise

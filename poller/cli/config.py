@@ -1,5 +1,6 @@
-"""`poller config show|check|example`: the effective settings (secrets masked), a check of
-them before they run, and a commented example file generated from the settings model."""
+"""`poller config show|check|example`: the effective settings (secrets masked) and where each
+came from (env, .env, secrets, TOML or default), a check of them before they run, and a
+commented example file generated from the settings model."""
 
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ def show(settings: Settings, *, as_json: bool) -> int:
     rows = []
     for dotted, value in flatten(settings):
         shown = "" if value is None else value
-        rows.append([dotted, shown, env_name(tuple(dotted.split(".")))])
-    table(["setting", "value", "environment variable"], rows)
+        rows.append([dotted, shown, env_name(tuple(dotted.split("."))), settings.origin(dotted)])
+    table(["setting", "value", "environment variable", "from"], rows)
     return 0
 
 

@@ -13,7 +13,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 
-from poller.cli.output import error, printable, say
+from poller.cli.output import error, printable, say, warn
 from poller.settings import Settings
 from poller.sink import GroupReader, Message, SinkError, StreamReader
 from poller.sink.factory import open_sink
@@ -37,6 +37,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         if not streams:
             sys.stderr.write("poller: no stream found\n")
             return 1
+        if args.apps and not await _named_streams_exist(args, reader, streams):
+            return 1
         async for stream, message in _messages(args, reader, streams):
             _print(stream, message, as_json=args.json)
         return 0
@@ -45,6 +47,22 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     finally:
         await sink.close()
+
+
+async def _named_streams_exist(
+    args: argparse.Namespace, reader: StreamReader, streams: list[str]
+) -> bool:
+    """Say which named streams do not exist; False when that ends the command (without
+    --follow: there is nothing to show, and a misspelt application would look empty)."""
+    missing = set(await reader.missing(streams))
+    kind = "dead-letter stream" if args.dead else "stream"
+    for app, stream in zip(args.apps, streams, strict=True):
+        if stream in missing:
+            if args.follow:
+                warn(f"{kind} {stream} of {app} does not exist yet; waiting for it")
+            else:
+                error(f"{kind} {stream} of {app} does not exist (nothing was written to it)")
+    return args.follow or not missing
 
 
 async def _messages(

@@ -21,7 +21,7 @@ from typing import Any
 
 from poller import logs
 from poller.daemon import Daemon
-from poller.devtools.embedded import EmbeddedRedis, free_port
+from poller.devtools.embedded import EmbeddedRedis, find_binary, free_port
 from poller.devtools.simulator import Simulator
 from poller.settings import Settings
 from poller.sink import Message, Sink, StreamReader
@@ -34,6 +34,7 @@ DRAIN_WAIT = 15.0
 async def run_demo(args: argparse.Namespace) -> int:
     """Run the whole pipeline locally; end with a ledger-versus-streams comparison."""
     apps = [a.strip() for a in str(args.applications).split(",") if a.strip()]
+    find_binary()  # EmbeddedRedisError, saying what to install, before any file is made
     workdir = Path(tempfile.mkdtemp(prefix="poller-demo-"))
     live = not args.plain and sys.stdout.isatty()
     # The daemon's log lines go to a file that outlives the demo; the screen shows the view.

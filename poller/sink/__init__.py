@@ -113,6 +113,10 @@ class StreamReader(Protocol):
         ``dead``), or of every stream that exists when none is named."""
         ...
 
+    async def missing(self, streams: Sequence[str]) -> list[str]:
+        """Those of ``streams`` that do not exist (nothing was ever written to them)."""
+        ...
+
     async def read(
         self, positions: dict[str, str], *, count: int = 100, block_ms: int | None = None
     ) -> list[tuple[str, Message]]:

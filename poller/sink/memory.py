@@ -358,6 +358,11 @@ class MemorySink:
             name for name, s in self.data.items() if s.entries and name.endswith(DEAD) == dead
         )
 
+    async def missing(self, streams: Sequence[str]) -> list[str]:
+        """Those of ``streams`` never written to."""
+        self._check()
+        return [name for name in streams if name not in self.data]
+
     async def read(
         self, positions: dict[str, str], *, count: int = 100, block_ms: int | None = None
     ) -> list[tuple[str, Message]]:

@@ -90,3 +90,7 @@ async def test_leftovers_take_the_letters_place(sink: RedisSink, apps: tuple[str
 
 async def test_purge_spares_message_streams(sink: RedisSink, apps: tuple[str, str]) -> None:
     await contract.check_purge_spares_message_streams(sink, apps[0])
+
+
+async def test_missing_streams(sink: RedisSink, apps: tuple[str, str]) -> None:
+    await contract.check_missing_streams(sink, apps)

@@ -28,6 +28,7 @@ def settings(tmp_path: Path, **sections: Any) -> Settings:
         "infobip": {"base_url": "http://127.0.0.1:9", "api_key": "k", "applications": ["a"]},
         "spool": {"path": tmp_path / "spool.db"},
         "health": {"enabled": False},
+        "redis": {"url": "redis://127.0.0.1:6379/0"},
     }
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}

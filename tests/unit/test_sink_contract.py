@@ -64,3 +64,7 @@ async def test_leftovers_take_the_letters_place() -> None:
 
 async def test_purge_spares_message_streams() -> None:
     await contract.check_purge_spares_message_streams(MemorySink(), "app-a")
+
+
+async def test_missing_streams() -> None:
+    await contract.check_missing_streams(MemorySink(), APPS)

@@ -40,6 +40,15 @@ class RedisReader:
         except REDIS_ERRORS as exc:
             raise self._error("scan", exc) from exc
 
+    async def missing(self, streams: Sequence[str]) -> list[str]:
+        """Those of ``streams`` that are no stream of the template, found by SCAN: a
+        reader's least-privilege ACL has SCAN (and the stream reads), not EXISTS."""
+        try:
+            found = set(await self.scan())
+        except REDIS_ERRORS as exc:
+            raise self._error("scan", exc) from exc
+        return [stream for stream in streams if stream not in found]
+
     async def read(
         self, positions: dict[str, str], *, count: int = 100, block_ms: int | None = None
     ) -> list[tuple[str, Message]]:

@@ -31,7 +31,9 @@ class RedisSettings(Section):
 
     url: str = Field(
         "redis://127.0.0.1:6379/0",
-        description="Redis URL: redis://, rediss:// or unix:// (for sentinel: the db and options).",
+        description="Redis URL: redis://, rediss:// or unix:// (for sentinel: the db and options);"
+        " run and once require it (with sink kind redis, unless mode=sentinel): the default"
+        " serves the reading commands only.",
     )
     password: SecretStr | None = Field(None, description="Redis password (overrides the URL's).")
     mode: Literal["standalone", "sentinel", "cluster"] = Field(
