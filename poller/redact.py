@@ -70,6 +70,9 @@ class _Search:
     longest: int
 
 
+# Characters (or bytes) searched for registered forms per regex call.
+_WINDOW = 64 * 1024
+
 _forms: set[str] = set()
 _generation = 0
 _search = _Search(0, None, None, (), frozenset(), 0)
@@ -247,18 +250,29 @@ def _secret_values(value: str) -> Iterator[tuple[int, int]]:
         yield name.end(), resume
 
 
-def _occurrences(value: AnyStr, pattern: re.Pattern[AnyStr]) -> Iterator[tuple[int, int]]:
+def _occurrences(
+    value: AnyStr, pattern: re.Pattern[AnyStr], reach: int
+) -> Iterator[tuple[int, int]]:
     """(start, end) of each stretch of ``value`` covered by registered forms; overlapping
-    occurrences make one stretch, adjacent ones stay apart (one mask each, as before)."""
+    occurrences make one stretch, adjacent ones stay apart (one mask each, as before).
+    ``reach``: the longest form's length, how far past a window a match may end.
+
+    The search goes window by window: the regex engine holds the GIL for a whole call, and
+    one call over a 4 MiB body held the event loop 60 ms from the thread that masked it."""
     start = end = -1
-    for match in pattern.finditer(value):
-        at, stop = match.start(), match.end(1)
-        if at < end:
-            end = max(end, stop)
-            continue
-        if end >= 0:
-            yield start, end
-        start, end = at, stop
+    for window in range(0, len(value), _WINDOW):
+        # A form that starts in the window ends within ``reach`` after it.
+        last = window + _WINDOW
+        for match in pattern.finditer(value, window, min(len(value), last + reach)):
+            at, stop = match.start(), match.end(1)
+            if at >= last:
+                break  # the next window's
+            if at < end:
+                end = max(end, stop)
+                continue
+            if end >= 0:
+                yield start, end
+            start, end = at, stop
     if end >= 0:
         yield start, end
 
@@ -279,19 +293,21 @@ def text(value: str) -> str:
     """``value`` with URL passwords, secret parameters and every registered secret masked."""
     value = _replace(value, _url_passwords(value), REDACTED)
     value = _replace(value, _secret_values(value), REDACTED)
-    pattern = _current().text
-    if pattern is not None:
-        value = _replace(value, _occurrences(value, pattern), REDACTED)
+    search = _current()
+    if search.text is not None:
+        value = _replace(value, _occurrences(value, search.text, search.longest), REDACTED)
     return value
 
 
 def data(value: bytes) -> bytes:
     """Raw bytes with every registered secret masked: bytes are kept as received otherwise
     (a wrong base URL answered by a server that echoes the request would hold the API key)."""
-    pattern = _current().data
-    if pattern is None:
+    search = _current()
+    if search.data is None:
         return value
-    return _replace(value, _occurrences(value, pattern), REDACTED.encode())
+    # A character of a form is at most four bytes of UTF-8.
+    spans = _occurrences(value, search.data, 4 * search.longest)
+    return _replace(value, spans, REDACTED.encode())
 
 
 @overload

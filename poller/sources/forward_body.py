@@ -184,11 +184,13 @@ def route(items: Sequence[tuple[bytes, Any]], apps: Collection[str], received_at
     """Spool rows for a forwarded body's items: see the module's docstring."""
     mine: list[tuple[bytes, Any]] = []
     long_ids: list[NewQuarantine] = []
-    strays: list[tuple[bytes, Any]] = []
+    strays: list[bytes] = []
+    codes: Counter[str | None] = Counter()
     for data, item in items:
         app = item.get("applicationCode") if isinstance(item, dict) else None
         if not isinstance(app, str) or app not in apps:
-            strays.append((data, item))
+            strays.append(data)
+            codes[app if isinstance(app, str) else None] += 1
             continue
         message_id = item.get("messageId")
         if isinstance(message_id, str) and len(message_id) > MAX_ID_CHARS:
@@ -202,24 +204,23 @@ def route(items: Sequence[tuple[bytes, Any]], apps: Collection[str], received_at
     messages, quarantined = rows_from_items(mine, received_at, dedupe=True)
     kept = None
     if strays:
-        raw = b"[" + b",".join(data for data, _ in strays) + b"]"
-        kept = quarantine(raw, _stray_reason(strays, apps), None, received_at)
+        raw = b"[" + b",".join(strays) + b"]"
+        kept = quarantine(raw, _stray_reason(len(strays), codes, apps), None, received_at)
     return Routed(messages, quarantined + long_ids, kept, len(strays))
 
 
-def _stray_reason(strays: Sequence[tuple[bytes, Any]], apps: Collection[str]) -> str:
-    codes: Counter[str] = Counter()
-    for _data, item in strays:
-        app = item.get("applicationCode") if isinstance(item, dict) else None
-        codes[_quote(app) if isinstance(app, str) else "none"] += 1
-    named = ", ".join(f"{code} x{count}" for code, count in codes.most_common(_CODES_NAMED))
+def _stray_reason(count: int, codes: Counter[str | None], apps: Collection[str]) -> str:
+    named = ", ".join(
+        f"{'none' if code is None else _quote(code)} x{times}"
+        for code, times in codes.most_common(_CODES_NAMED)
+    )
     if len(codes) > _CODES_NAMED:
         named += f" and {len(codes) - _CODES_NAMED} other codes"
     own = ", ".join(_quote(app) for app in sorted(apps)[:_CODES_NAMED]) or "none"
     if len(apps) > _CODES_NAMED:
         own += ", ..."
     return (
-        f"forwarded body: {len(strays)} items not for an application this receiver takes"
+        f"forwarded body: {count} items not for an application this receiver takes"
         f" (POLLER_FORWARD__APPLICATIONS: {own}), kept together as a JSON array;"
         f" applicationCode {named}"
     )
