@@ -141,9 +141,11 @@ class Daemon:
             await rt.close()
 
     async def _heartbeat(self, rt: Runtime) -> None:
-        """This poller in the account's replica registry, renewed until the stop."""
+        """This poller in the account's replica registry, renewed until the stop; the
+        dead-letter metrics read at the same pace."""
         while True:
             await rt.beat()
+            await rt.count_dead_letters()
             if await self.stop.sleep(self.settings.health.heartbeat_interval):
                 return
 

@@ -216,6 +216,25 @@ DUPLICATE_DELIVERIES = _app_counter(
     "Forwarded messages not written again: their messageId reached the stream within the"
     " dedupe window (Infobip delivered them again).",
 )
+DEAD_LETTERS = _gauge(
+    "poller_dead_letters",
+    "Entries in an application's dead-letter stream (`other`: the stream of bodies with no"
+    " application), read from Redis at each heartbeat.",
+    ["app"],
+)
+DEAD_LETTERS_REDRIVEN = _gauge(
+    "poller_dead_letters_redriven",
+    "Messages `poller dead retry` re-drove from an application's dead-letter stream to its"
+    " stream, in all: a total kept in Redis beside the dead-letter stream (the command runs"
+    " and exits; the daemon reads the total at each heartbeat).",
+    ["app"],
+)
+DEAD_LETTERS_PURGED = _gauge(
+    "poller_dead_letters_purged",
+    "Dead letters `poller dead purge` removed from an application's dead-letter stream, in"
+    " all (kept in Redis as the re-driven total is).",
+    ["app"],
+)
 INFO = Info("poller", "Version and spool writer id of this process.", registry=REGISTRY)
 METRICS.append(
     MetricDoc(

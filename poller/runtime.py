@@ -231,6 +231,26 @@ class Runtime:
                 )
         self._stranded = {r.instance for r in stranded}
 
+    async def count_dead_letters(self) -> None:
+        """The dead-letter streams of the configured applications (and of bodies with no
+        application) as metrics: their length, and the totals `poller dead` keeps beside
+        them in Redis (a command that runs and exits has no metrics of its own to scrape)."""
+        apps = dict.fromkeys(
+            [*self.settings.infobip.applications, *self.settings.forward.applications]
+        )
+        try:
+            streams = await self.sink.dead_letters().dead_streams([*apps, ""])
+        except SinkError as exc:
+            log.debug(
+                "dead-letter streams not read; the next heartbeat tries again", error=str(exc)
+            )
+            return
+        for stream in streams:
+            app = metrics.app_label(stream.app or None)
+            metrics.DEAD_LETTERS.labels(app=app).set(stream.length)
+            metrics.DEAD_LETTERS_REDRIVEN.labels(app=app).set(stream.redriven)
+            metrics.DEAD_LETTERS_PURGED.labels(app=app).set(stream.purged)
+
     async def leave(self) -> None:
         """Tell the registry this poller stops (its entry stays while its spool has rows)."""
         with contextlib.suppress(SinkError):

@@ -530,11 +530,7 @@ class Spool:
     def disk_room(self) -> DiskRoom | None:
         """Free space and the read-only flag of the spool's file system (statvfs of its
         directory: cheap enough for every pull); None when they cannot be read."""
-        try:
-            st = os.statvfs(self._path.parent)
-        except OSError:
-            return None
-        return DiskRoom(st.f_bavail * st.f_frsize, bool(st.f_flag & os.ST_RDONLY))
+        return disk_room(self._path.parent)
 
     @property
     def full(self) -> bool:
@@ -585,17 +581,8 @@ class Spool:
         return problem
 
     def _refuses_files(self) -> str | None:
-        """Why no new file can be made beside the spool now (also a file system the kernel
-        turned read-only after an error without saying so to statvfs), or None."""
-        probe = self._path.with_name(f".{self._path.name}.probe-{uuid.uuid4().hex}")
-        try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            return exc.strerror or str(exc)
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            probe.unlink()
-        return None
+        """Why no new file can be made beside the spool now, or None."""
+        return refuses_files(self._path)
 
     @property
     def path(self) -> Path:
@@ -620,6 +607,68 @@ class Spool:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def disk_room(directory: Path) -> DiskRoom | None:
+    """Free space and the read-only flag of the file system of ``directory``; None when they
+    cannot be read."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return DiskRoom(st.f_bavail * st.f_frsize, bool(st.f_flag & os.ST_RDONLY))
+
+
+def refuses_files(path: Path, *, lock: bool = False) -> str | None:
+    """Why no new file can be made beside the spool file ``path`` now (also a file system the
+    kernel turned read-only after an error without saying so to statvfs) and, with ``lock``,
+    locked as the spool's lock file is; None when it can. The probe file is removed."""
+    probe = path.with_name(f".{path.name}.probe-{uuid.uuid4().hex}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    try:
+        if lock:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return f"cannot lock a file there: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return None
+
+
+def lock_holder(path: Path | str) -> str | None:
+    """The pid of the process that holds the spool's lock (as its lock file names it, or
+    "unknown"), or None when no process does. Never creates the lock file; a free lock is
+    taken and released at once (a poller starting in that instant is told the spool is in
+    use, and may start again)."""
+    path = Path(path)
+    lock_path = _lock_path(path)
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None  # no process has ever locked it: every holder keeps the file
+    except OSError as exc:
+        raise SpoolError(f"spool {path}: cannot open its lock file {lock_path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    except OSError as exc:
+        raise SpoolError(f"spool {path}: cannot lock {lock_path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)  # releases the flock, if it was taken
+    return None
+
+
+def _holder(fd: int) -> str:
+    """The pid the lock file names (its holder wrote it), or "unknown"."""
+    with contextlib.suppress(OSError, ValueError):
+        return str(int(os.pread(fd, 32, 0).decode().strip()))
+    return "unknown"
 
 
 def _check_schema(conn: sqlite3.Connection, path: Path) -> int:
@@ -717,9 +766,7 @@ def _take_lock(path: Path) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = "unknown"
-            with contextlib.suppress(OSError, ValueError):
-                holder = str(int(os.pread(fd, 32, 0).decode().strip()))
+            holder = _holder(fd)
             raise SpoolError(f"spool {path} is in use by another process (pid {holder})") from None
         except OSError as exc:
             raise SpoolError(

@@ -3,21 +3,24 @@ sink, the integration tier on Redis (each module gives a ``contract_sink`` fixtu
 
 A new sink passes these before the flusher may use it: every message once (a replay, or a
 second writer's own replay, adds nothing), dead letters in their own streams, a stream that
-refuses costs only its application, a whole outage raises ``SinkError``, and the reader
-gives back every field as written.
+refuses costs only its application, a whole outage raises ``SinkError``, the reader
+gives back every field as written, and a dead letter re-driven twice or by two retries at
+once adds its messages once, what still fails takes its place, and a purge removes dead
+letters only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from poller.sink import Sink, SinkError
+from poller.sink import DeadLetter, Redrive, Sink, SinkError
 from poller.sink.entries import MO_FIELDS, MO_SCHEMA
-from poller.spool import QuarantineEntry, SpoolEntry
+from poller.spool import NewMessage, NewQuarantine, QuarantineEntry, SpoolEntry
 
 # Makes a refusing stream for one application, and undoes it: the sink's own way.
 Refuse = Callable[[Sink, str], Awaitable[Callable[[], Awaitable[None]]]]
@@ -130,3 +133,79 @@ async def check_groups(sink: Sink, app: str) -> None:
     (info,) = await sink.stream_info([app])
     assert info.length == 2
     assert [(g.name, g.pending) for g in info.groups] == [("billing", 1)]
+
+
+AT = "2026-01-01T10:00:01.500Z"
+
+
+async def letters_of(sink: Sink, app: str) -> list[DeadLetter]:
+    """The letters of one application's dead-letter stream, newest first."""
+    return [letter async for letter in sink.dead_letters().letters([app])]
+
+
+async def one_letter(sink: Sink, app: str, raw: bytes, reason: str) -> DeadLetter:
+    """A letter quarantined for ``app`` under ``reason``, through the sink's own write."""
+    await sink.write_dead([QuarantineEntry(1, raw, reason, app, AT, "w1")])
+    (letter,) = await letters_of(sink, app)
+    return letter
+
+
+async def check_redrive_once(sink: Sink, app: str) -> None:
+    raw = json.dumps({"messageId": "m1", "applicationCode": app}).encode()
+    letter = await one_letter(sink, app, raw, "an older rule refused it")
+    assert (letter.raw, letter.reason, letter.app, letter.pulled_at) == (
+        raw,
+        "an older rule refused it",
+        app,
+        AT,
+    )
+    plan = Redrive(letter, [NewMessage(app, "m1", "", AT, raw)], [])
+    dead = sink.dead_letters()
+    # Two retries at the same time, then a third: the letter's messages go in once.
+    results = await asyncio.gather(dead.redrive(plan), dead.redrive(plan))
+    done = sorted(results, key=lambda r: r.settled)
+    assert [(r.settled, r.written, r.already) for r in done] == [
+        (False, {}, {app: 1}),
+        (True, {app: 1}, {}),
+    ]
+    late = await dead.redrive(plan)
+    assert (late.settled, late.written, late.already) == (False, {}, {app: 1})
+    entries = await every_entry(sink, app)
+    assert [(e["id"], e["payload"], e["schema"]) for e in entries] == [
+        ("m1", raw.decode(), MO_SCHEMA)
+    ]
+    assert await letters_of(sink, app) == []
+    (stream,) = await dead.dead_streams([app])
+    assert (stream.app, stream.length, stream.redriven, stream.purged) == (app, 0, 1, 0)
+
+
+async def check_leftovers_take_the_letters_place(sink: Sink, app: str) -> None:
+    raw = b'{"applicationCode": "x"}'
+    letter = await one_letter(sink, app, raw, "an older rule refused it")
+    dead = sink.dead_letters()
+    kept = NewQuarantine(raw, "result item has no messageId", app, AT)
+    result = await dead.redrive(Redrive(letter, [], [kept]))
+    assert result.settled
+    (now,) = await letters_of(sink, app)
+    assert result.kept == [now.entry_id] != [letter.entry_id]
+    assert (now.raw, now.reason, now.app, now.pulled_at) == (raw, kept.reason, app, AT)
+    assert await dead.find([letter.entry_id]) == []
+    assert await dead.find([now.entry_id], [app]) == [now]
+    assert await every_entry(sink, app) == []
+
+
+async def check_purge_spares_message_streams(sink: Sink, app: str) -> None:
+    await sink.write([entry(1, app), entry(2, app)])
+    letter = await one_letter(sink, app, b"\x00not json", "not JSON")
+    dead = sink.dead_letters()
+    # Waits for the sink's clock to pass the letter's millisecond (it purges only the older).
+    while not (await dead.purge(0, [app], dry_run=True))[letter.stream]:
+        await asyncio.sleep(0.002)
+    assert (await dead.purge(3600, [app]))[letter.stream] == 0
+    assert len(await letters_of(sink, app)) == 1
+    # Every dead-letter stream (only this one exists), the message stream not among them.
+    assert await dead.purge(0) == {letter.stream: 1}
+    assert await letters_of(sink, app) == []
+    assert [e["id"] for e in await every_entry(sink, app)] == ["m1", "m2"]
+    (stream,) = await dead.dead_streams([app])
+    assert (stream.length, stream.purged) == (0, 1)

@@ -586,7 +586,7 @@ def test_metrics_list_in_the_docs_is_the_generated_one() -> None:
     from poller import metrics
 
     table = metrics.markdown_table()
-    docs = [ROOT / "README.md", DEPLOY / "OPERATIONS.md"]
+    docs = [ROOT / "README.md", DEPLOY / "REFERENCE.md", DEPLOY / "OPERATIONS.md"]
     listing = [
         path for path in docs if path.exists() and "<!-- metrics:start -->" in path.read_text()
     ]

@@ -24,7 +24,7 @@ MONITORING = ROOT / "deploy" / "monitoring"
 RULES = MONITORING / "prometheusrule.yaml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 RULE_TESTS = MONITORING / "alerts.test.yaml"
-README = ROOT / "README.md"
+REFERENCE = ROOT / "deploy" / "REFERENCE.md"
 
 # Labels Prometheus adds to every scraped series (the target's), not the poller.
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "endpoint", "container"}
@@ -136,10 +136,10 @@ def test_every_alert_selects_only_exported_metrics() -> None:
     assert {alert: p for alert, p in problems.items() if p} == {}
 
 
-def test_the_readme_lists_the_alerts_of_the_rule_file() -> None:
-    # One copy of the alerts: the README names them and points at the file, and repeats no
+def test_the_reference_lists_the_alerts_of_the_rule_file() -> None:
+    # One copy of the alerts: the reference names them and points at the file, and repeats no
     # expression that could drift from it.
-    text = README.read_text()
+    text = REFERENCE.read_text()
     section = text.split("### Alerts", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"^\| `(Poller\w+)` \|", section, flags=re.MULTILINE)
     assert listed == [rule["alert"] for rule in alert_rules()]

@@ -315,3 +315,49 @@ async def test_reader_and_consumer_users(
         assert await admin.get("infobip:push:{app-alpha}:mo:hwm:w") == "6"
     finally:
         await admin.aclose()
+
+
+async def test_poller_user_runs_poller_dead(acl_server: AclServer, tmp_path: Path) -> None:
+    # Tried under the poller user: `poller dead list`, `show`, `retry` (a letter that parses
+    # now goes to its stream, one that still fails is put back with its new reason), and
+    # `purge` (a dry run, then for real); the server refused nothing.
+    admin_sink = redis_sink(acl_server.url(), TEMPLATE, instance_id="acl-dead")
+    await admin_sink.connect()
+    try:
+        item = b'{"messageId": "d-1", "applicationCode": "app-alpha"}'
+        await admin_sink.write_dead(
+            [
+                QuarantineEntry(1, item, "an older rule", "app-alpha", "2026-01-01T00:00:00.000Z"),
+                QuarantineEntry(
+                    2, b"junk", "an older rule", "app-alpha", "2026-01-01T00:00:00.000Z"
+                ),
+            ]
+        )
+    finally:
+        await admin_sink.close()
+    settings = Settings(
+        infobip={"base_url": "https://example.api.infobip.com", "api_key": "k"},
+        redis={"url": acl_server.url(POLLER), "stream_key_template": TEMPLATE},
+        spool={"path": tmp_path / "spool.db"},
+    )
+    code, out, err = await run_cli(settings, "dead", "list", "--json")
+    assert code == 0, out + err
+    (listed,) = json.loads(out)
+    ids = listed["reasons"][0]["ids"]
+    for args in (
+        ("show", ids[0]),
+        ("retry",),
+        ("purge", "--older-than", "0s", "--dry-run"),
+        ("purge", "--older-than", "7d"),
+    ):
+        code, out, err = await run_cli(settings, "dead", *args)
+        assert code == 0, out + err
+        assert "NOPERM" not in out + err
+    admin = Redis.from_url(acl_server.url(), decode_responses=True)
+    try:
+        assert [f["id"] for _i, f in await admin.xrange(stream("app-alpha"))] == ["d-1"]
+        ((_id, fields),) = await admin.xrange(stream("app-alpha", dead=True))
+        assert fields["reason"] == "not JSON: expected an object or an array"
+    finally:
+        await admin.aclose()
+    assert acl_server.refusals(POLLER) == []

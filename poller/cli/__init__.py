@@ -29,6 +29,7 @@ COMMANDS = {
     "status": "poller.cli.status",
     "config": "poller.cli.config",
     "tail": "poller.cli.tail",
+    "dead": "poller.cli.dead",
     "infobip": "poller.cli.admin",
     "demo": "poller.cli.devtools",
     "simulate": "poller.cli.devtools",
@@ -73,7 +74,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
             return EXIT_FAILURE
         raise
-    if args.command in NO_SETTINGS:
+    if args.command in NO_SETTINGS or getattr(args, "no_settings", False):
         return int(module.command(args))
     # The settings (and the libraries they validate with) are loaded for these commands only.
     common = importlib.import_module("poller.cli.common")

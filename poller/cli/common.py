@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from poller import logs, redact
 from poller.cli.output import error
+from poller.cli.parser import settings_overrides
 from poller.config import SettingsError
 from poller.infobip.errors import InfobipError
 from poller.settings import Settings, load_settings
@@ -17,7 +18,7 @@ from poller.settings import Settings, load_settings
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 # Commands that answer a question rather than do the daemon's work.
-ANSWERING = frozenset({"tail", "status", "check", "config"})
+ANSWERING = frozenset({"tail", "status", "check", "config", "dead"})
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -26,9 +27,13 @@ def run_with_settings(command: Command, args: argparse.Namespace) -> int:
     """Read the settings, set up the logs, run ``command``; every error it ends with
     becomes one line (a bad setting: exit 2)."""
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, **settings_overrides(args))
         level = settings.log.level
-        if args.command in ANSWERING and level == "INFO":
+        if (
+            args.command in ANSWERING
+            and level == "INFO"
+            and getattr(args, "log_level", None) is None
+        ):
             # Their output is the answer; progress lines ("redis connected") would be noise
             # on stderr. Warnings and errors still show, and DEBUG, when asked for, stays.
             level = "WARNING"

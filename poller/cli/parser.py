@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "see `poller config show`.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--config", metavar="FILE", help=f"TOML settings file (also ${CONFIG_ENV})")
+    _shared_options(parser, default=None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser(
@@ -92,8 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     cverbs = config.add_subparsers(dest="verb", required=True, metavar="VERB")
     show = cverbs.add_parser("show", help="print the effective settings (secrets masked)")
     show.add_argument("--json", action="store_true", help="print JSON")
+    check = cverbs.add_parser(
+        "check",
+        help="try the settings before running them, changing nothing: spool, disk, ports,"
+        " Redis and its ACL, Infobip and its scopes (exit 0 ok, 1 a check failed, 2 bad"
+        " settings)",
+    )
+    check.add_argument("--json", action="store_true", help="print JSON")
+    example = cverbs.add_parser(
+        "example", help="print a commented example TOML file of every setting at its default"
+    )
+    example.set_defaults(no_settings=True)
 
     _tail_arguments(sub)
+    _dead_arguments(sub)
     sub.add_parser(
         "simulate",
         help="serve the Infobip simulator on loopback (`poller simulate --help` for its options)",
@@ -101,7 +113,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _infobip_arguments(sub)
     _describe_subcommands(parser)
+    _share_options(parser)
     return parser
+
+
+# Log settings the flags override (poller.settings.LogSettings; a test keeps them equal).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("auto", "json", "console")
+# Commands that read no settings (poller.cli.NO_SETTINGS): they take none of the options below.
+SELF_CONFIGURED = frozenset({"demo", "simulate"})
+
+
+def _shared_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--config, --log-level and --log-format: before the command or after it. Below the top
+    the default is SUPPRESS, so an option given before the command is not reset after it."""
+    parser.add_argument(
+        "--config", metavar="FILE", default=default, help=f"TOML settings file (also ${CONFIG_ENV})"
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=default,
+        help="overrides POLLER_LOG__LEVEL",
+    )
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default=default, help="overrides POLLER_LOG__FORMAT"
+    )
+
+
+def _share_options(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand (and verb) that reads the settings the shared options."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                if name not in SELF_CONFIGURED:
+                    _shared_options(child, default=argparse.SUPPRESS)
+                    _share_options(child)
+
+
+def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """What the flags set over every other source of settings."""
+    log = {
+        name: value
+        for name, value in (
+            ("level", getattr(args, "log_level", None)),
+            ("format", getattr(args, "log_format", None)),
+        )
+        if value is not None
+    }
+    return {"log": log} if log else {}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -156,6 +217,40 @@ def _tail_arguments(sub: Any) -> None:
     tail.add_argument("--count", type=int, default=None, help="stop after this many messages")
     tail.add_argument("--dead", action="store_true", help="the dead-letter streams instead")
     tail.add_argument("--json", action="store_true", help="one JSON document per message")
+
+
+def _dead_arguments(sub: Any) -> None:
+    """`poller dead list|show|retry|purge`."""
+    dead = sub.add_parser("dead", help="dead letters: count by reason, show, re-drive, purge")
+    verbs = dead.add_subparsers(dest="verb", required=True, metavar="VERB")
+    app_help = "this application's only (repeatable; - : bodies with no application)"
+    listing = verbs.add_parser("list", help="dead letters by stream and reason, newest first")
+    listing.add_argument("apps", nargs="*", metavar="APP", help="default: every stream")
+    show = verbs.add_parser("show", help="one dead letter: its reason and raw bytes, escaped")
+    show.add_argument("id", metavar="ID", help="an id `poller dead list` printed")
+    retry = verbs.add_parser(
+        "retry", help="parse dead letters again: what parses goes to its stream, once"
+    )
+    retry.add_argument("--reason", metavar="TEXT", help="only those whose reason contains TEXT")
+    retry.add_argument("--id", dest="ids", nargs="+", action="extend", metavar="ID", help="these")
+    purge = verbs.add_parser("purge", help="delete dead letters older than a duration")
+    purge.add_argument(
+        "--older-than", required=True, type=_duration, metavar="D", help="7d, 12h, 30m, 90s"
+    )
+    for verb in (show, retry, purge):
+        verb.add_argument("--app", action="append", metavar="APP", help=app_help)
+    for verb in (retry, purge):
+        verb.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    for verb in (listing, show, retry, purge):
+        _json_flag(verb)
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in units or not (number.isascii() and number.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number and a unit: 7d, 12h, 30m, 90s")
+    return int(number) * units[unit]
 
 
 def _infobip_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,10 +1,11 @@
 """A sink that keeps its streams in the process: the same contract as the Redis sink, no server.
 
 It honours what the pipeline relies on: one high-water mark per stream and spool writer (a
-replay adds nothing), the dedupe window of forwarded messages, dead-letter streams, and a
-partial failure per application (``refuse``: that application's stream refuses, the others
-are written) as well as a whole outage (``fail``). The fast tests run the flusher, the sources
-and the readers on it; nothing survives the process, so it is not for production.
+replay adds nothing), the dedupe window of forwarded messages, dead-letter streams (listed,
+re-driven once each and purged as on Redis), and a partial failure per application
+(``refuse``: that application's stream refuses, the others are written) as well as a whole
+outage (``fail``). The fast tests run the flusher, the sources and the readers on it; nothing
+survives the process, so it is not for production.
 """
 
 from __future__ import annotations
@@ -12,10 +13,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from poller.sink import GroupInfo, SinkError, StreamInfo, WriteResult
+from poller.sink import (
+    DeadLetter,
+    DeadStream,
+    GroupInfo,
+    Redrive,
+    RedriveResult,
+    SinkError,
+    StreamInfo,
+    WriteResult,
+)
 from poller.sink.entries import (
     DEAD_FIELDS,
     DEAD_SCHEMA,
@@ -84,6 +94,8 @@ class MemorySink:
         self._down: str | None = None
         self._changed = asyncio.Condition()
         self.writes = 0
+        # Dead-letter stream -> [messages re-driven from it, entries purged from it].
+        self._dead_totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
 
     # -- faults the tests inject ------------------------------------------------------------
 
@@ -250,6 +262,92 @@ class MemorySink:
         """This sink reads its own streams."""
         return self
 
+    def dead_letters(self) -> MemorySink:
+        """This sink is its own dead-letter side."""
+        return self
+
+    # -- DeadLetters -----------------------------------------------------------------------
+
+    def _dead_names(self, apps: Sequence[str]) -> list[str]:
+        if apps:
+            return [stream_name(app, dead=True) for app in apps]
+        return sorted(name for name in self.data if name.endswith(DEAD))
+
+    async def dead_streams(self, apps: Sequence[str] = ()) -> list[DeadStream]:
+        """Length and totals of these applications' dead-letter streams, or of every one."""
+        self._check()
+        names = self._dead_names(apps)
+        named: list[str | None] = list(apps) if apps else [None] * len(names)
+        found = []
+        for name, app in zip(names, named, strict=True):
+            stream = self.data.get(name)
+            redriven, purged = self._dead_totals.get(name, (0, 0))
+            length = len(stream.entries) if stream is not None else 0
+            found.append(DeadStream(name, app, length, redriven, purged))
+        return found
+
+    async def letters(self, apps: Sequence[str] = ()) -> AsyncIterator[DeadLetter]:
+        """Every letter, newest first per stream."""
+        self._check()
+        for name in self._dead_names(apps):
+            stream = self.data.get(name)
+            for entry_id, fields in reversed(list(stream.entries) if stream else []):
+                yield _letter(name, entry_id, fields)
+
+    async def find(self, entry_ids: Sequence[str], apps: Sequence[str] = ()) -> list[DeadLetter]:
+        """The letters with these ids in any of these applications' dead-letter streams."""
+        self._check()
+        wanted = set(entry_ids)
+        found = []
+        for name in self._dead_names(apps):
+            stream = self.data.get(name)
+            for entry_id, fields in stream.entries if stream else []:
+                if entry_id in wanted:
+                    found.append(_letter(name, entry_id, fields))
+        return found
+
+    async def redrive(self, plan: Redrive) -> RedriveResult:
+        """Messages to their streams and leftovers in the letter's place, once: with no
+        await in between, the letter's presence decides, as the Redis script does."""
+        self._check()
+        letter = plan.letter
+        result = RedriveResult()
+        stream = self.data.get(letter.stream)
+        ids = [entry_id for entry_id, _fields in stream.entries] if stream is not None else []
+        if stream is None or letter.entry_id not in ids:
+            for m in plan.messages:
+                result.already[m.app] = result.already.get(m.app, 0) + 1
+            return result
+        for m in plan.messages:
+            mo = (m.message_id, m.app, m.received_at, m.pulled_at, _str(m.payload), MO_SCHEMA)
+            self.data[stream_name(m.app)].add(dict(zip(MO_FIELDS, mo, strict=True)))
+            result.written[m.app] = result.written.get(m.app, 0) + 1
+        del stream.entries[ids.index(letter.entry_id)]
+        for q in plan.leftovers:
+            dead = (q.reason, _str(q.raw), letter.app, q.pulled_at, DEAD_SCHEMA)
+            result.kept.append(stream.add(dict(zip(DEAD_FIELDS, dead, strict=True))))
+        self._dead_totals[letter.stream][0] += len(plan.messages)
+        result.settled = True
+        async with self._changed:
+            self._changed.notify_all()
+        return result
+
+    async def purge(
+        self, older_than: float, apps: Sequence[str] = (), *, dry_run: bool = False
+    ) -> dict[str, int]:
+        """Entries older than ``older_than`` seconds out of dead-letter streams only."""
+        self._check()
+        cutoff = int(time.time() * 1000) - int(older_than * 1000)
+        removed: dict[str, int] = {}
+        for name in self._dead_names(apps):
+            stream = self.data.get(name)
+            old = [e for e in stream.entries if _entry_key(e[0])[0] < cutoff] if stream else []
+            removed[name] = len(old)
+            if stream is not None and old and not dry_run:
+                stream.entries[: len(old)] = []
+                self._dead_totals[name][1] += len(old)
+        return removed
+
     # -- StreamReader ----------------------------------------------------------------------
 
     async def streams(self, apps: Sequence[str] = (), *, dead: bool = False) -> list[str]:
@@ -342,6 +440,17 @@ class MemoryGroup:
         """Acknowledge entries; how many were pending."""
         state = self._state()
         return sum(1 for i in entry_ids if state.pending.pop(i, None) is not None)
+
+
+def _letter(name: str, entry_id: str, fields: Fields) -> DeadLetter:
+    return DeadLetter(
+        stream=name,
+        entry_id=entry_id,
+        app=fields.get("app", ""),
+        reason=fields.get("reason", ""),
+        raw=fields.get("raw", "").encode("utf-8", "surrogateescape"),
+        pulled_at=fields.get("pulled_at", ""),
+    )
 
 
 def _str(value: bytes | str) -> str:

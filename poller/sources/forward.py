@@ -33,6 +33,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -49,7 +50,6 @@ from poller.sources.forward_body import (
     encoding_of,
     parse_forward,
     route,
-    transcode,
 )
 from poller.sources.items import count_rows, now_rfc3339, quarantine
 from poller.sources.settings import ForwardSettings
@@ -236,7 +236,7 @@ class ForwardReceiver:
         if not self.spool.has_room():
             return _reply(503, "spool at its cap", {"Retry-After": RETRY_AFTER})
         # Memory: a body costs about three times its size until its rows are spooled (see
-        # the README's Memory paragraph); the sizes of the bodies in hand are capped. A
+        # deploy/OPERATIONS.md, Memory); the sizes of the bodies in hand are capped. A
         # compressed body's decoded bytes are counted as they come (``_Reading.grow``).
         size = limit if request.content_length is None else request.content_length
         if self._in_flight and self._in_flight + size > self.settings.max_bytes_in_flight:
@@ -330,12 +330,10 @@ def _rows(
 ) -> Routed | NewQuarantine:
     """The spool rows of a body (off the loop when it is big): its messages and quarantined
     items, or one quarantine row of its bytes as received when it is not a message body."""
-    try:
-        if isinstance(decoded, Undecodable):
-            raise decoded
-        items, problem = parse_forward(transcode(decoded, charset))
-    except Undecodable as exc:
-        problem = str(exc)
+    items: list[tuple[bytes, Any]] = []
+    problem: str | None = str(decoded)
+    if not isinstance(decoded, Undecodable):
+        items, problem = parse_forward(decoded, charset)
     if problem is not None:
         # Nothing silently dropped: the bytes are kept as received, as for a pulled body.
         return quarantine(raw, f"forwarded body: {problem}", None, received_at)

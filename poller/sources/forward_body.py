@@ -18,8 +18,7 @@ from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
-from poller.infobip.body import scan_pull
-from poller.sources.items import quarantine, rows_from_items
+from poller.sources.items import items_of, quarantine, rows_from_items
 from poller.spool import NewMessage, NewQuarantine
 
 # Content-Encoding values the receiver decodes ("identity" is no encoding at all).
@@ -132,25 +131,15 @@ def transcode(body: bytes, charset: str | None) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def parse_forward(body: bytes) -> tuple[list[tuple[bytes, Any]], str | None]:
-    """The items of a forwarded body (bytes as sent, routing fields), or a reason it is not
-    one of the accepted shapes: envelope, one message object, an array of messages. A UTF-8
-    byte order mark before the document is skipped."""
-    body = body.removeprefix(codecs.BOM_UTF8)
-    head = body.lstrip()[:1]
-    if head == b"[":
-        scan = scan_pull(b'{"results":' + body + b"}")
-    elif head == b"{":
-        scan = scan_pull(body)
-        if scan.error == "`results` is not a list" and not scan.items:
-            scan = scan_pull(b'{"results":[' + body + b"]}")
-            if scan.error is None and not isinstance(scan.items[0][1], dict):
-                return [], "not a message object"
-    else:
-        return [], "not JSON: expected an object or an array"
-    if scan.error is not None:
-        return [], scan.error
-    return scan.items, None
+def parse_forward(
+    body: bytes, charset: str | None = None
+) -> tuple[list[tuple[bytes, Any]], str | None]:
+    """The items of a forwarded body in its declared charset, read as every source's body is
+    (``items_of``), or why it is not one; never raises."""
+    try:
+        return items_of(transcode(body, charset))
+    except Undecodable as exc:
+        return [], str(exc)
 
 
 class Routed:

@@ -6,6 +6,7 @@ and an item that is not a routable message is quarantined on its own, never drop
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from typing import Any, Literal
 import structlog
 
 from poller import metrics, redact
-from poller.infobip.body import Unreadable
+from poller.infobip.body import Unreadable, scan_pull
 from poller.spool import NewMessage, NewQuarantine
 
 log = structlog.get_logger(__name__)
@@ -75,6 +76,27 @@ def rows_from_items(
                 quarantine(data, problem, app if _is_text(app) and app else None, pulled_at)
             )
     return messages, quarantined
+
+
+def items_of(body: bytes) -> tuple[list[tuple[bytes, Any]], str | None]:
+    """The items of a body of any shape a source takes (a pull answer's envelope, one message
+    object, an array of them), each as (bytes as sent, routing fields or ``Unreadable``) for
+    ``rows_from_items`` to judge alone; or why the body as a whole is none of them. A UTF-8
+    byte order mark before it is skipped. What `poller dead retry` reads a letter with: a
+    quarantined item is one message object, a quarantined body an envelope or an array."""
+    body = body.removeprefix(codecs.BOM_UTF8)
+    head = body.lstrip()[:1]
+    if head == b"[":
+        scan = scan_pull(b'{"results":' + body + b"}")
+    elif head == b"{":
+        scan = scan_pull(body)
+        if scan.error == "`results` is not a list" and not scan.items:
+            scan = scan_pull(b'{"results":[' + body + b"]}")
+    else:
+        return [], "not JSON: expected an object or an array"
+    if scan.error is not None:
+        return [], scan.error
+    return scan.items, None
 
 
 def _is_text(value: Any) -> bool:

@@ -68,6 +68,14 @@ SPOOL_RETRY_MAX = 30.0
 # the spool file each hold the answer once (Infobip's MO items are well under 1 KiB each).
 # Infobip forgets what it hands out, so a pull is not sent without room for its answer.
 DISK_BYTES_PER_MESSAGE = 4096
+
+
+def disk_need(pull_limit: int, pulls: int = 1) -> int:
+    """Free bytes the spool's file system must have before ``pulls`` pulls of ``pull_limit``
+    messages are sent (one pull: what readiness asks of the spool's file system)."""
+    return DISK_FLOOR + pulls * pull_limit * DISK_BYTES_PER_MESSAGE
+
+
 # Seconds kept, of what is left of a stop's grace period, for the spool append of a held batch.
 APPEND_RESERVE = 1.0
 
@@ -165,7 +173,7 @@ class PullSource:
         self.max_poll_age = max_poll_age
         metrics.PULL_LIMIT.set(pull_limit)
         # The spool's readiness wants room for one answer on top of its floor.
-        spool.min_free = max(spool.min_free, DISK_FLOOR + pull_limit * DISK_BYTES_PER_MESSAGE)
+        spool.min_free = max(spool.min_free, disk_need(pull_limit))
         self._units: set[asyncio.Task[_Unit]] = set()
         self._last_turn: asyncio.Future[None] | None = None
         self._forget: list[str] = []  # journal files deleted since the last append
@@ -415,8 +423,7 @@ class PullSource:
 
     def disk_problem(self, pulls: int = 1) -> str | None:
         """Why the spool's file system cannot take the answers of ``pulls`` pulls, or None."""
-        need = DISK_FLOOR + pulls * self.pull_limit * DISK_BYTES_PER_MESSAGE
-        problem = self.spool.disk_problem(need)
+        problem = self.spool.disk_problem(disk_need(self.pull_limit, pulls))
         if problem is not None:
             return problem
         refused = self.journal.refuses_files() if self.journal is not None else None

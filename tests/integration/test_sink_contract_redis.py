@@ -78,3 +78,15 @@ async def test_outage_raises(own_redis: EmbeddedRedis, key_template: str) -> Non
 
 async def test_groups(sink: RedisSink, apps: tuple[str, str]) -> None:
     await contract.check_groups(sink, apps[0])
+
+
+async def test_redrive_once(sink: RedisSink, apps: tuple[str, str]) -> None:
+    await contract.check_redrive_once(sink, apps[0])
+
+
+async def test_leftovers_take_the_letters_place(sink: RedisSink, apps: tuple[str, str]) -> None:
+    await contract.check_leftovers_take_the_letters_place(sink, apps[0])
+
+
+async def test_purge_spares_message_streams(sink: RedisSink, apps: tuple[str, str]) -> None:
+    await contract.check_purge_spares_message_streams(sink, apps[0])

@@ -52,3 +52,15 @@ async def test_outage_raises() -> None:
 
 async def test_groups() -> None:
     await contract.check_groups(MemorySink(), "app-a")
+
+
+async def test_redrive_once() -> None:
+    await contract.check_redrive_once(MemorySink(), "app-a")
+
+
+async def test_leftovers_take_the_letters_place() -> None:
+    await contract.check_leftovers_take_the_letters_place(MemorySink(), "app-a")
+
+
+async def test_purge_spares_message_streams() -> None:
+    await contract.check_purge_spares_message_streams(MemorySink(), "app-a")

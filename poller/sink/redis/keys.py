@@ -3,7 +3,9 @@
 A stream per application (``${app}`` in the template stands for the application code, made
 safe by ``app_key``), its dead-letter stream (``:dead`` appended), and per stream the
 high-water mark of each spool writer and the recent message ids of forwarded messages, both
-in the stream's Cluster slot.
+in the stream's Cluster slot; per dead-letter stream the totals of what `poller dead`
+re-drove and purged, and per message stream the markers of the dead letters re-driven into
+it, in the slot of the stream they belong to.
 """
 
 from __future__ import annotations
@@ -68,18 +70,35 @@ def is_dead(key: str) -> bool:
     return key.endswith(DEAD_SUFFIX)
 
 
+def beside(stream: str, suffix: str) -> str:
+    """A key of ``stream``'s own (``suffix`` after it) in the same Cluster slot: the
+    stream's hash tag when it has one, else the whole stream key made the tag."""
+    if has_hash_tag(stream):
+        return f"{stream}{suffix}"
+    return f"{{{stream}}}{suffix}"
+
+
 def hwm_key(stream: str, writer: str) -> str:
     """The high-water mark of spool ``writer`` for ``stream``, in the same Cluster slot."""
-    if has_hash_tag(stream):
-        return f"{stream}:hwm:{writer}"
-    return f"{{{stream}}}:hwm:{writer}"
+    return beside(stream, f":hwm:{writer}")
 
 
 def seen_key(stream: str) -> str:
     """The stream's recently written message ids (forwarded messages), same slot."""
-    if has_hash_tag(stream):
-        return f"{stream}:seen"
-    return f"{{{stream}}}:seen"
+    return beside(stream, ":seen")
+
+
+def dead_totals_key(dead: str) -> str:
+    """The totals (re-driven, purged) of a dead-letter stream, in its Cluster slot."""
+    return beside(dead, ":totals")
+
+
+def redriven_key(stream: str, dead: str, entry_id: str) -> str:
+    """The marker saying dead letter ``entry_id`` of ``dead`` was re-driven into ``stream``,
+    in ``stream``'s Cluster slot. The dead-letter stream is named by a digest: its key holds
+    a hash tag of its own, which must not be the first one in this key."""
+    digest = hashlib.sha256(dead.encode("utf-8", "surrogatepass")).hexdigest()[:_APP_KEY_HASH]
+    return beside(stream, f":redriven:{digest}:{entry_id}")
 
 
 def template_problem(template: str) -> str | None:

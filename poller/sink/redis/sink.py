@@ -45,6 +45,7 @@ from poller.sink import (
 )
 from poller.sink.entries import DEAD_FIELDS, DEAD_SCHEMA, MO_FIELDS, MO_SCHEMA
 from poller.sink.redis.connection import REDIS_ERRORS, Connections
+from poller.sink.redis.deadletters import RedisDeadLetters
 from poller.sink.redis.durability import Durability
 from poller.sink.redis.keys import Keys, hwm_key, seen_key
 from poller.sink.redis.lua import Script
@@ -240,6 +241,11 @@ class RedisSink:
     def reader(self) -> RedisReader:
         """What `poller tail`, `poller status` and the demo read the streams through."""
         return RedisReader(self._conn, self.keys)
+
+    def dead_letters(self) -> RedisDeadLetters:
+        """What `poller dead` lists, re-drives and purges through; the markers of letters
+        re-driven across Cluster slots live as long as the high-water marks."""
+        return RedisDeadLetters(self._conn, self.keys, marker_ttl=self.hwm_ttl)
 
     def _error(self, op: str, exc: BaseException) -> SinkError:
         """Turn ``exc`` into a SinkError with no secret in it; a write failure is counted."""
