@@ -92,6 +92,7 @@ class Daemon:
         heartbeat = asyncio.create_task(self._heartbeat(rt), name="replica-heartbeat")
         try:
             rt.start_line()
+            rt.freeze_heap()
             readiness = Readiness(
                 stop=self.stop,
                 spool=rt.spool,

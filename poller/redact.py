@@ -4,9 +4,9 @@ Two rules. Shapes: a URL's password (``scheme://user:PASSWORD@host``) and a quer
 parameter named like a secret (``?password=``, ``&ssl_keyfile_password=``,
 ``client_secret=``) are masked wherever they appear. Values: every secret the process knows
 (each ``SecretStr`` setting, the passwords and secret parameters inside URL settings, the
-live OAuth token) is registered, in each form it may travel in (raw, percent-encoded,
-form-encoded, JSON-escaped, and ``user:password`` as the Basic header's base64), and masked
-in text and in raw bytes.
+live OAuth token and the one it replaced) is registered, in each form it may travel in
+(raw, percent-encoded, form-encoded, JSON-escaped, and ``user:password`` as the Basic
+header's base64), and masked in text and in raw bytes.
 
 Masking is linear in the length of the text, which a sender may choose: no pattern can
 backtrack over what it has read, and the registered secrets are looked for in one pass (a
@@ -70,7 +70,17 @@ class _Search:
     longest: int
 
 
-_forms: set[str] = set()
+# Characters (or bytes) searched for registered forms per regex call.
+_WINDOW = 64 * 1024
+
+# A rotating secret (the live OAuth2 token) keeps its last values masked: the lines of calls
+# still in flight may hold the one before; older ones are revoked or expired, no longer
+# secrets, and forgotten, so a year of hourly tokens does not grow the search.
+ROTATING_KEPT = 2
+
+_forms: set[str] = set()  # every form searched for: the fixed ones and the rotating ones
+_fixed: set[str] = set()
+_rotating: dict[str, deque[tuple[str, ...]]] = {}
 _generation = 0
 _search = _Search(0, None, None, (), frozenset(), 0)
 
@@ -100,10 +110,26 @@ def is_secret_name(name: str) -> bool:
 def register(value: str | None) -> None:
     """Remember a secret so that it is masked wherever it appears, in every form it may
     travel in: as is, percent-encoded (a URL), form-encoded, JSON-escaped."""
-    if not value or len(value) < MIN_LENGTH:
+    _add(*_forms_of(value))
+
+
+def rotate(slot: str, value: str) -> None:
+    """Remember the new value of a secret that is replaced from time to time (``slot`` names
+    it: an OAuth2 client); masked like ``register``'s, with the value before it, while the
+    ones before those are forgotten."""
+    kept = _rotating.setdefault(slot, deque(maxlen=ROTATING_KEPT))
+    forms = _forms_of(value)
+    if forms in kept:
         return
+    kept.append(forms)
+    _reckon()
+
+
+def _forms_of(value: str | None) -> tuple[str, ...]:
+    if not value or len(value) < MIN_LENGTH:
+        return ()
     escaped = json.dumps(value)[1:-1]
-    _add(
+    return (
         value,
         quote(value, safe=""),
         quote_plus(value, safe=""),
@@ -164,12 +190,23 @@ def _basic_partner(name: str) -> str | None:
 
 
 def _add(*forms: str) -> None:
-    global _generation
-    new = {form for form in forms if len(form) >= MIN_LENGTH} - _forms
-    if not new:
-        return
-    _forms.update(new)
-    _generation += 1
+    new = {form for form in forms if len(form) >= MIN_LENGTH} - _fixed
+    if new:
+        _fixed.update(new)
+        _reckon()
+
+
+def _reckon() -> None:
+    """The forms searched for, after a registration; the search is built again if they
+    changed."""
+    global _forms, _generation
+    forms = set(_fixed)
+    for kept in _rotating.values():
+        for values in kept:
+            forms.update(form for form in values if len(form) >= MIN_LENGTH)
+    if forms != _forms:
+        _forms = forms
+        _generation += 1
 
 
 def _current() -> _Search:
@@ -264,18 +301,29 @@ def _secret_values(value: str) -> Iterator[tuple[int, int]]:
         yield name.end(), resume
 
 
-def _occurrences(value: AnyStr, pattern: re.Pattern[AnyStr]) -> Iterator[tuple[int, int]]:
+def _occurrences(
+    value: AnyStr, pattern: re.Pattern[AnyStr], reach: int
+) -> Iterator[tuple[int, int]]:
     """(start, end) of each stretch of ``value`` covered by registered forms; overlapping
-    occurrences make one stretch, adjacent ones stay apart (one mask each, as before)."""
+    occurrences make one stretch, adjacent ones stay apart (one mask each, as before).
+    ``reach``: the longest form's length, how far past a window a match may end.
+
+    The search goes window by window: the regex engine holds the GIL for a whole call, and
+    one call over a 4 MiB body held the event loop 60 ms from the thread that masked it."""
     start = end = -1
-    for match in pattern.finditer(value):
-        at, stop = match.start(), match.end(1)
-        if at < end:
-            end = max(end, stop)
-            continue
-        if end >= 0:
-            yield start, end
-        start, end = at, stop
+    for window in range(0, len(value), _WINDOW):
+        # A form that starts in the window ends within ``reach`` after it.
+        last = window + _WINDOW
+        for match in pattern.finditer(value, window, min(len(value), last + reach)):
+            at, stop = match.start(), match.end(1)
+            if at >= last:
+                break  # the next window's
+            if at < end:
+                end = max(end, stop)
+                continue
+            if end >= 0:
+                yield start, end
+            start, end = at, stop
     if end >= 0:
         yield start, end
 
@@ -299,19 +347,21 @@ def text(value: str) -> str:
         return value
     value = _replace(value, _url_passwords(value), REDACTED)
     value = _replace(value, _secret_values(value), REDACTED)
-    pattern = _current().text
-    if pattern is not None:
-        value = _replace(value, _occurrences(value, pattern), REDACTED)
+    search = _current()
+    if search.text is not None:
+        value = _replace(value, _occurrences(value, search.text, search.longest), REDACTED)
     return value
 
 
 def data(value: bytes) -> bytes:
     """Raw bytes with every registered secret masked: bytes are kept as received otherwise
     (a wrong base URL answered by a server that echoes the request would hold the API key)."""
-    pattern = _current().data
-    if pattern is None:
+    search = _current()
+    if search.data is None:
         return value
-    return _replace(value, _occurrences(value, pattern), REDACTED.encode())
+    # A character of a form is at most four bytes of UTF-8.
+    spans = _occurrences(value, search.data, 4 * search.longest)
+    return _replace(value, spans, REDACTED.encode())
 
 
 @overload

@@ -12,21 +12,31 @@ aiohttp gives the protocol, routing, keep-alive and streaming bodies. Around its
 - a timeout on request headers (aiohttp waits for them forever), counted from the connection's
   start and from the first byte of each later request: a connection whose request has not
   reached its handler in time is closed; the handler bounds the body itself;
-- a short lingering close after an answer sent with the body unread.
+- a short lingering close after an answer sent with the body unread;
+- header limits tighter than aiohttp's defaults (``MAX_LINE_SIZE``, ``MAX_FIELD_SIZE``,
+  ``MAX_HEADERS``), and bodies left as sent (no automatic decoding of Content-Encoding: the
+  receiver decodes what it accepts itself, counting decoded bytes);
+- a request aiohttp's parser refuses (a header too long, bad bytes, too many headers) is one
+  log line with no traceback and is counted (``on_bad_request``); aiohttp logged each with a
+  traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import resource
 import socket
 import ssl
+import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from poller.env import env_name
@@ -37,6 +47,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # File descriptors left for what opens after the servers: the spool's journal, Redis and
 # Infobip connections.
 FD_RESERVE = 48
+# Header limits: the request line (method, path with a token, version), one header line, and
+# how many header lines. A connection's headers then cost at most 32 x 8 KiB; ingress-nginx
+# passes on 32 KiB in all. aiohttp's defaults: 8,190, 8,190 and 128.
+MAX_LINE_SIZE = 4096
+MAX_FIELD_SIZE = 8190
+MAX_HEADERS = 32
 _REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
     b"Connection: close\r\n\r\n"
@@ -175,6 +191,31 @@ class ListenError(OSError):
         super().__init__(code, self.problem)
 
 
+class _ProtocolLog(logging.Logger):
+    """aiohttp's logger for one server: a request its parser refused becomes one bounded
+    line and a count; anything else goes on to aiohttp's own logger, traceback and all."""
+
+    def __init__(self, server: str) -> None:
+        super().__init__(f"aiohttp.server.{server}")
+        self.parent = logging.getLogger("aiohttp.server")
+        self.server = server
+        self.on_bad_request: Callable[[int], None] | None = None
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            log.info(
+                "bad request refused",
+                server=self.server,
+                status=exc.code,
+                error=str(exc.message)[:200],
+            )
+            if self.on_bad_request is not None:
+                self.on_bad_request(exc.code)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
 # Connections the running servers of this process may hold together.
 _claimed = 0
 
@@ -214,6 +255,7 @@ class GuardedServer:
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self._claim = 0
+        self._protocol_log = _ProtocolLog(name)
 
     @property
     def port(self) -> int:
@@ -236,6 +278,10 @@ class GuardedServer:
         """Call ``callback`` for each connection refused at the cap (a metric)."""
         self._gate.on_refused = callback
 
+    def on_bad_request(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback`` with the status of each request aiohttp's parser refused."""
+        self._protocol_log.on_bad_request = callback
+
     async def start(self) -> None:
         """Bind and serve; ListenError when the address cannot be used."""
         runner = web.AppRunner(
@@ -246,6 +292,11 @@ class GuardedServer:
             # sending it (so it can read the answer) before the connection is closed.
             lingering_time=2.0,
             handle_signals=False,
+            max_line_size=MAX_LINE_SIZE,
+            max_field_size=MAX_FIELD_SIZE,
+            max_headers=MAX_HEADERS,
+            auto_decompress=False,
+            logger=self._protocol_log,
         )
         await runner.setup()
         self._claim_descriptors()

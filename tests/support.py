@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import httpx
 from redis.asyncio import Redis
 
 from poller.devtools.simulator import Simulator
+from poller.runtime import Runtime
 from poller.settings import RedisSettings, Settings
 from poller.sink.redis.keys import stream_key
 from poller.sink.redis.sink import HWM_TTL_SECONDS, RedisSink
@@ -236,3 +239,64 @@ class Processes(list[PollerProcess]):
         self.append(poller)
         await poller.start()
         return poller
+
+
+class Forwarding:
+    """A runtime's forward receiver listening in the test's loop, and ways to post to it."""
+
+    def __init__(self, rt: Runtime) -> None:
+        assert rt.receiver is not None
+        self.rt = rt
+        self.port = rt.receiver.port
+        self.token = (
+            rt.settings.forward.token.get_secret_value() if rt.settings.forward.token else ""
+        )
+        self.path = f"{rt.settings.forward.path}/{self.token}"
+        self.url = f"http://127.0.0.1:{self.port}{self.path}"
+
+    async def post(self, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+        """POST ``body`` with the token in the path and exactly these headers."""
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+            request = client.build_request("POST", self.url, content=body)
+            for name in ("content-type", "accept-encoding", "user-agent", "accept"):
+                request.headers.pop(name, None)
+            request.headers.update(headers or {})
+            return await client.send(request)
+
+    async def raw(self, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+        """Send bytes as they are (a request head ending in CRLF CRLF, then a body); the
+        status code and the whole answer."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(head + body)
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 30)
+        finally:
+            writer.close()
+        status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.") else 0
+        return status, answer
+
+    async def settled(self) -> None:
+        """Wait until the flusher has emptied the spool."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            stats = self.rt.spool.stats()
+            if not stats.rows and not stats.quarantine_pending:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the flusher did not empty the spool")
+
+
+@contextlib.asynccontextmanager
+async def forwarding(settings: Settings) -> AsyncIterator[Forwarding]:
+    """A runtime with its flusher running and its receiver listening, stopped after."""
+    rt = await Runtime.open(settings)
+    try:
+        rt.start_flushing()
+        assert rt.receiver is not None
+        await rt.receiver.start()
+        yield Forwarding(rt)
+    finally:
+        rt.stop.request("test")
+        await rt.finish()
+        await rt.close()

@@ -29,7 +29,9 @@ TOKEN = "forward-token-0123456789abcdef"
 HUGE = "h" * 100_000
 # Codes that once shared a stream, or could: braces and their old stand-ins, the name of the
 # no-application stream, a 100 KB code, glob and separator characters, text beyond ASCII.
+# A forward application's code is configured (and a metric label): a 100 KB code is pulled only.
 ODD_CODES = ["a{b", "a(b", "a_b", "a}b", "unknown", HUGE, "a*b", "a:dead", "a%7Bb", "ça va 🚆"]
+FORWARDED = [code for code in ODD_CODES if code != HUGE]
 
 
 def test_ordinary_codes_keep_the_key_they_always_had() -> None:
@@ -99,7 +101,7 @@ async def test_pulled_and_forwarded_messages_of_odd_codes_reach_one_stream_per_c
         tmp_path,
         key_template,
         apps=["app-alpha"],
-        forward={"applications": ["app-fwd"], "token": TOKEN, "port": 0},
+        forward={"applications": FORWARDED, "token": TOKEN, "port": 0},  # only these forwarded
     )
     configured_simulator.inject_raw(
         [message(n, code, "pull") for n, code in enumerate(ODD_CODES)]
@@ -111,13 +113,13 @@ async def test_pulled_and_forwarded_messages_of_odd_codes_reach_one_stream_per_c
         assert rt.receiver is not None
         await rt.receiver.start()
         await rt.pull.drain()
-        body = json.dumps([message(n, code, "fwd") for n, code in enumerate(ODD_CODES)])
+        body = json.dumps([message(n, c, "fwd") for n, c in enumerate(ODD_CODES) if c in FORWARDED])
         url = f"http://127.0.0.1:{rt.receiver.port}{settings.forward.path}/{TOKEN}"
         async with httpx.AsyncClient(trust_env=False) as client:
             answer = await client.post(
                 url, content=body, headers={"Content-Type": "application/json"}
             )
-        assert answer.json() == {"accepted": len(ODD_CODES), "quarantined": 0}
+        assert answer.json() == {"accepted": len(FORWARDED), "quarantined": 0}
         for _ in range(200):
             stats = rt.spool.stats()
             if not stats.rows and not stats.quarantine_pending:
@@ -130,7 +132,7 @@ async def test_pulled_and_forwarded_messages_of_odd_codes_reach_one_stream_per_c
 
     for n, code in enumerate(ODD_CODES):
         entries = await stream_entries(redis_client, stream_of(settings, code))
-        assert [e["id"] for e in entries] == [f"pull-{n}", f"fwd-{n}"], code
+        assert [e["id"] for e in entries] == [f"pull-{n}", f"fwd-{n}"][: 1 + (code != HUGE)]
         assert {e["app"] for e in entries} == {code}  # the whole code, in the entry
         assert json.loads(entries[0]["payload"])["applicationCode"] == code
     (dead,) = await stream_entries(redis_client, stream_of(settings, None) + ":dead")

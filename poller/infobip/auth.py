@@ -138,8 +138,9 @@ class OAuth2ClientCredentials(httpx.Auth):
             expires_in = float(data.get("expires_in", 3600))
         except (ValueError, KeyError, TypeError):
             raise InfobipError("OAuth2 token response has no access_token") from None
-        # The live token is a secret like the client secret: masked in any log line.
-        redact.register(token)
+        # The live token is a secret like the client secret: masked in any log line, and
+        # the one it replaces forgotten (after the one before it, which lines may still hold).
+        redact.rotate(f"oauth2 {self._token_url} {self._client_id}", token)
         self._token = token
         # A token shorter-lived than twice the margin is renewed at half its life instead of
         # on every call.

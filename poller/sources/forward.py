@@ -8,14 +8,17 @@ way back) is written once: forwarded rows carry a dedupe flag, and the sink skip
 whose id reached its stream within ``POLLER_FORWARD__DEDUPE_WINDOW``, atomically with the
 write and whatever process took the first delivery.
 
-Bodies: the pull method's envelope (``{"results": [...], ...}``), a single message object,
-or a JSON array of them. Anything else is answered 400 with a JSON reason, and its bytes go
-to quarantine and the dead-letter stream, as for a pulled body.
+Bodies (``forward_body``): the pull method's envelope (``{"results": [...], ...}``), a
+single message object, or a JSON array of them, recognised by content whatever the declared
+Content-Type, in the declared charset, gzip or deflate decoded. Anything else is answered 400
+with a JSON reason, and its bytes as received go to quarantine and the dead-letter stream, as
+for a pulled body. Only the configured forward applications reach streams.
 
 Protection, checked before the body is read (no side effect when refused): the token (a
-path segment or the ``X-Forward-Token`` header, compared in constant time), optional HTTP
-basic auth, the content type, the declared size; then a read timeout on headers and body, a
-size cap while reading, and a cap on connections. 503 with Retry-After while the spool is
+path segment or the ``X-Forward-Token`` header, of any bytes, compared in constant time),
+optional HTTP basic auth, the Content-Encoding, the declared size; then a read timeout on
+headers and body, a cap on the body's bytes (received and decoded) while reading, on the
+bytes in flight across requests, and on connections. 503 with Retry-After while the spool is
 at its cap or the daemon is stopping.
 """
 
@@ -24,22 +27,31 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import codecs
 import hmac
 import json
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from poller import metrics, offload
 from poller.flusher import Flusher
-from poller.infobip.body import scan_pull
 from poller.sources import Check, Counts
-from poller.sources.items import count_rows, now_rfc3339, quarantine, rows_from_items
+from poller.sources.forward_body import (
+    DECODED,
+    Inflater,
+    Routed,
+    Undecodable,
+    encoding_of,
+    parse_forward,
+    route,
+)
+from poller.sources.items import count_rows, now_rfc3339, quarantine
 from poller.sources.settings import ForwardSettings
 from poller.spool import NewMessage, NewQuarantine, Spool, SpoolError
 from poller.stop import Stop
@@ -49,6 +61,9 @@ log = structlog.get_logger(__name__)
 
 TOKEN_HEADER = "X-Forward-Token"  # noqa: S105 (a header name)  # nosec B105  # a header name, not a secret
 RETRY_AFTER = "5"
+# Seconds between two log lines about refused requests of one kind (a flood of wrong tokens
+# costs one line per interval, with the count of those it stands for).
+REFUSAL_LOG_INTERVAL = 10.0
 
 
 class GroupCommit:
@@ -90,27 +105,6 @@ class GroupCommit:
                     done.set_result(None)
 
 
-def parse_forward(body: bytes) -> tuple[list[tuple[bytes, Any]], str | None]:
-    """The items of a forwarded body (bytes as sent, routing fields), or a reason it is not
-    one of the accepted shapes: envelope, one message object, an array of messages. A UTF-8
-    byte order mark before the document is skipped."""
-    body = body.removeprefix(codecs.BOM_UTF8)
-    head = body.lstrip()[:1]
-    if head == b"[":
-        scan = scan_pull(b'{"results":' + body + b"}")
-    elif head == b"{":
-        scan = scan_pull(body)
-        if scan.error == "`results` is not a list" and not scan.items:
-            scan = scan_pull(b'{"results":[' + body + b"]}")
-            if scan.error is None and not isinstance(scan.items[0][1], dict):
-                return [], "not a message object"
-    else:
-        return [], "not JSON: expected an object or an array"
-    if scan.error is not None:
-        return [], scan.error
-    return scan.items, None
-
-
 class ForwardReceiver:
     """The HTTP forward source: an aiohttp server in the daemon's loop (a ``Source``)."""
 
@@ -148,8 +142,13 @@ class ForwardReceiver:
             ssl_context=context,
         )
         self.server.on_refused(metrics.FORWARD_REQUESTS.labels(status="503").inc)
+        self.server.on_bad_request(
+            lambda status: metrics.FORWARD_REQUESTS.labels(status=str(status)).inc()
+        )
         self._counts = Counts()
         self._in_flight = 0  # bytes reserved by the requests being read or spooled
+        self._apps = frozenset(settings.applications)
+        self._refusals = _Refusals({})
         # Called after every request whose messages were spooled (readiness, status).
         self.on_received: Callable[[], None] | None = None
 
@@ -219,10 +218,16 @@ class ForwardReceiver:
         refused = self._check_auth(request)
         if refused is not None:
             return refused
-        if request.content_type != "application/json" and not request.content_type.endswith(
-            "+json"
-        ):
-            return _reply(415, f"content type {request.content_type!r}: send application/json")
+        # Any Content-Type is read: JSON is recognised by its content. An encoding is
+        # refused before the body is read, unless it is one the receiver decodes.
+        encoding = encoding_of(request.headers.get("Content-Encoding"))
+        if encoding is None:
+            named = request.headers.get("Content-Encoding", "")[:40]
+            return _reply(
+                415,
+                f"content encoding {named!r} is not decoded here: send the body uncompressed,"
+                f" or with Content-Encoding {', '.join(DECODED)}",
+            )
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return _reply(413, f"body larger than {limit} bytes")
@@ -231,28 +236,32 @@ class ForwardReceiver:
         if not self.spool.has_room():
             return _reply(503, "spool at its cap", {"Retry-After": RETRY_AFTER})
         # Memory: a body costs about three times its size until its rows are spooled (see
-        # deploy/OPERATIONS.md, Memory); the sizes of the bodies in hand are capped.
+        # deploy/OPERATIONS.md, Memory); the sizes of the bodies in hand are capped. A
+        # compressed body's decoded bytes are counted as they come (``_Reading.grow``).
         size = limit if request.content_length is None else request.content_length
         if self._in_flight and self._in_flight + size > self.settings.max_bytes_in_flight:
             return _reply(503, "too many bytes in flight", {"Retry-After": "1"})
-        self._in_flight += size
+        reading = _Reading(self, size, limit, Inflater(encoding) if encoding else None)
         try:
             try:
                 async with asyncio.timeout(self.settings.read_timeout):
-                    body = await _read(request, limit)
+                    refused = await reading.read(request)
             except TimeoutError:
                 return _reply(408, f"body not received within {self.settings.read_timeout:g} s")
-            if body is None:
-                return _reply(413, f"body larger than {limit} bytes")
-            return await self._store(body)
+            if refused is not None:
+                return refused
+            return await self._store(reading.raw(), reading.decoded(), request.charset)
         finally:
-            self._in_flight -= size
+            reading.release()
 
     def _check_auth(self, request: web.Request) -> web.Response | None:
         given = request.match_info.get("token") or request.headers.get(TOKEN_HEADER)
         if not given:
+            self._refusals.note(401, "missing token")
             return _reply(401, f"missing token (path segment or {TOKEN_HEADER} header)")
-        if not hmac.compare_digest(given.encode(), self._token):
+        # Header bytes that are not UTF-8 come as surrogates: compared as the bytes they were.
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self._token):
+            self._refusals.note(403, "wrong token")
             return _reply(403, "wrong token")
         if self._basic is None:
             return None
@@ -262,54 +271,172 @@ class ForwardReceiver:
         except (binascii.Error, ValueError):
             pair = b""
         if scheme.lower() != "basic" or not hmac.compare_digest(pair, self._basic):
+            self._refusals.note(401, "basic authentication missing or wrong")
             return _reply(
                 401, "basic authentication required", {"WWW-Authenticate": 'Basic realm="poller"'}
             )
         return None
 
-    async def _store(self, body: bytes) -> web.Response:
+    async def _store(
+        self, raw: bytes, decoded: bytes | Undecodable, charset: str | None
+    ) -> web.Response:
         started = time.monotonic()
         received_at = now_rfc3339()
-        items, problem = await offload.run(len(body), parse_forward, body)
-        if problem is not None:
-            # Nothing silently dropped: the bytes are kept, as for a pulled body.
-            kept = quarantine(body, f"forwarded body: {problem}", None, received_at)
-            try:
-                await self.commit.append([], [kept])
-            except SpoolError as exc:
-                log.error("forwarded body not kept: spool refused it", error=str(exc))
-                return _reply(503, "spool unavailable", {"Retry-After": RETRY_AFTER})
-            self.flusher.wake()
-            self._counts.quarantined += 1
-            metrics.MESSAGES_QUARANTINED.labels(app=None).inc()
-            log.warning("forwarded body refused and quarantined", reason=problem, bytes=len(body))
-            return _reply(400, problem)
-        messages, quarantined = rows_from_items(items, received_at, dedupe=True)
+        size = max(len(raw), 0 if isinstance(decoded, Undecodable) else len(decoded))
+        routed = await offload.run(size, _rows, raw, decoded, charset, self._apps, received_at)
+        if isinstance(routed, NewQuarantine):
+            return await self._refuse(routed)
         try:
-            await self.commit.append(messages, quarantined)
+            await self.commit.append(routed.messages, routed.rows)
         except SpoolError as exc:
             log.error("forwarded messages not spooled; Infobip will deliver again", error=str(exc))
             return _reply(503, "spool unavailable", {"Retry-After": RETRY_AFTER})
         self.flusher.wake()
-        self._counts.messages += len(messages)
-        self._counts.quarantined += len(quarantined)
-        count_rows(messages, quarantined, "forwarded")
+        self._counts.messages += len(routed.messages)
+        self._counts.quarantined += routed.items_quarantined
+        count_rows(routed.messages, routed.quarantined, "forwarded")
+        if routed.strays is not None:
+            metrics.MESSAGES_QUARANTINED.labels(app=None).inc(routed.stray_count)
+            log.error("forwarded items quarantined", reason=routed.strays.reason)
         metrics.FORWARD_ACK_SECONDS.observe(time.monotonic() - started)
         if self.on_received is not None:
             self.on_received()
-        return web.json_response({"accepted": len(messages), "quarantined": len(quarantined)})
+        return web.json_response(
+            {"accepted": len(routed.messages), "quarantined": routed.items_quarantined}
+        )
+
+    async def _refuse(self, kept: NewQuarantine) -> web.Response:
+        """A body that is not a message: its bytes kept, then a 400 with the reason."""
+        try:
+            await self.commit.append([], [kept])
+        except SpoolError as exc:
+            log.error("forwarded body not kept: spool refused it", error=str(exc))
+            return _reply(503, "spool unavailable", {"Retry-After": RETRY_AFTER})
+        self.flusher.wake()
+        self._counts.quarantined += 1
+        metrics.MESSAGES_QUARANTINED.labels(app=None).inc()
+        log.warning(
+            "forwarded body refused and quarantined", reason=kept.reason, bytes=len(kept.raw)
+        )
+        return _reply(400, kept.reason.removeprefix("forwarded body: "))
 
 
-async def _read(request: web.Request, limit: int) -> bytes | None:
-    """The body, or None once it passes ``limit`` bytes (reading stops there)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _rows(
+    raw: bytes,
+    decoded: bytes | Undecodable,
+    charset: str | None,
+    apps: frozenset[str],
+    received_at: str,
+) -> Routed | NewQuarantine:
+    """The spool rows of a body (off the loop when it is big): its messages and quarantined
+    items, or one quarantine row of its bytes as received when it is not a message body."""
+    items: list[tuple[bytes, Any]] = []
+    problem: str | None = str(decoded)
+    if not isinstance(decoded, Undecodable):
+        items, problem = parse_forward(decoded, charset)
+    if problem is not None:
+        # Nothing silently dropped: the bytes are kept as received, as for a pulled body.
+        return quarantine(raw, f"forwarded body: {problem}", None, received_at)
+    return route(items, apps, received_at)
+
+
+@dataclass
+class _Refusals:
+    """Log lines about refused requests, one per kind and interval, with a count."""
+
+    since: dict[int, tuple[float, int]]
+
+    def note(self, status: int, reason: str) -> None:
+        now = time.monotonic()
+        last, count = self.since.get(status, (-REFUSAL_LOG_INTERVAL, 0))
+        if now - last < REFUSAL_LOG_INTERVAL:
+            self.since[status] = (last, count + 1)
+            return
+        self.since[status] = (now, 0)
+        log.info("forward request refused", status=status, reason=reason, refused_since=count)
+
+
+class _Reading:
+    """One request's body as it is read: its bytes as received, decoded bytes as they come,
+    and what it holds of the receiver's bytes in flight."""
+
+    def __init__(
+        self, receiver: ForwardReceiver, reserved: int, limit: int, inflater: Inflater | None
+    ) -> None:
+        self.receiver = receiver
+        self.reserved = reserved
+        self.limit = limit
+        self.inflater = inflater
+        self._raw: list[bytes] = []
+        self._decoded: list[bytes] = []
+        self._failed: Undecodable | None = None
+        receiver._in_flight += reserved
+
+    async def read(self, request: web.Request) -> web.Response | None:
+        """Read the body; a response when it is refused (past the cap, or past the bytes in
+        flight while others are in hand). Reading stops there."""
+        try:
+            return await self._read(request)
+        except HttpProcessingError as exc:  # bad chunked framing, a body cut short
+            return _reply(400, f"body cannot be read: {str(exc.message)[:200]}")
+
+    async def _read(self, request: web.Request) -> web.Response | None:
+        size = decoded = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > self.limit:
+                return _reply(413, f"body larger than {self.limit} bytes")
+            self._raw.append(chunk)
+            if self.inflater is None or self._failed is not None:
+                continue
+            try:
+                for piece in self.inflater.feed(chunk):
+                    decoded += len(piece)
+                    if decoded > self.limit:
+                        return _reply(413, f"decoded body larger than {self.limit} bytes")
+                    if not self.grow(len(piece)):
+                        return _reply(503, "too many bytes in flight", {"Retry-After": "1"})
+                    self._decoded.append(piece)
+            except Undecodable as exc:
+                self._failed = exc  # the rest is read all the same, to be kept as received
+        if self.inflater is not None and self._failed is None:
+            try:
+                self.inflater.finish()
+            except Undecodable as exc:
+                self._failed = exc
+        return None
+
+    def grow(self, size: int) -> bool:
+        """Hold ``size`` more bytes in flight; False when that passes the bytes in flight
+        and other requests hold some (one request alone may always go on)."""
+        receiver = self.receiver
+        total = receiver._in_flight + size
+        if total > receiver.settings.max_bytes_in_flight and receiver._in_flight > self.reserved:
+            return False
+        receiver._in_flight = total
+        self.reserved += size
+        return True
+
+    def raw(self) -> bytes:
+        """The body as received."""
+        if len(self._raw) != 1:
+            self._raw = [b"".join(self._raw)]
+        return self._raw[0]
+
+    def decoded(self) -> bytes | Undecodable:
+        """The body after its Content-Encoding, or why it cannot be decoded."""
+        if self.inflater is None:
+            return self.raw()
+        if self._failed is not None:
+            return self._failed
+        if len(self._decoded) != 1:
+            self._decoded = [b"".join(self._decoded)]
+        return self._decoded[0]
+
+    def release(self) -> None:
+        """Give back the bytes in flight this request held."""
+        self.receiver._in_flight -= self.reserved
+        self.reserved = 0
 
 
 def _reply(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -80,7 +80,8 @@ class ForwardSettings(Section):
     applications: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Application codes received by HTTP forward instead of pulled"
-        " (comma-separated or a JSON list); bootstrap gives them an HTTP_FORWARD action.",
+        " (comma-separated or a JSON list); bootstrap gives them an HTTP_FORWARD action. The"
+        " receiver writes only these applications' messages to streams (the rest: quarantine).",
     )
     host: str = Field("127.0.0.1", description="Receiver bind address.")
     port: int = Field(8088, ge=0, le=65535, description="Receiver port.")
@@ -116,8 +117,8 @@ class ForwardSettings(Section):
         8 * 1024 * 1024,
         ge=1024,
         description="Request bodies read or spooled at once, bytes (declared sizes, or"
-        " max_body_bytes when undeclared); past it, 503 with Retry-After. Bounds the memory"
-        " of concurrent requests.",
+        " max_body_bytes when undeclared, and what compressed bodies decode to as it comes);"
+        " past it, 503 with Retry-After. Bounds the memory of concurrent requests.",
     )
     read_timeout: float = Field(
         10.0, gt=0, description="Seconds a request's headers and body may take to arrive."

@@ -7,7 +7,9 @@
 // this consumer left pending in an earlier run, then new entries; checks each entry
 // (schema infobip.push.mo.v1, id = payload.messageId, app = payload.applicationCode),
 // prints one JSON line per message and acknowledges it. An entry that fails the checks is
-// reported on stderr and left pending (XPENDING shows it); the exit status is then 1.
+// reported on stderr and left pending (XPENDING shows it), and so is one the handler cannot
+// take (here: printing a payload nested deeper than JSON.stringify's stack); the exit status
+// is then 1. JSON.parse itself reads any nesting, and a huge integer as a Number.
 // Stops after --count entries, or on SIGINT/SIGTERM (what was not acknowledged stays pending).
 import net from 'node:net';
 
@@ -156,14 +158,22 @@ async function main(argv) {
         }
         const entry = {};
         for (let i = 0; i < flat.length; i += 2) entry[flat[i]] = flat[i + 1];
-        const reason = invalid(entry);
+        let reason = invalid(entry);
+        let line;
+        if (!reason) {
+          const { id, app, received_at, pulled_at, message } = entry;
+          try {
+            line = JSON.stringify({ entry_id: entryId, id, app, received_at, pulled_at, payload: message });
+          } catch (error) {
+            reason = `payload cannot be handled: ${error.message}`; // JSON.stringify recurses
+          }
+        }
         if (reason) {
-          console.error(JSON.stringify({ entry_id: entryId, error: reason }));
+          console.error(JSON.stringify({ entry_id: entryId, error: reason.slice(0, 500) }));
           failed++;
           continue;
         }
-        const { id, app, received_at, pulled_at, message } = entry;
-        console.log(JSON.stringify({ entry_id: entryId, id, app, received_at, pulled_at, payload: message }));
+        console.log(line);
         await redis.call('XACK', stream, group, entryId);
         handled++;
       }

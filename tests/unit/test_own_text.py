@@ -32,6 +32,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # The key is forgotten after the test (a common word would be masked in later ones);
     # a new generation makes the search be built again, after the test and back.
     monkeypatch.setattr(redact, "_forms", set(redact._forms))
+    monkeypatch.setattr(redact, "_fixed", set(redact._fixed))
     monkeypatch.setattr(redact, "_generation", redact._generation + 1)
     redact.register(KEY)
 

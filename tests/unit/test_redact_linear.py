@@ -65,12 +65,12 @@ def assert_linear(make: Callable[[int], T], mask: Callable[[T], object]) -> None
 @pytest.fixture
 def registry() -> Iterator[None]:
     """Secrets registered by the test are forgotten after it."""
-    saved = redact._forms
-    redact._forms = set(saved)
+    saved, saved_fixed = redact._forms, redact._fixed
+    redact._forms, redact._fixed = set(saved), set(saved_fixed)
     try:
         yield
     finally:
-        redact._forms = saved
+        redact._forms, redact._fixed = saved, saved_fixed
         redact._generation += 1  # the search built with the test's secrets is built again
 
 

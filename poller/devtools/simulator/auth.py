@@ -85,6 +85,11 @@ class Authenticator:
         self.issued += 1
         return token, int(self.token_ttl)
 
+    def live_tokens(self) -> list[str]:
+        """The bearer tokens issued and not yet expired or revoked, oldest first."""
+        now = self._clock()
+        return [token for token, expiry in self._tokens.items() if expiry > now]
+
     def revoke_all(self) -> int:
         """Invalidate every bearer token; returns how many there were."""
         count = len(self._tokens)

@@ -9,7 +9,11 @@ async for delivery in consumer.deliveries():
 unacknowledged for ``claim_idle_ms`` (a consumer that died), moves an entry delivered more than
 ``max_deliveries`` times to the dead-letter stream and acknowledges it in one atomic step (a
 poison message), and ends cleanly when its task is cancelled (what was not acknowledged stays
-pending in the group, for a consumer to claim). ``read``/``ack``/``claim_stale`` are the steps.
+pending in the group, for a consumer to claim). An entry it cannot parse (``Message.error``:
+a payload that is not JSON, an integer of more than 4,300 digits, nesting deeper than the
+interpreter's stack, missing fields) is never handed over: it goes to the dead-letter stream
+at its first delivery, since reading it again cannot succeed, and the loop goes on.
+``read``/``ack``/``claim_stale`` are the steps (they return such entries with ``error`` set).
 
 The poller reads the streams only through this package (``poller.sink.redis.reader``, for
 `poller tail`); ``poller.consumer`` is the import path for downstream code.
@@ -31,6 +35,9 @@ from poller.sink.redis.keys import dead_of
 from poller.sink.redis.lua import Script
 
 _DEAD_LETTER = Script("dead_letter.lua")
+
+# How much of a parse error a dead letter's reason carries.
+MAX_REASON = 300
 
 Entry = tuple[Any, dict[Any, Any] | None]  # (entry id, fields); fields None once deleted
 
@@ -136,13 +143,16 @@ class StreamConsumer:
     ) -> AsyncIterator[Delivery]:
         """Messages for this consumer until cancelled: entries taken over from consumers that
         left them unacknowledged for ``claim_idle_ms``, then new ones. An entry delivered more
-        than ``max_deliveries`` times goes to the dead-letter stream instead."""
+        than ``max_deliveries`` times goes to the dead-letter stream instead, and so does an
+        entry that cannot be parsed, at once (a failed delivery that no retry can mend)."""
         await self.ensure_group()
         next_claim = 0.0
         while True:
             if time.monotonic() >= next_claim:
                 next_claim = time.monotonic() + claim_idle_ms / 2000
                 for message in await self.claim_stale(claim_idle_ms, count):
+                    if await self._unreadable(message):
+                        continue
                     times = await self._times_delivered(message.entry_id)
                     if times > max_deliveries:
                         reason = (
@@ -154,7 +164,16 @@ class StreamConsumer:
                     yield Delivery(message, times, self)
             block = max(1, min(block_ms, int((next_claim - time.monotonic()) * 1000)))
             for message in await self.read(count, block):
-                yield Delivery(message, 1, self)
+                if not await self._unreadable(message):
+                    yield Delivery(message, 1, self)
+
+    async def _unreadable(self, message: Message) -> bool:
+        """True for an entry that cannot be parsed, now moved to the dead-letter stream."""
+        if message.error is None:
+            return False
+        reason = f"entry {message.entry_id} cannot be parsed: {message.error[:MAX_REASON]}"
+        await self.dead_letter(message.entry_id, reason)
+        return True
 
     async def _times_delivered(self, entry_id: str) -> int:
         rows = await self.redis.xpending_range(
