@@ -25,11 +25,12 @@ Nothing here prints: `poller dead` (``poller.cli.dead``) renders what these retu
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from poller.sink import DeadLetter, DeadLetters, DeadStream, Redrive
+from poller.sources.forward_body import route
 from poller.sources.items import items_of, now_rfc3339, quarantine, rows_from_items
 
 # A stream entry id as `poller dead list` prints them.
@@ -127,14 +128,23 @@ async def summary(dead: DeadLetters, apps: Sequence[str] = ()) -> list[StreamSum
     return found
 
 
-def reparse(letter: DeadLetter) -> Redrive:
-    """A letter read again with the current code: its messages and what still fails."""
+def reparse(letter: DeadLetter, forward_apps: Collection[str] = ()) -> Redrive:
+    """A letter read again with the current code: its messages and what still fails.
+
+    A forwarded body is judged by the receiver's rule: only items of ``forward_apps``
+    (POLLER_FORWARD__APPLICATIONS) become messages, the others stay together in one letter,
+    so re-driving an attacker's body of 84,000 codes creates no stream; once an application
+    is added to the setting, its items are re-driven."""
     pulled_at = letter.pulled_at or now_rfc3339()
     items, problem = items_of(letter.raw)
+    forwarded = letter.reason.startswith(FORWARDED)
     if problem is not None:
-        prefix = FORWARDED if letter.reason.startswith(FORWARDED) else ""
+        prefix = FORWARDED if forwarded else ""
         kept = quarantine(letter.raw, prefix + problem, letter.app or None, pulled_at)
         return Redrive(letter, [], [kept])
+    if forwarded:
+        routed = route(items, forward_apps, pulled_at)
+        return Redrive(letter, routed.messages, routed.rows)
     messages, leftovers = rows_from_items(items, pulled_at)
     return Redrive(letter, messages, leftovers)
 
@@ -159,6 +169,7 @@ async def retry(
     reason: str | None = None,
     ids: Sequence[str] = (),
     dry_run: bool = False,
+    forward_apps: Collection[str] = (),
 ) -> RetryReport:
     """Re-drive the letters of these applications (or all), those whose reason contains
     ``reason``, or those with these ids; see the module's docstring for what parses."""
@@ -169,16 +180,18 @@ async def retry(
         report.missing = [i for i in ids if i not in found]
         for letter in letters:
             if reason is None or reason in letter.reason:
-                report.outcomes.append(await _one(dead, letter, dry_run))
+                report.outcomes.append(await _one(dead, letter, dry_run, forward_apps))
         return report
     async for letter in dead.letters(apps):
         if reason is None or reason in letter.reason:
-            report.outcomes.append(await _one(dead, letter, dry_run))
+            report.outcomes.append(await _one(dead, letter, dry_run, forward_apps))
     return report
 
 
-async def _one(dead: DeadLetters, letter: DeadLetter, dry_run: bool) -> Outcome:
-    plan = reparse(letter)
+async def _one(
+    dead: DeadLetters, letter: DeadLetter, dry_run: bool, forward_apps: Collection[str]
+) -> Outcome:
+    plan = reparse(letter, forward_apps)
     reasons = [q.reason for q in plan.leftovers]
     if _unchanged(plan):
         return Outcome(letter, "unchanged", reasons=reasons or [letter.reason])

@@ -56,7 +56,12 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             return _print_show(args.id, await dead.find([args.id], apps), as_json=args.json)
         if args.verb == "retry":
             report = await deadletters.retry(
-                dead, apps=apps, reason=args.reason, ids=ids, dry_run=args.dry_run
+                dead,
+                apps=apps,
+                reason=args.reason,
+                ids=ids,
+                dry_run=args.dry_run,
+                forward_apps=settings.forward.applications,
             )
             _print_retry(report, as_json=args.json)
             return EXIT_FAILURE if report.missing else EXIT_OK

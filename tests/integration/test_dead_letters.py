@@ -357,11 +357,11 @@ async def test_in_a_cluster_a_letter_of_other_slots_is_redriven_once_even_when_c
 
         monkeypatch.setattr(redis_dead, "_SETTLE", dies_once)
         with pytest.raises(SinkError):
-            await deadletters.retry(sink.dead_letters(), apps=[""])
+            await deadletters.retry(sink.dead_letters(), apps=[""], forward_apps=apps)
         for app in apps:
             assert await client.xlen(sink.stream_key(app)) == 1
         assert await client.xlen(dead_of(no_app)) == 1
-        report = await deadletters.retry(sink.dead_letters())
+        report = await deadletters.retry(sink.dead_letters(), forward_apps=apps)
         assert sorted((o.letter.app, o.status, o.messages) for o in report.outcomes) == [
             ("", "redriven", dict.fromkeys(apps, 1)),
             (apps[0], "redriven", {apps[0]: 1}),

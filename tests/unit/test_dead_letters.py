@@ -102,7 +102,8 @@ async def test_a_body_of_several_applications_splits_and_what_still_fails_stays(
     items = [item("a-1"), item("b-1", app="app-b"), {"applicationCode": "app-a"}]
     raw = json.dumps(items).encode()
     await sink.write_dead([QuarantineEntry(1, raw, "forwarded body: an older rule", None, AT)])
-    report = await deadletters.retry(sink.dead_letters())
+    forward_apps = ["app-a", "app-b"]  # the receiver's applications
+    report = await deadletters.retry(sink.dead_letters(), forward_apps=forward_apps)
     (outcome,) = report.outcomes
     assert (outcome.status, outcome.messages) == ("redriven", {"app-a": 1, "app-b": 1})
     assert outcome.reasons == ["result item has no messageId"]
@@ -112,7 +113,7 @@ async def test_a_body_of_several_applications_splits_and_what_still_fails_stays(
     assert left.entry_id == outcome.kept[0]
     assert (left.raw, left.reason) == (b'{"applicationCode": "app-a"}', outcome.reasons[0])
     # Failing as before now: left as it is.
-    again = await deadletters.retry(sink.dead_letters())
+    again = await deadletters.retry(sink.dead_letters(), forward_apps=forward_apps)
     assert [o.status for o in again.outcomes] == ["unchanged"]
     assert await letters(sink, "") == [left]
 
@@ -125,6 +126,29 @@ async def test_a_forwarded_body_that_still_fails_keeps_its_reason_and_id() -> No
     report = await deadletters.retry(sink.dead_letters())
     assert [(o.status, o.reasons) for o in report.outcomes] == [("unchanged", [reason])]
     assert await letters(sink, "") == [before]
+
+
+async def test_a_forwarded_body_of_strays_creates_no_stream_until_its_application_is_added() -> (
+    None
+):
+    """Tried: the receiver's letter of items for applications it does not take (an attacker's
+    many codes, and one real application not configured yet) retried as is, then with that
+    application added to POLLER_FORWARD__APPLICATIONS."""
+    sink = MemorySink()
+    strays = [item("evil-1", "app-alpha"), *(item(f"x{n}", f"code-{n}") for n in range(50))]
+    strays.append(item("real-1", "app-new"))
+    raw = json.dumps(strays).encode()
+    reason = deadletters.FORWARDED + "52 items not for an application this receiver takes"
+    await sink.write_dead([QuarantineEntry(1, raw, reason, None, AT)])
+    report = await deadletters.retry(sink.dead_letters(), forward_apps=["app-chat"])
+    assert [o.messages for o in report.outcomes] == [{}]
+    assert [name for name in sink.data if not name.endswith(":dead")] == []
+    report = await deadletters.retry(sink.dead_letters(), forward_apps=["app-chat", "app-new"])
+    assert [(o.status, o.messages) for o in report.outcomes] == [("redriven", {"app-new": 1})]
+    assert [name for name in sink.data if not name.endswith(":dead")] == [stream_name("app-new")]
+    (left,) = await letters(sink, "")
+    assert len(json.loads(left.raw)) == 51
+    assert [e["id"] for e in sink.entries("app-new")] == ["real-1"]
 
 
 async def test_a_stale_reason_is_replaced_by_the_one_the_letter_fails_for_now() -> None:
