@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).parent / "benchmarks" / "bench_forward.py"
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_forward.py"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

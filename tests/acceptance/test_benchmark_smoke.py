@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-RUN = Path(__file__).parent / "benchmarks" / "run.py"
+RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 CASES = (
     "throttled",
     "throttled_rtt",

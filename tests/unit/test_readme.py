@@ -6,7 +6,7 @@ from pathlib import Path
 
 from poller import docs
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_generated_tables_are_up_to_date() -> None:

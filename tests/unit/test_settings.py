@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,16 +10,7 @@ from pydantic import SecretStr
 from poller.settings import Settings, SettingsError, load_settings
 from tests.support import stream_of
 
-POLLER = str(Path(sys.executable).with_name("poller"))
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No POLLER_* variable from outside, and a working directory without a .env."""
-    for name in [n for n in os.environ if n.startswith("POLLER_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def problems(**env: str) -> list[str]:
@@ -240,53 +227,6 @@ def test_secrets_are_secret_str_and_hidden_in_repr() -> None:
     text = repr(settings) + str(settings.model_dump()) + settings.model_dump_json()
     for secret in ("key-abcdef", "pw-abcdef", "cs-abcdef", "redis-abcdef"):
         assert secret not in text
-
-
-def run_poller(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
-    return subprocess.run(
-        [POLLER, *args],
-        env={**base, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-SECRETS = {
-    "POLLER_INFOBIP__API_KEY": "api-key-0f9e8d7c",
-    "POLLER_INFOBIP__PASSWORD": "password-0f9e8d7c",
-    "POLLER_INFOBIP__IBSSO_TOKEN": "ibsso-0f9e8d7c",
-    "POLLER_INFOBIP__CLIENT_SECRET": "client-secret-0f9e8d7c",
-    "POLLER_REDIS__PASSWORD": "redis-pw-0f9e8d7c",
-}
-
-
-def test_config_show_masks_secrets(clean_env: Path) -> None:
-    env = {**SECRETS, "POLLER_INFOBIP__APPLICATIONS": "shop-ios,shop-android"}
-    table = run_poller("config", "show", env=env, cwd=clean_env)
-    as_json = run_poller("config", "show", "--json", env=env, cwd=clean_env)
-    assert table.returncode == as_json.returncode == 0, table.stderr + as_json.stderr
-    for secret in SECRETS.values():
-        assert secret not in table.stdout + table.stderr + as_json.stdout + as_json.stderr
-    rows = {line.split()[0]: line.split() for line in table.stdout.splitlines()[1:]}
-    assert rows["infobip.api_key"] == ["infobip.api_key", "**********", "POLLER_INFOBIP__API_KEY"]
-    assert rows["redis.password"][1] == "**********"
-    shown = json.loads(as_json.stdout)
-    assert shown["infobip"]["client_secret"] == "**********"
-    assert shown["infobip"]["applications"] == ["shop-ios", "shop-android"]
-
-
-def test_cli_bad_setting_is_one_line_per_problem(clean_env: Path) -> None:
-    result = run_poller("config", "show", env={"POLLER_INFOBIP__PULL_LIMIT": "5000"}, cwd=clean_env)
-    assert result.returncode == 2
-    assert result.stdout == ""
-    assert result.stderr.splitlines() == [
-        "poller: bad setting: infobip.pull_limit (POLLER_INFOBIP__PULL_LIMIT): "
-        "Input should be less than or equal to 1000"
-    ]
 
 
 def test_grace_period_shorter_than_a_pull_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

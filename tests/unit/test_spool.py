@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from poller.spool import NewMessage, NewQuarantine, Spool, SpoolError
+from tests.support.spool import make_v1_spool
+from tests.support.spool import spool_message as msg
 
 BIG = 10**9
-
-
-def msg(i: int, app: str = "app1") -> NewMessage:
-    return NewMessage(
-        app=app,
-        message_id=f"m{i}",
-        received_at="2024-05-01T10:00:00.000+0000",
-        pulled_at="2024-05-01T10:00:01Z",
-        payload=f'{{"messageId": "m{i}", "text": "hello {i}"}}',
-    )
 
 
 @pytest.fixture
@@ -126,60 +115,6 @@ def test_directory_in_place_of_the_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "spool.db").mkdir()
     with pytest.raises(SpoolError, match="is a directory"):
         Spool.open(tmp_path / "spool.db", max_rows=BIG, max_bytes=BIG)
-
-
-def _without_dac_override(code: str, workdir: Path) -> subprocess.CompletedProcess[str]:
-    """Run `code` where file permissions bite: as root, with the capabilities that bypass
-    them dropped (setpriv), else as the current user."""
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root and setpriv (util-linux) is not installed")
-        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
-    return subprocess.run(
-        [*prefix, sys.executable, "-c", code],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-_OPEN = (
-    "import sys\n"
-    "from poller.spool import Spool, SpoolError\n"
-    "try:\n"
-    "    Spool.open({path!r}, max_rows=10, max_bytes=10**6)\n"
-    "except SpoolError as exc:\n"
-    "    print('SpoolError:', exc)\n"
-    "    sys.exit(3)\n"
-)
-
-
-def test_unreadable_file_is_refused_and_kept(tmp_path: Path) -> None:
-    # Tried: a spool file the process may not read (mode 000, owned by someone else).
-    path = tmp_path / "spool.db"
-    Spool.open(path, max_rows=BIG, max_bytes=BIG).close()
-    before = path.read_bytes()
-    path.chmod(0)
-    done = _without_dac_override(_OPEN.format(path=str(path)), tmp_path)
-    assert done.returncode == 3, done.stderr
-    assert "spool.db" in done.stdout
-    path.chmod(0o600)
-    assert path.read_bytes() == before
-
-
-def test_read_only_directory_is_refused(tmp_path: Path) -> None:
-    # Tried: a spool path in a directory the process may not write to.
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    done = _without_dac_override(_OPEN.format(path=str(ro / "spool.db")), tmp_path)
-    assert done.returncode == 3, done.stderr
-    assert "spool.db" in done.stdout
-    assert not (ro / "spool.db").exists()
 
 
 def test_disk_full_leaves_nothing_half_written(spool: Spool) -> None:
@@ -294,34 +229,6 @@ def test_every_open_is_a_new_writer_recorded_on_each_row(tmp_path: Path) -> None
     assert len(first) == 32
 
 
-_V1_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL, message_id TEXT NOT NULL,
-    received_at TEXT NOT NULL, pulled_at TEXT NOT NULL, payload TEXT NOT NULL,
-    size INTEGER NOT NULL, spooled_at REAL NOT NULL
-);
-CREATE TABLE quarantine (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, raw BLOB NOT NULL, reason TEXT NOT NULL, app TEXT,
-    pulled_at TEXT NOT NULL, dead_lettered INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX quarantine_pending ON quarantine (seq) WHERE dead_lettered = 0;
-INSERT INTO meta VALUES ('instance_id', 'v1instance');
-INSERT INTO messages (app, message_id, received_at, pulled_at, payload, size, spooled_at)
-    VALUES ('app1', 'old1', 'r', 'p', '{}', 10, 1.0), ('app1', 'old2', 'r', 'p', '{}', 10, 2.0);
-INSERT INTO quarantine (raw, reason, app, pulled_at) VALUES (x'ff', 'bad', NULL, 'p');
-PRAGMA user_version = 1;
-"""
-
-
-def make_v1_spool(path: Path) -> None:
-    """A spool file as version 1 of the schema left it, with two messages and a body."""
-    conn = sqlite3.connect(path)
-    conn.executescript(_V1_SCHEMA)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.close()
-
-
 def test_version_1_spool_is_migrated_in_place(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     make_v1_spool(path)
@@ -345,44 +252,6 @@ def test_version_1_spool_is_migrated_in_place(tmp_path: Path) -> None:
     conn.close()
     with Spool.open(path, max_rows=BIG, max_bytes=BIG) as s:
         assert [p.message_id for p in s.pending(10)] == ["old1", "old2", "m3"]
-
-
-_HOLD = (
-    "import sys, time\n"
-    "from poller.spool import Spool\n"
-    "s = Spool.open({path!r}, max_rows=10, max_bytes=10**6)\n"
-    "print('open', flush=True)\n"
-    "sys.stdin.read()\n"
-)
-
-
-def test_second_open_is_refused_while_the_first_is_open(tmp_path: Path) -> None:
-    # Tried: two processes on one spool file; each kept its own counters (phantom backpressure).
-    path = tmp_path / "spool.db"
-    first = Spool.open(path, max_rows=BIG, max_bytes=BIG)
-    first.append([msg(0)])
-    with pytest.raises(SpoolError, match=rf"in use by another process \(pid {os.getpid()}\)"):
-        Spool.open(path, max_rows=BIG, max_bytes=BIG)
-    first.close()
-    first.close()
-    with Spool.open(path, max_rows=BIG, max_bytes=BIG) as again:
-        assert again.stats().rows == 1
-
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD.format(path=str(path))],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "open"
-        with pytest.raises(SpoolError, match=rf"spool\.db is in use .*\(pid {holder.pid}\)"):
-            Spool.open(path, max_rows=BIG, max_bytes=BIG)
-    finally:
-        holder.communicate("", timeout=30)
-    # The lock goes with the process, however it ends.
-    Spool.open(path, max_rows=BIG, max_bytes=BIG).close()
 
 
 def test_peek_reads_an_open_spool_without_its_lock(tmp_path: Path) -> None:
