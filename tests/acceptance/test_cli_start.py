@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from poller.cli.parser import build_parser
 from tests.support import poller_command
 
 API_KEY = "key-that-must-not-be-printed-4711"
-
-
-def subcommands(
-    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
-) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
-    """Every subcommand at every depth, with its words (`infobip actions create`)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, child in action.choices.items():
-                yield (*path, name), child
-                yield from subcommands(child, (*path, name))
-
-
-def test_every_subcommand_help_says_what_it_does() -> None:
-    # Tried: `--help` of each of the ~25 commands; argparse prints no description unless one is
-    # given, so `poller run --help` used to show only `-h`.
-    found = dict(subcommands(build_parser()))
-    assert {"run", "once", "bootstrap", "simulate", "tail"} <= {p[0] for p in found}
-    assert ("infobip", "actions", "create") in found
-    empty = [" ".join(path) for path, child in found.items() if not (child.description or "")]
-    assert empty == []
 
 
 def test_run_help_names_the_settings_it_needs() -> None:

@@ -51,10 +51,6 @@ def readme_acl(user: str) -> list[str]:
     raise AssertionError(f"deploy/OPERATIONS.md has no `ACL SETUSER {user}` line")
 
 
-def test_readme_states_the_waitaof_additions() -> None:
-    assert "`+waitaof '+config|get'`" in (ROOT / "deploy" / "OPERATIONS.md").read_text()
-
-
 @dataclass
 class AclServer:
     """A private server with the documented users on it."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from pathlib import Path
 
 import pytest
 
@@ -12,20 +10,7 @@ from poller.bootstrap import bootstrap
 from poller.infobip import ActionRequest, AuthError, InfobipClient
 from poller.settings import InfobipSettings
 from tests.fixtures_sim import SimulatorFactory
-from tests.support import make_settings, run_poller
-
-
-def client_for(base_url: str, **extra: object) -> InfobipClient:
-    """A client with fast retries for tests."""
-    settings = InfobipSettings(
-        base_url=base_url,
-        api_key="sim-api-key",  # type: ignore[arg-type]
-        rate_limit=200,
-        backoff_base=0.01,
-        backoff_max=0.1,
-        **extra,  # type: ignore[arg-type]
-    )
-    return InfobipClient(settings)
+from tests.support import infobip_client
 
 
 async def pull_actions(client: InfobipClient, app: str) -> list[str]:
@@ -41,7 +26,7 @@ async def test_four_concurrent_bootstraps_create_one_configuration_and_one_pull_
     # Tried: four processes' worth of clients bootstrapping the same five applications at once.
     apps = [f"race-{n}" for n in range(5)]
     sim = await simulator_factory(applications=apps, throttle_rps=10_000)
-    clients = [client_for(sim.base_url) for _ in range(4)]
+    clients = [infobip_client(sim.base_url) for _ in range(4)]
     try:
         results = await asyncio.gather(*(bootstrap(c, apps, callback_data="cb") for c in clients))
         for reports in results:
@@ -61,7 +46,7 @@ async def test_bootstrap_is_idempotent_and_reports_what_existed(
     simulator_factory: SimulatorFactory,
 ) -> None:
     sim = await simulator_factory(applications=["app-a"], throttle_rps=10_000)
-    async with client_for(sim.base_url) as client:
+    async with infobip_client(sim.base_url) as client:
         first = await bootstrap(client, ["app-a"])
         second = await bootstrap(client, ["app-a"])
         assert first[0].configuration_created
@@ -74,7 +59,7 @@ async def test_bootstrap_is_idempotent_and_reports_what_existed(
 
 async def test_dry_run_changes_nothing(simulator_factory: SimulatorFactory) -> None:
     sim = await simulator_factory(applications=["app-a"], throttle_rps=10_000)
-    async with client_for(sim.base_url) as client:
+    async with infobip_client(sim.base_url) as client:
         reports = await bootstrap(client, ["app-a"], dry_run=True)
         assert reports[0].configuration is None
         assert any("would create" in w for w in reports[0].warnings)
@@ -85,7 +70,7 @@ async def test_http_forward_action_is_reported_and_left_alone_unless_asked(
     simulator_factory: SimulatorFactory,
 ) -> None:
     sim = await simulator_factory(applications=["app-a"], throttle_rps=10_000)
-    async with client_for(sim.base_url) as client:
+    async with infobip_client(sim.base_url) as client:
         config = await client.create_configuration("app-a")
         forward = await client.create_action(
             "app-a",
@@ -108,7 +93,7 @@ async def test_unknown_application_is_named_and_others_still_bootstrap(
     simulator_factory: SimulatorFactory,
 ) -> None:
     sim = await simulator_factory(applications=["app-a"], throttle_rps=10_000)
-    async with client_for(sim.base_url) as client:
+    async with infobip_client(sim.base_url) as client:
         reports = await bootstrap(client, ["no-such-app", "app-a"])
     assert reports[0].error is not None
     assert "no-such-app" in reports[0].error
@@ -122,97 +107,3 @@ async def test_wrong_credentials_are_fatal(simulator_factory: SimulatorFactory) 
         with pytest.raises(AuthError) as info:
             await bootstrap(client, ["app-a"])
     assert info.value.status == 401
-
-
-async def test_bootstrap_command_prints_per_application_and_dry_run(
-    simulator_factory: SimulatorFactory, redis_url: str, key_template: str, tmp_path: Path
-) -> None:
-    sim = await simulator_factory(applications=["app-a", "app-b"])
-    settings = make_settings(sim, redis_url, tmp_path, key_template, apps=["app-a", "app-b"])
-    dry = await asyncio.to_thread(run_poller, settings, "bootstrap", "--dry-run")
-    assert dry.returncode == 0, dry.stderr
-    assert "would create" in dry.stdout
-    done = await asyncio.to_thread(run_poller, settings, "bootstrap")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.count("(created)") == 4
-    again = await asyncio.to_thread(run_poller, settings, "bootstrap", "--json")
-    assert again.returncode == 0
-    assert '"configuration_created": false' in again.stdout
-
-
-async def test_a_forward_application_gets_one_http_forward_action_to_the_receiver(
-    simulator_factory: SimulatorFactory, redis_url: str, key_template: str, tmp_path: Path
-) -> None:
-    # Tried: an application pulled until now (a PULL action exists) switched to forward:
-    # dry run, then bootstrap (PULL reported, left alone), then asked to replace it.
-    token = "forward-token-0123456789abcdef"
-    sim = await simulator_factory(applications=["app-a"], auto_configure=True)
-    settings = make_settings(
-        sim,
-        redis_url,
-        tmp_path,
-        key_template,
-        forward={
-            "applications": ["app-a"],
-            "token": token,
-            "public_url": "https://poller.example.com/infobip/forward",
-        },
-    )
-    url = f"https://poller.example.com/infobip/forward/{token}"
-
-    dry = await asyncio.to_thread(run_poller, settings, "bootstrap", "--dry-run", "--json")
-    assert dry.returncode == 0, dry.stderr
-    assert "would create" in dry.stdout + dry.stderr
-    assert token not in dry.stdout + dry.stderr
-
-    done = await asyncio.to_thread(run_poller, settings, "bootstrap", "--json")
-    assert done.returncode == 0, done.stderr
-    (report,) = json.loads(done.stdout)
-    assert (report["mode"], report["action_created"], report["ok"]) == ("forward", True, True)
-    assert len(report["conflicting"]) == 1  # the PULL action, reported
-    assert token not in done.stdout + done.stderr
-    async with client_for(sim.base_url) as client:
-        (config,) = await client.list_configurations("app-a")
-        actions = await client.list_actions("app-a", config.key)
-    assert sorted((a.type, a.forward_url) for a in actions) == [
-        ("HTTP_FORWARD", url),
-        ("PULL", None),
-    ]
-
-    replace = settings.model_copy(
-        update={"forward": settings.forward.model_copy(update={"replace_pull": True})}
-    )
-    again = await asyncio.to_thread(run_poller, replace, "bootstrap", "--json")
-    (report,) = json.loads(again.stdout)
-    assert (report["action_created"], len(report["removed"])) == (False, 1)
-    async with client_for(sim.base_url) as client:
-        actions = await client.list_actions("app-a", config.key)
-    assert [(a.type, a.forward_url) for a in actions] == [("HTTP_FORWARD", url)]
-
-
-@pytest.mark.parametrize(
-    ("key", "says"),
-    [
-        ("sim-forbidden-key", ["inbound-message:read", "mobile-app-messaging:manage",
-                               "POLLER_INFOBIP__BOOTSTRAP=false"]),
-        ("no-such-key", ["refused", "wrong or revoked key"]),
-    ],
-)  # fmt: skip
-async def test_a_key_without_the_scope_and_a_wrong_key_are_told_apart(
-    simulator_factory: SimulatorFactory,
-    redis_url: str,
-    key_template: str,
-    tmp_path: Path,
-    key: str,
-    says: list[str],
-) -> None:
-    # Tried: `poller once` with a key Infobip answers 403 (valid, missing a scope) and one it
-    # answers 401 (unknown).
-    sim = await simulator_factory(applications=["app-a"])
-    settings = make_settings(
-        sim, redis_url, tmp_path, key_template, apps=["app-a"], infobip={"api_key": key}
-    )
-    done = await asyncio.to_thread(run_poller, settings, "once")
-    assert done.returncode == 1
-    for text in says:
-        assert text in done.stdout + done.stderr, text

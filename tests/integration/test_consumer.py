@@ -10,7 +10,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from poller.consumer import StreamConsumer, parse_entry
+from poller.consumer import StreamConsumer
 from poller.sink import MO_SCHEMA
 from poller.spool import SpoolEntry
 from tests.support import redis_sink
@@ -77,14 +77,6 @@ async def test_claim_stale_takes_over_a_crashed_consumer(
     claimed += await rescuer.claim_stale(min_idle_ms=20, count=10)
     assert [m.message_id for m in claimed] == ["m1", "m2", "m3", "m4"]
     assert await rescuer.ack([m.entry_id for m in claimed]) == 4
-
-
-def test_malformed_entry_is_flagged_not_raised() -> None:
-    message = parse_entry(b"1-1", {b"id": b"x", b"payload": b"{broken"})
-    assert message.error is not None
-    assert message.payload == {}
-    assert message.entry_id == "1-1"
-    assert parse_entry("1-2", {"payload": "[1]"}).error == "payload is not a JSON object"
 
 
 async def test_a_consumer_that_dies_before_acking_has_its_message_delivered_to_another(

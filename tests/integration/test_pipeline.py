@@ -412,22 +412,6 @@ async def test_half_an_emoji_in_a_message_loses_nothing(
     assert json.loads(entries[1]["payload"])["text"] == "cut emoji \ud83d"
 
 
-def test_a_pull_item_nested_too_deeply_is_quarantined_alone_not_a_crash() -> None:
-    # Tried: one item 200,000 levels deep (far past any reader's stack).
-    from poller.infobip import parse_pull
-    from poller.infobip.body import MAX_DEPTH, Unreadable
-    from poller.sources.pull import rows_from_body
-
-    deep = b"[" * 200_000 + b"]" * 200_000
-    body = b'{"results":[' + deep + b'],"messageCount":1,"pendingMessageCount":0}'
-    response = parse_pull(body)
-    assert response.items == [deep]
-    assert response.routes == [Unreadable(f"result item nested deeper than {MAX_DEPTH} levels")]
-    rows = rows_from_body(body, "2026-01-01T00:00:00Z")
-    assert rows.messages == []
-    assert [q.raw for q in rows.quarantined] == [deep]
-
-
 async def test_a_stream_redis_refuses_does_not_hold_back_the_other_applications(
     configured_simulator: Simulator,
     redis_url: str,

@@ -6,21 +6,18 @@ per-node client), fails instead of passing in clear."""
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from poller.daemon import run_once
 from poller.devtools.embedded import EmbeddedRedis
 from poller.devtools.simulator import Simulator
-from poller.settings import SettingsError, load_settings
+from poller.settings import load_settings
 from poller.sink import SinkConfigError, SinkError
 from poller.sink.redis.sink import RedisSink
 from poller.sink.redis.tls import TLSOptions
@@ -33,33 +30,12 @@ from tests.fixtures_redis import (
     tls_client,
 )
 from tests.fixtures_sim import SimulatorFactory
-from tests.support import make_settings, redis_sink, run_poller, stream_entries, stream_of
+from tests.support import make_settings, redis_sink, stream_entries, stream_of
+from tests.support.tls import encrypted_key, tls_settings
 
 pytestmark = pytest.mark.skipif(not redis_has_tls(), reason="redis-server built without TLS")
 
 APPS = ["app-alpha", "app-beta"]
-
-
-def tls_settings(files: TLSFiles, *, client_cert: bool = False, **more: Any) -> dict[str, Any]:
-    """The redis settings that trust the test CA (and present the client certificate)."""
-    settings: dict[str, Any] = {"tls_ca_file": files.ca, **more}
-    if client_cert:
-        settings |= {"tls_cert_file": files.client_cert, "tls_key_file": files.client_key}
-    return settings
-
-
-def encrypted_key(files: TLSFiles, folder: Path, password: str) -> Path:
-    """The client key, encrypted with ``password``."""
-    key = serialization.load_pem_private_key(files.client_key.read_bytes(), password=None)
-    path = folder / "client-encrypted.key"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(password.encode()),
-        )
-    )
-    return path
 
 
 def async_tls_client(port: int, files: TLSFiles) -> Redis:
@@ -86,113 +62,6 @@ def assert_plain_port_off(port: int, files: TLSFiles) -> None:
     """The server answers only over TLS: no plain port a client could fall back to."""
     with tls_client(port, files) as client:
         assert client.config_get("port") == {"port": "0"}
-
-
-# -- settings ------------------------------------------------------------------------------
-
-
-def _load(**redis: Any) -> None:
-    load_settings(redis=redis)
-
-
-def test_tls_settings_that_cannot_work_are_refused_naming_the_setting(
-    tls_files: TLSFiles, tmp_path: Path
-) -> None:
-    # Tried: each way an operator can get the TLS settings wrong; every one is a settings
-    # error naming the variable to fix, before anything connects.
-    not_pem = tmp_path / "not-a-ca.pem"
-    not_pem.write_text("hello\n")
-    missing = tmp_path / "missing.pem"
-    rediss = "rediss://127.0.0.1:6380/0"
-    cases: list[tuple[dict[str, Any], str]] = [
-        (
-            {"url": rediss, "tls_ca_file": missing},
-            f"POLLER_REDIS__TLS_CA_FILE: cannot read {missing}",
-        ),
-        (
-            {"url": rediss, "tls_key_file": tls_files.client_key},
-            "TLS_KEY_FILE needs POLLER_REDIS__TLS_CERT_FILE",
-        ),
-        ({"url": "unix:///run/redis.sock", "tls": True}, "TLS over a unix:// socket"),
-        ({"url": "redis://h:6379/0", "tls_ca_file": tls_files.ca}, "set but TLS is off"),
-        ({"url": "redis://h:6379/0", "tls_sentinels": True}, "TLS_SENTINELS set but TLS is off"),
-        ({"url": rediss, "tls": False}, "POLLER_REDIS__TLS=false contradicts the rediss:// URL"),
-        (
-            {"url": rediss, "tls_ca_file": not_pem},
-            "TLS_CA_FILE (" + str(not_pem) + "): not a PEM CA",
-        ),
-        (
-            # The server's key does not belong to the client certificate.
-            {
-                "url": rediss,
-                "tls_cert_file": tls_files.client_cert,
-                "tls_key_file": tls_files.server_key,
-            },
-            "cannot load the client certificate and its key",
-        ),
-        (
-            {
-                "url": rediss,
-                "mode": "cluster",
-                "tls_cert_file": tls_files.client_cert,
-                "tls_key_password": "pw",
-            },
-            "TLS_KEY_PASSWORD is not supported with mode=cluster",
-        ),
-    ]
-    for redis, expected in cases:
-        with pytest.raises(SettingsError) as caught:
-            _load(**redis)
-        assert expected in str(caught.value), (redis, str(caught.value))
-
-
-def test_tls_options_in_the_url_are_refused_without_echoing_them() -> None:
-    # Tried: the options redis-py reads from a URL query; settings are the one way now, and
-    # the key password given there must not show up in the error.
-    url = "rediss://127.0.0.1:6380/0?ssl_cert_reqs=none&ssl_password=hunter2-url-secret"
-    with pytest.raises(SettingsError) as caught:
-        _load(url=url)
-    text = str(caught.value)
-    assert "ssl_cert_reqs in POLLER_REDIS__URL: set POLLER_REDIS__TLS_VERIFY instead" in text
-    assert "ssl_password in POLLER_REDIS__URL: set POLLER_REDIS__TLS_KEY_PASSWORD" in text
-    assert "hunter2-url-secret" not in text
-
-
-def test_a_wrong_key_password_is_a_settings_error_that_does_not_print_it(
-    tls_files: TLSFiles, tmp_path: Path
-) -> None:
-    key = encrypted_key(tls_files, tmp_path, "right-password-123")
-    redis = {"url": "rediss://127.0.0.1:6380/0", "tls_cert_file": tls_files.client_cert}
-    with pytest.raises(SettingsError) as caught:
-        _load(**redis, tls_key_file=key, tls_key_password="wrong-password-456")
-    assert "TLS_KEY_PASSWORD" in str(caught.value)
-    assert "wrong-password-456" not in str(caught.value)
-    # The right one loads, and stays out of the options' repr.
-    _load(**redis, tls_key_file=key, tls_key_password="right-password-123")
-    assert "right-password" not in repr(TLSOptions(key_password="right-password-123"))
-
-
-def test_poller_exits_2_on_a_missing_ca_file_and_never_prints_the_key_password(
-    configured_simulator: Simulator, tls_files: TLSFiles, tmp_path: Path, key_template: str
-) -> None:
-    configured_simulator.inject("app-alpha", 3)
-    rediss = "rediss://127.0.0.1:6380/0"
-    settings = make_settings(configured_simulator, rediss, tmp_path, key_template, apps=APPS)
-    # Set after validation, as an environment variable naming a file that is gone would be.
-    settings.redis.tls_ca_file = tmp_path / "gone.pem"
-    done = run_poller(settings, "once", "--no-bootstrap")
-    assert done.returncode == 2, done.stderr
-    assert f"POLLER_REDIS__TLS_CA_FILE: cannot read {tmp_path / 'gone.pem'}" in done.stderr
-    assert configured_simulator.inbox_depth == 3  # the start stopped before any pull
-
-    secret = "key-password-never-shown"
-    redis = tls_settings(tls_files, client_cert=True, tls_key_password=secret)
-    redis["tls_key_file"] = encrypted_key(tls_files, tmp_path, secret)
-    good = make_settings(configured_simulator, rediss, tmp_path, key_template, redis=redis)
-    shown = run_poller(good, "config", "show")
-    assert shown.returncode == 0, shown.stderr
-    assert "redis.tls_key_password" in shown.stdout
-    assert secret not in shown.stdout + shown.stderr
 
 
 # -- standalone ----------------------------------------------------------------------------
@@ -263,38 +132,6 @@ async def test_a_server_that_wants_a_client_certificate_refuses_a_sink_without_o
         finally:
             await sink.close()
     assert "want a client certificate (set POLLER_REDIS__TLS_CERT_FILE" in str(caught.value)
-
-
-async def test_the_wrong_ca_stops_the_start_at_once_and_pulls_nothing(
-    configured_simulator: Simulator,
-    tls_redis: TLSRedis,
-    tls_files: TLSFiles,
-    key_template: str,
-    tmp_path: Path,
-) -> None:
-    # Tried: a CA that did not sign the server's certificate. The start is refused (exit 1,
-    # a line that names the setting) within a second or so, not after retries, and no
-    # message leaves the Infobip inbox.
-    configured_simulator.inject("app-alpha", 5)
-    settings = make_settings(
-        configured_simulator,
-        tls_redis.url,
-        tmp_path,
-        key_template,
-        apps=APPS,
-        redis={"tls_ca_file": tls_files.other_ca},
-    )
-    started = time.monotonic()
-    done = run_poller(settings, "once", "--no-bootstrap", timeout=30)
-    elapsed = time.monotonic() - started
-    assert done.returncode == 1, done.stderr
-    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-    refused = [line for line in lines if line.get("event") == "the sink cannot honour the settings"]
-    assert refused, done.stderr
-    assert "certificate verify failed" in refused[0]["error"]
-    assert "POLLER_REDIS__TLS_CA_FILE must hold the CA" in refused[0]["error"]
-    assert elapsed < 15
-    assert configured_simulator.inbox_depth == 5
 
 
 async def test_tls_true_encrypts_a_redis_url_and_without_it_the_tls_port_refuses(

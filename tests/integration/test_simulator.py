@@ -557,16 +557,6 @@ async def test_pull_delay_applies_to_refused_pulls_and_can_change(
         sim.set_pull_delay(-1)
 
 
-def test_simulate_command_takes_a_pull_delay() -> None:
-    parser = argparse.ArgumentParser()
-    simulate_cli.add_arguments(parser)
-    assert parser.parse_args([]).pull_delay == 0.0
-    assert parser.parse_args(["--pull-delay", "0.15"]).pull_delay == 0.15
-    for bad in ("-1", "nan", "inf", "soon"):
-        with pytest.raises(SystemExit):
-            parser.parse_args(["--pull-delay", bad])
-
-
 async def test_bulk_backlog_serves_documented_messages(
     configured_simulator: Simulator, openapi: OpenApi
 ) -> None:

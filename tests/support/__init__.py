@@ -17,7 +17,8 @@ import httpx
 from redis.asyncio import Redis
 
 from poller.devtools.simulator import Simulator
-from poller.settings import RedisSettings, Settings
+from poller.infobip import InfobipClient
+from poller.settings import InfobipSettings, RedisSettings, Settings
 from poller.sink.redis.keys import stream_key
 from poller.sink.redis.sink import HWM_TTL_SECONDS, RedisSink
 from poller.sink.redis.tls import TLSOptions
@@ -236,3 +237,27 @@ class Processes(list[PollerProcess]):
         self.append(poller)
         await poller.start()
         return poller
+
+
+def infobip_client(base_url: str, **extra: object) -> InfobipClient:
+    """An Infobip client with fast retries, for tests."""
+    settings = InfobipSettings(
+        base_url=base_url,
+        api_key="sim-api-key",  # type: ignore[arg-type]
+        rate_limit=200,
+        backoff_base=0.01,
+        backoff_max=0.1,
+        **extra,  # type: ignore[arg-type]
+    )
+    return InfobipClient(settings)
+
+
+def inbox_item(n: int, app: str = "app-alpha", size: int = 0) -> dict[str, object]:
+    """Message n as an item of a pull answer, padded with `size` bytes of text."""
+    return {
+        "messageId": f"m-{n:05d}",
+        "applicationCode": app,
+        "receivedAt": "2026-11-30T10:00:00.000+0000",
+        "text": f"message {n} " + "x" * size,
+        "customPayload": {"n": n, "nested": [1, {"deep": "é"}]},
+    }
