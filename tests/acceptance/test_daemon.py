@@ -7,7 +7,6 @@ import json
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -30,14 +29,6 @@ from tests.support import (
 )
 
 APPS = ["app-alpha", "app-beta", "app-gamma"]
-
-
-@pytest.fixture
-async def processes() -> AsyncIterator[Processes]:
-    started = Processes()
-    yield started
-    for p in started:
-        await p.kill()
 
 
 def daemon_settings(

@@ -18,7 +18,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -106,14 +106,6 @@ def fill(path: Path) -> int:
                 chunk = chunk[: len(chunk) // 2]  # the last pages, to the last byte
     finally:
         os.close(fd)
-
-
-@pytest.fixture
-async def processes() -> AsyncIterator[Processes]:
-    started = Processes()
-    yield started
-    for p in started:
-        await p.kill()
 
 
 def disk_settings(sim: Simulator, redis_url: str, spool_dir: Path, key_template: str) -> Settings:

@@ -14,7 +14,7 @@ from poller.devtools.simulator import Simulator
 from poller.runtime import Runtime
 from poller.settings import Settings
 from poller.sources.pull import DrainResult
-from tests.support import ids_in_streams, make_settings, stream_of
+from tests.support import ids_in_streams, make_settings, open_runtime, stream_of
 
 TOKEN = "forward-token-0123456789abcdef"
 
@@ -46,15 +46,12 @@ async def drain_batches(
     sim: Simulator, settings: Settings, batches: list[range]
 ) -> list[DrainResult]:
     """For each batch, its big messages put in the inbox, then one drain; then a flush."""
-    rt = await Runtime.open(settings)
     results = []
-    try:
+    async with open_runtime(settings) as rt:
         for batch in batches:
             sim.inject_raw([big_message(n) for n in batch])
             results.append(await rt.pull.drain())
         await rt.flusher.flush()
-    finally:
-        await rt.close()
     return results
 
 

@@ -26,6 +26,7 @@ from tests.support import (
     ids_at,
     ids_in_streams,
     make_settings,
+    open_runtime,
     stream_entries,
     stream_of,
 )
@@ -150,14 +151,11 @@ async def test_replay_after_crash_between_xadd_and_commit_adds_nothing_twice(
     await sink.close()
     spool.close()
 
-    rt = await Runtime.open(settings)
-    try:
+    async with open_runtime(settings) as rt:
         flushed = await rt.flusher.flush()
         assert flushed.total_written == 0
         assert flushed.skipped == 300
         assert rt.spool.stats().rows == 0
-    finally:
-        await rt.close()
     counts = await ids_in_streams(redis_client, key_template)
     assert len(counts) == 300
     assert set(counts.values()) == {1}
@@ -177,8 +175,7 @@ async def test_redis_down_keeps_messages_in_spool_until_it_returns(
         key_template,
         redis={"socket_timeout": 1.0},
     )
-    rt = await Runtime.open(settings)
-    try:
+    async with open_runtime(settings) as rt:
         own_redis.kill()
         configured_simulator.inject("app-alpha", 400)
         result, error = await drain_and_flush(rt)
@@ -192,8 +189,6 @@ async def test_redis_down_keeps_messages_in_spool_until_it_returns(
         assert error is None
         assert rt.flusher.written == 400
         assert rt.spool.stats().rows == 0
-    finally:
-        await rt.close()
     counts = await ids_at(own_redis.url, key_template)
     assert set(counts) == set(configured_simulator.ledger.ids())
     assert set(counts.values()) == {1}
@@ -216,8 +211,7 @@ async def test_spool_cap_pauses_pulling_and_pulling_resumes(
         redis={"socket_timeout": 1.0},
     )
     configured_simulator.inject("app-gamma", 1000)
-    rt = await Runtime.open(settings)
-    try:
+    async with open_runtime(settings) as rt:
         own_redis.kill()
         result, _ = await drain_and_flush(rt)
         assert result.backpressure
@@ -236,8 +230,6 @@ async def test_spool_cap_pauses_pulling_and_pulling_resumes(
             await drain_and_flush(rt)
         assert configured_simulator.inbox_depth == 0
         assert rt.spool.stats().rows == 0
-    finally:
-        await rt.close()
     counts = await ids_at(own_redis.url, key_template)
     assert len(counts) == 1000
     assert set(counts.values()) == {1}
@@ -255,8 +247,7 @@ async def test_garbled_entries_and_bodies_land_in_quarantine_and_dead_letter_str
     configured_simulator.inject("app-alpha", 3)
     configured_simulator.inject_raw([{"applicationCode": "app-beta", "text": "no id"}])
     settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
-    rt = await Runtime.open(settings)
-    try:
+    async with open_runtime(settings) as rt:
         result, _ = await drain_and_flush(rt)
         assert result.pulled == 3
         assert result.quarantined == 1
@@ -266,8 +257,6 @@ async def test_garbled_entries_and_bodies_land_in_quarantine_and_dead_letter_str
         stats = rt.spool.stats()
         assert stats.quarantined == 2
         assert stats.quarantine_pending == 0
-    finally:
-        await rt.close()
 
     dead_beta = await stream_entries(redis_client, stream_of(settings, "app-beta") + ":dead")
     assert len(dead_beta) == 1
@@ -298,11 +287,8 @@ async def test_cut_pull_response_is_quarantined_and_draining_goes_on(
         configured_simulator, redis_url, tmp_path, key_template, infobip={"pull_limit": 40}
     )
     configured_simulator.add_fault(kind, count=1, path="/push/1/inbox/reports")
-    rt = await Runtime.open(settings)
-    try:
+    async with open_runtime(settings) as rt:
         await drain_and_flush(rt)
-    finally:
-        await rt.close()
     cut = configured_simulator.ledger.undelivered_ids()
     assert len(cut) == 40
     counts = await ids_in_streams(redis_client, key_template)
@@ -352,12 +338,9 @@ async def test_poll_cycle_counts_pulls_and_stops_when_inbox_empty(
     settings = make_settings(
         configured_simulator, redis_url, tmp_path, key_template, infobip={"pull_limit": 100}
     )
-    rt = await Runtime.open(settings)
-    try:
+    async with open_runtime(settings) as rt:
         assert isinstance(rt.pull, PullSource)
         result, _ = await drain_and_flush(rt)
-    finally:
-        await rt.close()
     assert result.pulls == 3
     assert result.pulled == 230
     assert rt.flusher.written == 230
@@ -374,8 +357,7 @@ async def test_disk_full_holds_the_pulled_batch_until_the_spool_takes_it(
     # Tried: the spool file may not grow (SQLite's own "database or disk is full", produced by
     # capping the page count) when a pull returns 200 messages; then space comes back.
     settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
-    rt = await Runtime.open(settings)
-    try:
+    async with open_runtime(settings) as rt:
         task = await drain_held_by_a_full_disk(rt, configured_simulator, 200)
         assert "full" in rt.pull.spool_error
         assert configured_simulator.inbox_depth == 0  # handed out: only our memory has them
@@ -386,8 +368,6 @@ async def test_disk_full_holds_the_pulled_batch_until_the_spool_takes_it(
         assert result.pulled == 200
         assert rt.pull.spool_error is None
         await rt.flusher.flush()
-    finally:
-        await rt.close()
     counts = await ids_in_streams(redis_client, key_template)
     assert set(counts) == set(configured_simulator.ledger.ids())
     assert len(counts) == 200
@@ -431,8 +411,7 @@ async def test_a_stream_redis_refuses_does_not_hold_back_the_other_applications(
     await redis_client.set(stream_of(settings, "app-beta"), "not a stream")
     configured_simulator.inject_raw([message("app-beta", n) for n in range(50)])
     configured_simulator.inject("app-alpha", 6000)
-    rt = await Runtime.open(settings)
-    try:
+    async with open_runtime(settings) as rt:
         await rt.pull.drain()
         flushed = await rt.flusher.flush()
         assert set(flushed.failed) == {"app-beta"}
@@ -447,8 +426,6 @@ async def test_a_stream_redis_refuses_does_not_hold_back_the_other_applications(
         flushed = await rt.flusher.flush(retry_parked=True)
         assert flushed.failed == {}
         assert rt.spool.stats().rows == 0
-    finally:
-        await rt.close()
     assert await redis_client.xlen(stream_of(settings, "app-beta")) == 50
 
 
@@ -490,9 +467,8 @@ async def test_rows_of_a_parked_stream_survive_later_slices_of_other_streams(
         [{"applicationCode": "app-beta", "text": "no id"}, {"text": "no app either"}]
     )
     await redis_client.set(stream_of(settings, "app-beta") + ":dead", "not a stream")
-    rt = await Runtime.open(settings)
-    rt.flusher.rows = 4
-    try:
+    async with open_runtime(settings) as rt:
+        rt.flusher.rows = 4
         await drain_and_flush(rt)
         stats = rt.spool.stats()
         assert stats.rows == 10  # app-beta's, every one of them
@@ -504,8 +480,6 @@ async def test_rows_of_a_parked_stream_survive_later_slices_of_other_streams(
         await rt.flusher.flush(retry_parked=True)
         assert rt.spool.stats().rows == 0
         assert rt.spool.stats().quarantine_pending == 0
-    finally:
-        await rt.close()
     beta = await stream_entries(redis_client, stream_of(settings, "app-beta"))
     assert [e["id"] for e in beta] == [f"app-beta-msg-{n:05d}" for n in range(10)]
 
@@ -548,8 +522,7 @@ async def test_last_good_poll_is_not_stamped_while_redis_refuses_the_writes(
         key_template,
         redis={"socket_timeout": 1.0},
     )
-    rt = await Runtime.open(settings)
-    try:
+    async with open_runtime(settings) as rt:
         configured_simulator.inject("app-alpha", 5)
         await drain_and_flush(rt)
         first = rt.pull.last_success
@@ -564,8 +537,6 @@ async def test_last_good_poll_is_not_stamped_while_redis_refuses_the_writes(
         result, _ = await drain_and_flush(rt)
         assert result.pulls == 1
         assert rt.pull.last_success == first
-    finally:
-        await rt.close()
 
 
 async def test_a_stop_while_the_spool_refuses_a_batch_leaves_it_in_the_journal(
@@ -582,16 +553,13 @@ async def test_a_stop_while_the_spool_refuses_a_batch_leaves_it_in_the_journal(
 
     settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
     stop = Stop(3.0)
-    rt = await Runtime.open(settings, stop)
-    try:
+    async with open_runtime(settings, stop) as rt:
         task = await drain_held_by_a_full_disk(rt, configured_simulator, 7)
         started = time.monotonic()
         stop.request("test")
         await asyncio.wait_for(task, timeout=5)
         assert time.monotonic() - started < 3.0
         assert rt.pull.abandoned == 0
-    finally:
-        await rt.close()
     journal = settings.spool.path.with_name(settings.spool.path.name + ".journal")
     assert len(list(journal.iterdir())) == 1
 
@@ -615,17 +583,14 @@ async def test_a_stop_gives_up_a_batch_neither_spool_nor_journal_took_and_logs_i
 
     settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
     stop = Stop(3.0)
-    rt = await Runtime.open(settings, stop)
-    rt.pull.journal = None
-    try:
+    async with open_runtime(settings, stop) as rt:
+        rt.pull.journal = None
         task = await drain_held_by_a_full_disk(rt, configured_simulator, 7)
         started = time.monotonic()
         stop.request("test")
         await asyncio.wait_for(task, timeout=5)
         assert time.monotonic() - started < 3.0
         assert rt.pull.abandoned == 7
-    finally:
-        await rt.close()
     logged = capsys.readouterr().out
     for message_id in configured_simulator.ledger.ids():
         assert message_id in logged
@@ -652,7 +617,6 @@ async def test_pulls_overlap_within_the_rate_limit_and_keep_infobips_order(
         key_template,
         infobip={"pull_limit": 100, "pulls_in_flight": 4, "rate_limit": 10},
     )
-    rt = await Runtime.open(settings)
     in_flight_seen = 0
 
     async def watch() -> None:
@@ -662,16 +626,16 @@ async def test_pulls_overlap_within_the_rate_limit_and_keep_infobips_order(
             in_flight_seen = max(in_flight_seen, len(waiting))
             await asyncio.sleep(0.02)
 
-    watcher = asyncio.create_task(watch())
-    try:
-        rt.start_flushing()
-        result = await rt.pull.drain()
-        assert result.pulled == 1200
-    finally:
-        watcher.cancel()
-        rt.stop.request("test")
-        await rt.finish()
-        await rt.close()
+    async with open_runtime(settings) as rt:
+        watcher = asyncio.create_task(watch())
+        try:
+            rt.start_flushing()
+            result = await rt.pull.drain()
+            assert result.pulled == 1200
+        finally:
+            watcher.cancel()
+            rt.stop.request("test")
+            await rt.finish()
     assert in_flight_seen >= 3  # answers overlapped instead of waiting for each other
     assert configured_simulator.account.counters.throttled == 0  # never over 10 requests/s
     entries = await stream_entries(redis_client, stream_of(settings, "app-alpha"))
@@ -685,11 +649,8 @@ async def test_an_empty_inbox_costs_one_pull_per_drain(
     settings = make_settings(
         configured_simulator, redis_url, tmp_path, key_template, infobip={"pulls_in_flight": 8}
     )
-    rt = await Runtime.open(settings)
-    try:
+    async with open_runtime(settings) as rt:
         result = await rt.pull.drain()
-    finally:
-        await rt.close()
     assert result.pulls == 1
     assert configured_simulator.account.counters.requests == 1
 
@@ -713,11 +674,8 @@ async def test_a_pull_throttled_to_the_end_is_counted_as_throttled(
 
     throttled = throttled_total()
     outcome = sample("poller_pulls_total", outcome="throttled")
-    rt = await Runtime.open(settings)
-    try:
+    async with open_runtime(settings) as rt:
         result = await rt.pull.drain()
-    finally:
-        await rt.close()
     assert result.pull_error is not None
     assert throttled_total() - throttled == 3
     assert sample("poller_pulls_total", outcome="throttled") - outcome == 1
@@ -769,14 +727,11 @@ async def test_a_pull_limit_infobip_refuses_is_stepped_down_and_remembered(
     configured_simulator.api.max_limit = 100
     configured_simulator.inject("app-alpha", 1200)
     settings = make_settings(configured_simulator, redis_url, tmp_path, key_template)
-    rt = await Runtime.open(settings)
-    try:
+    async with open_runtime(settings) as rt:
         result, _ = await drain_and_flush(rt)
         assert rt.pull.pull_limit == 100
         assert metrics.REGISTRY.get_sample_value("poller_pull_limit") == 100
         again, _ = await drain_and_flush(rt)  # remembered: no 400 any more
-    finally:
-        await rt.close()
     assert result.pull_error is None
     assert again.pull_error is None
     assert configured_simulator.inbox_depth == 0

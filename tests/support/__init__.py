@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,12 @@ from redis.asyncio import Redis
 
 from poller.devtools.simulator import Simulator
 from poller.infobip import InfobipClient
+from poller.runtime import Runtime
 from poller.settings import InfobipSettings, RedisSettings, Settings
 from poller.sink.redis.keys import stream_key
 from poller.sink.redis.sink import HWM_TTL_SECONDS, RedisSink
 from poller.sink.redis.tls import TLSOptions
+from poller.stop import Stop
 
 DEFAULT_TEMPLATE = "infobip:push:{${app}}:mo"
 
@@ -261,3 +265,13 @@ def inbox_item(n: int, app: str = "app-alpha", size: int = 0) -> dict[str, objec
         "text": f"message {n} " + "x" * size,
         "customPayload": {"n": n, "nested": [1, {"deep": "é"}]},
     }
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: Settings, stop: Stop | None = None) -> AsyncIterator[Runtime]:
+    """`Runtime.open(settings, stop)`, closed when the block ends, however it ends."""
+    rt = await Runtime.open(settings, stop)
+    try:
+        yield rt
+    finally:
+        await rt.close()
