@@ -2,6 +2,8 @@
 never fails in an undocumented way; the spool gives back what was appended, in order, once.
 
 Examples are derandomized (the profile in tests/conftest.py): a failure reproduces anywhere.
+These need no server; they live outside tests/unit for their time (200 examples a property,
+over a minute on a loaded 2-core machine), which would break the unit tier's budget.
 """
 
 from __future__ import annotations
