@@ -1,5 +1,10 @@
-"""Shared fixtures: a real Redis/Valkey server and the real Infobip simulator, on loopback."""
+"""Shared fixtures: a real Redis/Valkey server and the real Infobip simulator, on loopback;
+an environment without POLLER_* settings."""
 
+import os
+from pathlib import Path
+
+import pytest
 from hypothesis import HealthCheck, settings
 
 pytest_plugins = ["tests.fixtures_sim", "tests.fixtures_redis"]
@@ -16,3 +21,12 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile("ci")
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No POLLER_* variable from outside, and a working directory without a .env."""
+    for name in [n for n in os.environ if n.startswith("POLLER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -6,24 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import pytest
 from redis.asyncio import Redis
 
 from poller.devtools.embedded import free_port
 from poller.devtools.simulator import Simulator
 from tests.support import Processes, make_settings, run_poller, stream_of
-
-
-@pytest.fixture
-async def processes() -> AsyncIterator[Processes]:
-    started = Processes()
-    yield started
-    for p in started:
-        await p.kill()
 
 
 async def _metric(port: int, name: str) -> float | None:
