@@ -29,15 +29,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import httpx
+
+from poller.devtools.embedded import free_port
 from poller.devtools.simulator import Simulator
 from poller.devtools.simulator.httpserver import Request, Response
 from poller.devtools.simulator.replies import control_error, json_response, service_error
 from poller.devtools.simulator.routes import INBOX_PATH
 
+REPO = Path(__file__).resolve().parent.parent
 ARM_PATH = "/_burst/arm"
 REPORT_PATH = "/_burst/report"
 
@@ -214,6 +219,79 @@ def _message_ids(response: Response) -> list[str]:
         return []
     results = json.loads(response.body).get("results") or []
     return [str(item.get("messageId")) for item in results if isinstance(item, dict)]
+
+
+class BurstSimError(Exception):
+    """The burst simulator's process did not start or has no burst armed."""
+
+
+class BurstSimProcess:
+    """``python -m tests.pull_burst`` in a process of its own, driven over HTTP (its own
+    process, so that the test's or the benchmark's work does not pace its writes)."""
+
+    def __init__(self, apps: Sequence[str], log_path: Path, env: dict[str, str]) -> None:
+        self.apps = list(apps)
+        self.port = free_port()
+        argv = [sys.executable, "-m", "tests.pull_burst", "--port", str(self.port)]
+        with log_path.open("ab") as out:
+            self.proc = subprocess.Popen(  # this interpreter, a module of the tests
+                [*argv, "--applications", ",".join(self.apps)],
+                env=env,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                preexec_fn=_die_with_parent,
+            )
+        self.url = self.base_url = f"http://127.0.0.1:{self.port}"
+        self.http = httpx.Client(base_url=self.url, timeout=60, trust_env=False)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if self.http.get("/_sim/state").status_code == 200:
+                    return
+            time.sleep(0.05)
+        self.close()
+        raise BurstSimError(f"the simulator did not start (see {log_path})")
+
+    def backlog(self, total: int) -> None:
+        """``total`` messages waiting, spread over the applications."""
+        for i, app in enumerate(self.apps):
+            count = total // len(self.apps) + (1 if i < total % len(self.apps) else 0)
+            answer = self.http.post("/_sim/backlog", json={"applicationCode": app, "count": count})
+            answer.raise_for_status()
+
+    def arm(self, **plan: Any) -> None:
+        """``BurstSimulator.arm`` (pid, skip, size, delay)."""
+        self.http.post(ARM_PATH, json=plan).raise_for_status()
+
+    def report(self) -> dict[str, Any]:
+        """The burst as ``Burst.to_json`` gives it."""
+        burst: dict[str, Any] | None = self.http.get(REPORT_PATH).json()["burst"]
+        if burst is None:
+            raise BurstSimError("the simulator has no burst armed")
+        return burst
+
+    def handed_out(self) -> list[str]:
+        """Every message id the pull endpoint handed out."""
+        ledger = self.http.get("/_sim/ledger").json()
+        return [mid for entry in ledger["responses"] for mid in entry["messageIds"]]
+
+    def state(self) -> dict[str, Any]:
+        """GET /_sim/state."""
+        state: dict[str, Any] = self.http.get("/_sim/state").json()
+        return state
+
+    def close(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s."""
+        self.http.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 def _die_with_parent() -> None:

@@ -41,11 +41,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis
 
-from poller.devtools.embedded import EmbeddedRedis, free_port
-from tests.pull_burst import busy_cores
+from poller.devtools.embedded import EmbeddedRedis
+from tests.pull_burst import BurstSimError, BurstSimProcess, busy_cores
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -76,77 +75,7 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as out:
-        return subprocess.Popen(  # this interpreter, the project's own commands
-            argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
-
-
-class Sim:
-    """``python -m tests.pull_burst`` in its own process."""
-
-    def __init__(self, log_path: Path) -> None:
-        self.port = free_port()
-        self.proc = spawn(
-            [
-                sys.executable,
-                "-m",
-                "tests.pull_burst",
-                "--port",
-                str(self.port),
-                "--applications",
-                ",".join(APPS),
-            ],
-            base_env(),
-            log_path,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.http = httpx.Client(base_url=self.url, timeout=60, trust_env=False)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            with contextlib.suppress(httpx.HTTPError):
-                if self.http.get("/_sim/state").status_code == 200:
-                    return
-            time.sleep(0.05)
-        self.close()
-        raise BenchError(f"the simulator did not start (see {log_path})")
-
-    def backlog(self, total: int) -> None:
-        for i, app in enumerate(APPS):
-            count = total // len(APPS) + (1 if i < total % len(APPS) else 0)
-            answer = self.http.post("/_sim/backlog", json={"applicationCode": app, "count": count})
-            answer.raise_for_status()
-
-    def arm(self, **plan: Any) -> None:
-        self.http.post("/_burst/arm", json=plan).raise_for_status()
-
-    def report(self) -> dict[str, Any]:
-        burst: dict[str, Any] | None = self.http.get("/_burst/report").json()["burst"]
-        if burst is None:
-            raise BenchError("the simulator has no burst armed")
-        return burst
-
-    def handed_out(self) -> list[str]:
-        ledger = self.http.get("/_sim/ledger").json()
-        return [mid for entry in ledger["responses"] for mid in entry["messageIds"]]
-
-    def state(self) -> dict[str, Any]:
-        state: dict[str, Any] = self.http.get("/_sim/state").json()
-        return state
-
-    def close(self) -> None:
-        self.http.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-def poller_env(sim: Sim, redis_url: str, prefix: str, spool: Path) -> dict[str, str]:
+def poller_env(sim: BurstSimProcess, redis_url: str, prefix: str, spool: Path) -> dict[str, str]:
     env = base_env()
     env.update(
         {
@@ -196,7 +125,7 @@ def one_run(
     spool_dir.mkdir(parents=True)
     spool = spool_dir / "spool.db"
     client = redis.Redis.from_url(server.url)
-    sim = Sim(paths.log(f"sim-{tag}"))
+    sim = BurstSimProcess(APPS, paths.log(f"sim-{tag}"), env=base_env())
     try:
         sim.backlog(args.messages)
         env = poller_env(sim, server.url, prefix, spool)
@@ -206,7 +135,15 @@ def one_run(
             if args.hold_flush:
                 client.client_pause(int(args.timeout * 1000), all=False)
                 held = True
-            poller = spawn([sys.executable, "-m", "poller", "run"], env, paths.log(f"run-{tag}"))
+            with paths.log(f"run-{tag}").open("ab") as out:
+                poller = subprocess.Popen(  # this interpreter, the project's own command
+                    [sys.executable, "-m", "poller", "run"],
+                    env=env,
+                    cwd=REPO,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                )
             sim.arm(pid=poller.pid, skip=args.skip, size=args.burst, delay=delay)
             deadline = time.monotonic() + args.timeout
             while True:
@@ -345,7 +282,7 @@ def main() -> int:
             for n in range(1, args.runs + 1):
                 try:
                     run = one_run(args, paths, server, delay, n)
-                except BenchError as exc:
+                except (BenchError, BurstSimError) as exc:
                     log(f"delay {delay * 1000:.0f} ms, run {n}: not measured: {exc}")
                     failed = True
                     continue
