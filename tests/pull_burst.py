@@ -26,6 +26,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,6 +80,7 @@ class Burst:
     gathered: int = 0
     state: str = "skipping"  # skipping, gathering, released, killed
     answers: list[Answer] = field(default_factory=list)
+    gathering_at: float | None = None  # the first request of the burst came
     released_at: float | None = None
     written_at: float | None = None  # the last answer's write returned
     killed_at: float | None = None
@@ -103,8 +105,10 @@ class Burst:
             "size": self.size,
             "delay": self.delay,
             "state": self.state,
+            "seen": self.seen,
             "gathered": self.gathered,
             "answers": [answer.to_json() for answer in self.answers],
+            "gatheringAt": self.gathering_at,
             "releasedAt": self.released_at,
             "writtenAt": self.written_at,
             "killedAt": self.killed_at,
@@ -115,9 +119,22 @@ class Burst:
 class BurstSimulator(Simulator):
     """The simulator, plus a burst of pull answers at once and a SIGKILL after it."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, send_buffer: int = 0, **kwargs: Any) -> None:
+        """``send_buffer``: SO_SNDBUF of every connection, bytes (0: the kernel's own, which
+        grows only as fast as the client reads). A buffer that holds whole answers makes a
+        write return once the answer is in the kernel, as on a network, whatever the client
+        does meanwhile."""
         super().__init__(**kwargs)
+        self.send_buffer = send_buffer
         self.burst: Burst | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Start serving; connections inherit the listening socket's send buffer."""
+        url = await super().start(host, port)
+        if self.send_buffer and self._server is not None and self._server._server is not None:
+            for sock in self._server._server.sockets:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+        return url
 
     def arm(
         self, *, pid: int, skip: int, size: int, delay: float, gather_timeout: float = 5.0
@@ -148,7 +165,8 @@ class BurstSimulator(Simulator):
         return service_error(503, "SERVICE_UNAVAILABLE", "held back by the test harness")
 
     async def _gather(self, burst: Burst, request: Request) -> Response:
-        burst.state = "gathering"
+        if burst.state != "gathering":
+            burst.state, burst.gathering_at = "gathering", time.monotonic()
         burst.gathered += 1
         burst._open += 1
         if burst.gathered >= burst.size:
@@ -229,10 +247,20 @@ class BurstSimProcess:
     """``python -m tests.pull_burst`` in a process of its own, driven over HTTP (its own
     process, so that the test's or the benchmark's work does not pace its writes)."""
 
-    def __init__(self, apps: Sequence[str], log_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        apps: Sequence[str],
+        log_path: Path,
+        env: dict[str, str],
+        *,
+        send_buffer: int = 0,
+        seed: int = 1,
+    ) -> None:
+        """``seed``: the messages' (and so their ids'); each simulator of a run needs its own."""
         self.apps = list(apps)
         self.port = free_port()
         argv = [sys.executable, "-m", "tests.pull_burst", "--port", str(self.port)]
+        argv += ["--send-buffer", str(send_buffer), "--seed", str(seed)]
         with log_path.open("ab") as out:
             self.proc = subprocess.Popen(  # this interpreter, a module of the tests
                 [*argv, "--applications", ",".join(self.apps)],
@@ -324,6 +352,7 @@ async def _serve(args: argparse.Namespace) -> None:
         auto_configure=True,
         throttle_rps=args.throttle_rps,
         seed=args.seed,
+        send_buffer=args.send_buffer,
     )
     url = await sim.start("127.0.0.1", args.port)
     print(f"burst simulator listening on {url}", flush=True)
@@ -343,6 +372,7 @@ def main() -> None:
     parser.add_argument("--applications", default="app-alpha,app-beta,app-gamma")
     parser.add_argument("--throttle-rps", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--send-buffer", type=int, default=0, help="SO_SNDBUF, bytes")
     asyncio.run(_serve(parser.parse_args()))
 
 

@@ -125,7 +125,9 @@ def one_run(
     spool_dir.mkdir(parents=True)
     spool = spool_dir / "spool.db"
     client = redis.Redis.from_url(server.url)
-    sim = BurstSimProcess(APPS, paths.log(f"sim-{tag}"), env=base_env())
+    sim = BurstSimProcess(
+        APPS, paths.log(f"sim-{tag}"), env=base_env(), send_buffer=args.send_buffer
+    )
     try:
         sim.backlog(args.messages)
         env = poller_env(sim, server.url, prefix, spool)
@@ -148,7 +150,7 @@ def one_run(
             deadline = time.monotonic() + args.timeout
             while True:
                 burst = sim.report()
-                if held and burst["state"] != "skipping":
+                if held and burst["state"] in args.unpause_when:
                     client.client_unpause()
                     held = False
                 if burst["state"] == "killed":
@@ -259,10 +261,27 @@ def main() -> int:
         help="Redis holds writes (CLIENT PAUSE WRITE) until the burst gathers, so the flusher"
         " works through the rows of the skipped pulls while the burst arrives",
     )
+    parser.add_argument(
+        "--unpause",
+        choices=("gathering", "released"),
+        default="gathering",
+        help="when Redis takes writes again: as the burst's requests gather, or once they"
+        " are let out",
+    )
+    parser.add_argument(
+        "--send-buffer",
+        type=int,
+        default=0,
+        help="the simulator's SO_SNDBUF, bytes (0: the kernel's, which grows only as fast as"
+        " the poller reads; 4194304 holds the whole burst, as a network would)",
+    )
     parser.add_argument("--busy", type=int, default=2, help="processes spinning on the cores")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per step")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
+    args.unpause_when = ("gathering", "released", "killed")
+    if args.unpause == "released":
+        args.unpause_when = ("released", "killed")
     delays = [float(d) for d in args.delays.split(",") if d.strip()]
     paths = Paths(Path(tempfile.mkdtemp(prefix="poller-killwin-")))
     (paths.work / "logs").mkdir()
