@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -25,11 +26,9 @@ from poller.infobip.errors import (
     InfobipError,
     MalformedResponseError,
     NotFoundError,
-    ResponseTooLargeError,
     ServerError,
     ThrottledError,
     TransportError,
-    TruncatedResponseError,
     api_error,
     transport_error,
 )
@@ -42,15 +41,18 @@ from poller.infobip.models import (
     PullResponse,
 )
 from poller.infobip.ratelimit import Budget, TokenBucket
+from poller.infobip.reading import (
+    Body,
+    ChunkHook,
+    LoopAuth,
+    Readers,
+)
 from poller.infobip.settings import InfobipSettings
 from poller.stop import Stop
 
 log = structlog.get_logger(__name__)
 
 USER_AGENT = f"infobip-push-poller/{__version__}"
-# How far past the body limit a pull answer is still read into its journal file (disk, not
-# memory); what lies beyond is never read, and lost.
-OVERSIZE_FACTOR = 8
 PULL_PATH = "/push/1/inbox/reports"
 # Named by an error that could not reach the account's host.
 BASE_URL_SETTING = env_name(("infobip", "base_url"))
@@ -59,8 +61,6 @@ M = TypeVar("M", bound=BaseModel)
 
 # Hooks for metrics: called with a reason ("timeout", "5xx", "429", ...) on each retry.
 RetryHook = Callable[[str], None]
-# Called with each piece of a pull answer's body as it arrives.
-ChunkHook = Callable[[bytes], None]
 
 
 class _Ambiguous(Exception):
@@ -156,19 +156,15 @@ class InfobipClient:
         self._on_retry = on_retry
         # Once a stop is asked for, no new pull is sent (retries included).
         self.stop = stop
-        self._http = httpx.AsyncClient(
-            base_url=settings.base_url,
-            auth=self._auth,
-            transport=transport,
-            timeout=httpx.Timeout(
-                connect=settings.connect_timeout,
-                read=settings.read_timeout,
-                write=settings.read_timeout,
-                pool=settings.read_timeout,
-            ),
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-            follow_redirects=False,
-        )
+        options = client_options(settings, self._auth)
+        self._http = httpx.AsyncClient(transport=transport, **options)
+        # Pull answers are read by threads of their own, each into its journal file as the
+        # bytes arrive, so that what the event loop is doing meanwhile (parsing, spooling,
+        # flushing) cannot leave an answer in the socket's buffers, where a kill takes it.
+        # A transport given (an in-memory one in tests) serves the pulls on the loop.
+        self._readers: Readers | None = None
+        if transport is None:
+            self._readers = Readers(httpx.Client(**options), settings.pulls_in_flight)
 
     @property
     def stopping(self) -> bool:
@@ -182,8 +178,25 @@ class InfobipClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools (a pull answer still being read is read to its end)."""
         await self._http.aclose()
+        if self._readers is not None:
+            self._readers.close()
+
+    def _thread_auth(self) -> httpx.Auth:
+        """The auth of a request sent from a reader thread: the client's own when it works
+        in both worlds (a fixed header), else one whose flow runs on this event loop (OAuth2:
+        one token, fetched and cached there for every call)."""
+        auth = self._auth
+        kind = type(auth)
+        plain = (
+            kind.sync_auth_flow is httpx.Auth.sync_auth_flow
+            and kind.async_auth_flow is httpx.Auth.async_auth_flow
+        )
+        if plain:
+            return auth
+        wait = self.settings.connect_timeout + self.settings.read_timeout
+        return LoopAuth(auth, asyncio.get_running_loop(), wait)
 
     # -- configurations ---------------------------------------------------------------
 
@@ -248,8 +261,9 @@ class InfobipClient:
         """One destructive pull. Raises MalformedResponseError (with the bytes) on a bad body.
 
         ``on_chunk`` is called with each piece of a 2xx answer's body as it arrives, before
-        the next is read (the pull source journals them: a kill mid-body then loses only
-        what is still in the socket)."""
+        the next is read, in a reader thread of this client's (the pull source journals them:
+        a kill mid-body then loses only what is still in the socket, however busy the event
+        loop is)."""
         limit = self.settings.pull_limit if limit is None else limit
         if not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
@@ -343,9 +357,22 @@ class InfobipClient:
                 # A new pull now would hand out messages a stopping process may not keep.
                 raise TransportError(f"{operation}: not sent, the poller is stopping")
             try:
-                status, headers, body = await self._exchange(
-                    method, path, params, json_body, operation, keep_partial, on_chunk
-                )
+                if keep_partial and self._readers is not None:
+                    status, headers, body = await self._readers.run(
+                        functools.partial(
+                            self._read_in_thread,
+                            method,
+                            path,
+                            params,
+                            operation,
+                            on_chunk,
+                            self._thread_auth(),
+                        )
+                    )
+                else:
+                    status, headers, body = await self._exchange(
+                        method, path, params, json_body, operation, keep_partial, on_chunk
+                    )
             except httpx.TimeoutException as exc:
                 reason = "connect-timeout" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
                 error: Exception = transport_error(operation, exc, BASE_URL_SETTING)
@@ -428,91 +455,43 @@ class InfobipClient:
         keep_partial: bool,
         on_chunk: ChunkHook | None,
     ) -> tuple[int, httpx.Headers, bytes]:
-        limit = self.settings.max_body_bytes
         started = time.monotonic()
         async with self._http.stream(method, path, params=params, json=json_body) as response:
-            chunks: list[bytes] = []
-            size = 0
-            head: bytes | None = None  # set once the body passed the limit
-            if on_chunk is not None and not 200 <= response.status_code < 300:
-                on_chunk = None
+            body = Body(self.settings.max_body_bytes, operation, response, keep_partial, on_chunk)
             try:
                 async for chunk in response.aiter_bytes():
-                    if on_chunk is not None:
-                        on_chunk(chunk)
-                    size += len(chunk)
-                    if size > limit:
-                        if head is None:
-                            head = (b"".join(chunks) + chunk)[:limit]
-                            chunks = []
-                        # A pull answer is handed out once: with a hook that keeps the bytes
-                        # (on disk), read on past the limit, up to its multiple, holding none
-                        # of it in memory, so its whole items can be kept.
-                        if on_chunk is None:
-                            raise ResponseTooLargeError(
-                                f"body larger than {limit} bytes", head, operation=operation
-                            )
-                        if size > limit * OVERSIZE_FACTOR:
-                            raise ResponseTooLargeError(
-                                f"body larger than {limit * OVERSIZE_FACTOR} bytes, not read on",
-                                head,
-                                operation=operation,
-                                journaled=size,
-                            )
-                        continue
-                    chunks.append(chunk)
-            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout) as exc:
-                if head is not None:  # cut short while read on to the hook: it has the bytes
-                    raise ResponseTooLargeError(
-                        f"body larger than {limit} bytes, then cut after {size} bytes"
-                        f" ({_transport_reason(exc)})",
-                        head,
-                        operation=operation,
-                        journaled=size,
-                    ) from None
-                partial = b"".join(chunks)
-                # A pull answer cut after its status line was handed out all the same, even
-                # with no body byte received: report it (for quarantine), never retry it away.
-                if keep_partial and 200 <= response.status_code < 300:
-                    raise TruncatedResponseError(
-                        f"connection ended after {len(partial)} bytes ({_transport_reason(exc)})",
-                        partial,
-                        operation=operation,
-                    ) from None
-                raise
+                    body.feed(chunk)
             except httpx.HTTPError as exc:
-                # E.g. a body whose Content-Encoding does not decode. For a pull it held
-                # messages handed out once: keep what arrived for quarantine.
-                if head is not None:
-                    raise ResponseTooLargeError(
-                        f"body larger than {limit} bytes, then unreadable after {size} bytes"
-                        f" ({_transport_reason(exc)})",
-                        head,
-                        operation=operation,
-                        journaled=size,
-                    ) from None
-                if keep_partial and 200 <= response.status_code < 300:
-                    raise MalformedResponseError(
-                        f"body could not be read ({_transport_reason(exc)})",
-                        b"".join(chunks),
-                        operation=operation,
-                    ) from None
-                raise
-            if head is not None:
-                raise ResponseTooLargeError(
-                    f"body of {size} bytes, larger than {limit}",
-                    head,
-                    operation=operation,
-                    journaled=size,
-                )
-            log.debug(
-                "infobip call",
-                operation=operation,
-                status=response.status_code,
-                seconds=round(time.monotonic() - started, 4),
-                bytes=size,
-            )
-            return response.status_code, response.headers, b"".join(chunks)
+                kept = body.failed(exc)
+                if kept is None:
+                    raise
+                raise kept from None
+            return body.done(started)
+
+    def _read_in_thread(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        operation: str,
+        on_chunk: ChunkHook | None,
+        auth: httpx.Auth,
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """``_exchange`` for a pull, in a reader thread: a blocking read, each piece handed
+        to ``on_chunk`` (the journal file) as it arrives."""
+        assert self._readers is not None  # nosec B101  # only called through them
+        started = time.monotonic()
+        with self._readers.http.stream(method, path, params=params, auth=auth) as response:
+            body = Body(self.settings.max_body_bytes, operation, response, True, on_chunk)
+            try:
+                for chunk in response.iter_bytes():
+                    body.feed(chunk)
+            except httpx.HTTPError as exc:
+                kept = body.failed(exc)
+                if kept is None:
+                    raise
+                raise kept from None
+            return body.done(started)
 
     async def _sleep_backoff(self, attempt: int, retry_after: float | None, reason: str) -> None:
         if self._on_retry is not None:
@@ -538,6 +517,26 @@ class InfobipClient:
             raise MalformedResponseError(
                 f"{where}: {first['msg']}", body, operation=operation
             ) from None
+
+
+def client_options(settings: InfobipSettings, auth: httpx.Auth) -> dict[str, Any]:
+    """What both HTTP clients of an account are built with, the event loop's and the pull
+    readers': base URL, auth, timeouts, headers, no redirects. TLS verification and proxies
+    are httpx's defaults for both alike (certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR;
+    HTTPS_PROXY, ALL_PROXY and NO_PROXY from the environment)."""
+    assert settings.base_url is not None  # nosec B101  # account_problems() refused a missing one
+    return {
+        "base_url": settings.base_url,
+        "auth": auth,
+        "timeout": httpx.Timeout(
+            connect=settings.connect_timeout,
+            read=settings.read_timeout,
+            write=settings.read_timeout,
+            pool=settings.read_timeout,
+        ),
+        "headers": {"User-Agent": USER_AGENT, "Accept": "application/json"},
+        "follow_redirects": False,
+    }
 
 
 def parse_pull(body: bytes, operation: str = f"GET {PULL_PATH}") -> PullResponse:
@@ -571,11 +570,6 @@ def _seg(value: str) -> str:
     if not value:
         raise ValueError("an empty path segment")
     return quote(value, safe="")
-
-
-def _transport_reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
 
 
 __all__ = [
