@@ -1,10 +1,13 @@
 """Shared fixtures: a real Redis/Valkey server and the real Infobip simulator, on loopback;
 an environment without POLLER_* settings."""
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, settings
 
 pytest_plugins = ["tests.fixtures_sim", "tests.fixtures_redis"]
@@ -30,3 +33,18 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def logs_as_they_were() -> Iterator[None]:
+    """A test that runs a command in-process (``poller.cli.main``) or sets up the logs points
+    them at a stream of its own (the stderr pytest captured for it); the tests after it, in
+    any tier, find the logs as they were before."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)

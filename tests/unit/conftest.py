@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import _posixsubprocess
 import asyncio
-import logging
 import os
 import socket
 import subprocess
@@ -20,7 +19,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import structlog
 
 NETWORK = (socket.AF_INET, socket.AF_INET6)
 ELSEWHERE = "move it to tests/integration/ (servers) or tests/acceptance/ (poller processes)"
@@ -80,18 +78,3 @@ def no_network_no_processes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[st
     yield tried
     if tried:
         pytest.fail(f"a unit test reached outside its process: {'; '.join(tried)}. {ELSEWHERE}")
-
-
-@pytest.fixture(autouse=True)
-def logs_as_they_were() -> Iterator[None]:
-    """A test that runs a command in-process (``poller.cli.main``) or sets up the logs points
-    them at a stream of its own (the stderr pytest captured for it); the tests after it, in
-    any tier, find the logs as they were before."""
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
